@@ -1,0 +1,3 @@
+"""medfed: federated learning for medical imaging."""
+
+__version__ = "0.1.0"

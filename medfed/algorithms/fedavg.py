@@ -1,0 +1,54 @@
+"""FedAvg and the algorithms that only change its site loss or its server step.
+
+- FedAvg (McMahan et al., AISTATS 2017, Algorithm 1): x <- sum_k (n_k / n) x_k over this round's sites.
+- FedProx (Li et al., MLSys 2020, eq. 2): the same server, sites add (mu/2)||w - x||^2 to their loss.
+- FedAdam / FedYogi (Reddi et al., ICLR 2021): the same average, then an adaptive server step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from medfed.algorithms.aggregate import WeightedMean, cast_like
+from medfed.algorithms.server_optimizer import AdaptiveServerOptimizer
+from medfed.types import SiteId, StateDict, Update
+
+
+class FedAvg:
+    personalized = False
+
+    def __init__(self, initial: StateDict, name: str = "fedavg", proximal_mu: float = 0.0,
+                 server_optimizer: AdaptiveServerOptimizer | None = None) -> None:
+        self.name = name
+        self._global = initial
+        self.train_overrides = {"proximal_mu": proximal_mu} if proximal_mu else {}
+        self.server_optimizer = server_optimizer
+        self._mean = WeightedMean()
+
+    @property
+    def global_state(self) -> StateDict:
+        return self._global
+
+    def stages(self, round_index: int, sites: Sequence[SiteId]) -> list[list[SiteId]]:
+        return [list(sites)]
+
+    def payload(self, site: SiteId) -> StateDict:
+        return self._global
+
+    def open_stage(self) -> None:
+        self._mean = WeightedMean()
+
+    def receive(self, update: Update) -> None:
+        self._mean.add(update.state, update.n_samples)
+
+    def close_stage(self) -> None:
+        if self._mean.count == 0:
+            return  # nobody delivered: the model stays as it was
+        averaged = self._mean.result()
+        if self.server_optimizer is not None:
+            averaged = self.server_optimizer.step(self._global, averaged)
+        # Keys an update may leave out (FedBN's local layers) keep their global value.
+        self._global = {**self._global, **cast_like(averaged, self._global)}
+
+    def site_state(self, site: SiteId) -> StateDict:
+        return self._global

@@ -1,0 +1,42 @@
+"""What the round loop asks of an algorithm. Strategies hold the server's model state and call the
+pure functions of aggregate.py; they never see data, transport or gRPC.
+
+One round, as the loop drives it:
+    for stage in strategy.stages(round, sampled_sites):     # parallel sites; sequential stages
+        strategy.open_stage()
+        for site in stage: strategy.receive(train(site, strategy.payload(site)))
+        strategy.close_stage()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from medfed.types import SiteId, StateDict, Update
+
+
+class Strategy(Protocol):
+    name: str
+    # True when each site keeps (part of) its own model: FedBN, the local ensemble. Then the global
+    # test prediction averages the sites' models' outputs, and each site is scored with its own.
+    personalized: bool
+    # Changes to a site's training options this algorithm needs (FedProx's proximal weight).
+    train_overrides: dict[str, float]
+
+    def stages(self, round_index: int, sites: Sequence[SiteId]) -> list[list[SiteId]]: ...
+
+    def payload(self, site: SiteId) -> StateDict: ...
+
+    def open_stage(self) -> None: ...
+
+    def receive(self, update: Update) -> None: ...
+
+    def close_stage(self) -> None: ...
+
+    def site_state(self, site: SiteId) -> StateDict:
+        """The model a site is evaluated with (the global one unless personalized)."""
+        ...
+
+    @property
+    def global_state(self) -> StateDict: ...

@@ -1,0 +1,99 @@
+"""The command line: `medfed run` (more commands arrive with deployment, privacy and reports).
+
+A user's mistake gets one line on stderr naming what was wrong and what is valid, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from medfed.config import RunConfig, load_config, with_overrides
+from medfed.errors import MedfedError
+
+# flag -> (config key, type, help). Names mirror the config keys (DESIGN.md's CLI contract).
+RUN_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--dataset": ("dataset", str, "synthetic (built in) or medmnist"),
+    "--data-file": ("data_file", str, "the data file (a MedMNIST .npz)"),
+    "--sites": ("sites", int, "number of sites"),
+    "--partition": ("partition", str, "iid, dirichlet, quantity or natural"),
+    "--alpha": ("alpha", float, "Dirichlet concentration of the label skew"),
+    "--sizes": ("sizes", str, "site sizes or proportions, comma-separated, e.g. 20,25,15,30,22"),
+    "--image-size": ("image_size", int, "resize images to this side length"),
+    "--algorithm": ("algorithm", str, "fedavg, fedprox, fedbn, fedadam, fedyogi, swt, cwt, ensemble"),
+    "--rounds": ("rounds", int, "federated rounds"),
+    "--fraction": ("fraction", float, "share of sites sampled per round"),
+    "--mu": ("mu", float, "FedProx proximal weight"),
+    "--server-lr": ("server_lr", float, "FedAdam/FedYogi server learning rate"),
+    "--local-epochs": ("local_epochs", int, "epochs of local training per round"),
+    "--batch-size": ("batch_size", int, "local batch size"),
+    "--lr": ("lr", float, "local learning rate"),
+    "--optimizer": ("optimizer", str, "adam or sgd"),
+    "--model": ("model", str, "cnn, resnet18, resnet50, densenet121, mlp, logistic"),
+    "--norm": ("norm", str, "batch, group or instance"),
+    "--seed": ("seed", int, "random seed"),
+    "--device": ("device", str, "auto, cpu, cuda or mps"),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit status 2), not usage plus error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="medfed", description="Federated learning for medical imaging.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    run = commands.add_parser("run", help="one experiment in simulation, with baselines")
+    run.add_argument("--config", type=Path, help="a TOML config file (see README)")
+    run.add_argument("--out", type=Path, help="output folder (default runs/<time>)")
+    for flag, (_, kind, text) in RUN_FLAGS.items():
+        run.add_argument(flag, type=kind, help=text)
+    run.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None,
+                     help="also train local-only and pooled baselines (on by default)")
+    run.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                     help="training-only augmentation (on by default)")
+    return parser
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    config = load_config(args.config) if args.config else RunConfig()
+    overrides: dict[str, Any] = {}
+    for flag, (key, _, _) in RUN_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            overrides[key] = _parse_sizes(value) if key == "sizes" else value
+    for key in ("baselines", "augment"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    return with_overrides(config, overrides)
+
+
+def _parse_sizes(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise MedfedError(f"--sizes takes comma-separated numbers, got '{text}'") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            from medfed.run import execute_run  # torch and MONAI load only when needed
+
+            config = run_config(args)
+            execute_run(config, args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S"))
+    except MedfedError as exc:
+        sys.stderr.write(f"medfed: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("medfed: interrupted\n")
+        return 130
+    return 0

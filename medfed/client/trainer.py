@@ -1,0 +1,103 @@
+"""The site trainer: the only code that touches a site's images. The same class serves every
+algorithm, the baselines, the simulation and (later) the deployed client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from medfed.client.predictor import Predictor, loss_for
+from medfed.data.dataset import Samples, SiteData
+from medfed.data.transforms import Preprocess, RandomAugment
+from medfed.evaluation.metrics import compute_metrics
+from medfed.types import Metrics, StateDict, Task, Update
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    proximal_mu: float = 0.0  # FedProx: (mu/2)||w - w_global||^2 added to the loss
+
+
+class SiteTrainer:
+    def __init__(self, data: SiteData, model: nn.Module, task: Task, preprocess: Preprocess,
+                 device: torch.device, seed: int, augment: bool) -> None:
+        self.data = data
+        self.model = model.to(device)  # one instance per site, loaded with each round's weights
+        self.task = task
+        self.preprocess = preprocess
+        self.device = device
+        self.shuffle = torch.Generator().manual_seed(seed)
+        spatial_dims = data.train.x.ndim - 2
+        self.augment = (RandomAugment(spatial_dims, np.random.default_rng(seed))
+                        if augment and spatial_dims in (2, 3) else None)
+        self.loss_fn = loss_for(task)
+        self.predictor = Predictor(self.model, task, preprocess, device)
+
+    @property
+    def site(self) -> str:
+        return self.data.site
+
+    def train(self, state: StateDict, options: TrainOptions) -> Update:
+        self.model.load_state_dict(state)
+        self.model.train()
+        optimizer = self._optimizer(options)
+        anchor = self._anchor(options)
+        total_loss, steps = 0.0, 0
+        for _ in range(options.epochs):
+            for x, y in self._batches(self.data.train, options.batch_size):
+                optimizer.zero_grad(set_to_none=True)
+                loss = self.loss_fn(self.model(x), y)
+                if anchor:
+                    loss = loss + self._proximal(anchor, options.proximal_mu)
+                loss.backward()
+                optimizer.step()
+                total_loss += float(loss.detach())
+                steps += 1
+        state_out = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        return Update(site=self.site, state=state_out, n_samples=len(self.data.train),
+                      n_steps=steps, metrics={"train_loss": total_loss / max(steps, 1)})
+
+    def evaluate(self, state: StateDict, split: str) -> Metrics:
+        samples = self.data.val if split == "val" else self.data.test
+        if samples is None:
+            raise ValueError(f"site {self.site} has no {split} split")
+        probs, loss = self.predictor.predict(state, samples)
+        return {**compute_metrics(self.task, samples.y, probs), "loss": loss}
+
+    def _batches(self, samples: Samples, batch_size: int):
+        """Shuffled training batches, preprocessed and (when on) augmented."""
+        n = len(samples)
+        for index in torch.randperm(n, generator=self.shuffle).split(batch_size):
+            if len(index) == 1 and n > 1:
+                continue  # a lone sample breaks BatchNorm's batch statistics; it comes back next epoch
+            index = index.numpy()
+            x = self.preprocess(samples.x[index])
+            if self.augment is not None:
+                x = self.augment(x)
+            y = torch.from_numpy(samples.y[index])
+            yield x.to(self.device), y.to(self.device)
+
+    def _optimizer(self, options: TrainOptions) -> torch.optim.Optimizer:
+        params = self.model.parameters()
+        if options.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum,
+                                   weight_decay=options.weight_decay)
+        return torch.optim.Adam(params, lr=options.lr, weight_decay=options.weight_decay)
+
+    def _anchor(self, options: TrainOptions) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        if not options.proximal_mu:
+            return []
+        return [(p, p.detach().clone()) for p in self.model.parameters()]
+
+    @staticmethod
+    def _proximal(anchor: list[tuple[nn.Parameter, torch.Tensor]], mu: float) -> torch.Tensor:
+        return 0.5 * mu * sum(((p - p0) ** 2).sum() for p, p0 in anchor)

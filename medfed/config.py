@@ -1,0 +1,261 @@
+"""Run configuration: frozen dataclasses, loaded from TOML and command-line flags, validated early.
+
+A config file has top-level keys (seed, device, baselines) and four sections:
+
+    [data]        what the sites hold and how it is split
+    [model]       the network
+    [federation]  the algorithm and its rounds
+    [training]    each site's local optimisation
+
+Every key is optional; unknown keys and bad values raise ConfigError naming the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from medfed.errors import ConfigError
+from medfed.registry import unknown_choice
+
+# Names the registries answer to. tests/test_config.py checks that each registry holds exactly these.
+DATASETS = ("synthetic", "medmnist")
+PARTITIONS = ("iid", "dirichlet", "quantity", "natural")
+ALGORITHMS = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "swt", "cwt", "ensemble")
+MODELS = ("cnn", "resnet18", "resnet50", "densenet121", "mlp", "logistic")
+NORMS = ("batch", "group", "instance")
+OPTIMIZERS = ("adam", "sgd")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic"
+    data_file: str | None = None  # an .npz for medmnist
+    sites: int = 5
+    partition: str | None = None  # None: the data set's natural sites if it has them, else iid
+    alpha: float = 0.5  # Dirichlet concentration (label skew); smaller is more skewed
+    sizes: tuple[float, ...] = ()  # site sizes (counts) or proportions, for quantity / dirichlet
+    val_fraction: float = 0.1  # of each site's data, kept at the site for validation
+    image_size: int | None = None  # resize to this side length; None keeps the native size
+    augment: bool = True  # random flip, rotation +-10 degrees and crop, training only
+    synthetic_samples: int = 2200  # synthetic only: training + validation images over all sites
+    synthetic_test: int = 1000  # synthetic only: held-out test images over all sites
+
+    def __post_init__(self) -> None:
+        _choice("dataset", self.dataset, DATASETS)
+        if self.partition is not None:
+            _choice("partition", self.partition, PARTITIONS)
+        _at_least("sites", self.sites, 1)
+        _positive("alpha", self.alpha)
+        if any(s <= 0 for s in self.sizes):
+            raise ConfigError(f"sizes must all be > 0, got {list(self.sizes)}")
+        if self.sizes and len(self.sizes) != self.sites:
+            raise ConfigError(f"sizes has {len(self.sizes)} entries but sites is {self.sites}; "
+                              "give one size or proportion per site")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.image_size is not None:
+            _at_least("image_size", self.image_size, 8)
+        _at_least("synthetic_samples", self.synthetic_samples, 10)
+        _at_least("synthetic_test", self.synthetic_test, 10)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = "cnn"
+    norm: str = "batch"
+
+    def __post_init__(self) -> None:
+        _choice("model", self.model, MODELS)
+        _choice("norm", self.norm, NORMS)
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    algorithm: str = "fedavg"
+    rounds: int = 10
+    fraction: float = 1.0  # share of sites sampled each round
+    min_sites: int = 1  # a round closes only if at least this many usable updates arrived
+    eval_every: int = 1  # evaluate on the sites' validation splits every N rounds (0: only at the end)
+    mu: float = 0.01  # FedProx proximal weight
+    server_lr: float = 0.01  # FedAdam / FedYogi server step size (Reddi et al. 2021)
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3  # adaptivity: the epsilon under the square root
+
+    def __post_init__(self) -> None:
+        _choice("algorithm", self.algorithm, ALGORITHMS)
+        _at_least("rounds", self.rounds, 1)
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
+        _at_least("min_sites", self.min_sites, 1)
+        _at_least("eval_every", self.eval_every, 0)
+        if self.mu < 0:
+            raise ConfigError(f"mu must be >= 0, got {self.mu}")
+        for name in ("server_lr", "tau"):
+            _positive(name, getattr(self, name))
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _at_least("local_epochs", self.local_epochs, 1)
+        _at_least("batch_size", self.batch_size, 1)
+        _positive("lr", self.lr)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise ConfigError("momentum and weight_decay must be >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"
+    baselines: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        _choice("device", self.device, DEVICES)
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig, "model": ModelConfig,
+    "federation": FederationConfig, "training": TrainingConfig,
+}
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a TOML file into a validated RunConfig."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    top = {f.name for f in fields(RunConfig)} - set(SECTIONS)
+    unknown = set(raw) - top - set(SECTIONS)
+    if unknown:
+        raise unknown_choice(f"key in {source}", sorted(unknown)[0], sorted(top | set(SECTIONS)))
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{name}] must be a table of keys, got {value!r}")
+            values[name] = _build(SECTIONS[name], value, f"[{name}]")
+        else:
+            values[name] = _coerce(name, value, _hints(RunConfig)[name])
+    return RunConfig(**values)
+
+
+def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Apply flat key=value overrides (from CLI flags); each key belongs to exactly one section."""
+    top_changes: dict[str, Any] = {}
+    section_changes: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in overrides.items():
+        section = section_of(key)
+        if section is None:
+            top_changes[key] = value
+        else:
+            section_changes[section][key] = value
+    for name, changes in section_changes.items():
+        if changes:
+            current = getattr(config, name)
+            top_changes[name] = _build(type(current), {**dataclasses.asdict(current), **changes},
+                                       f"[{name}]")
+    return replace(config, **top_changes)
+
+
+def section_of(key: str) -> str | None:
+    for name, cls in SECTIONS.items():
+        if key in _hints(cls):
+            return name
+    if key in _hints(RunConfig):
+        return None
+    valid = sorted(k for cls in (RunConfig, *SECTIONS.values()) for k in _hints(cls))
+    raise unknown_choice("config key", key, valid)
+
+
+def to_toml(config: RunConfig) -> str:
+    """The resolved config as TOML (None values are left out: they mean 'the default')."""
+    def clean(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if v is not None}
+
+    raw = dataclasses.asdict(config)
+    out = clean({k: v for k, v in raw.items() if k not in SECTIONS})
+    for name in SECTIONS:
+        out[name] = clean(raw[name])
+    return tomli_w.dumps(out)
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = _hints(cls)
+    for key in values:
+        if key not in hints:
+            raise unknown_choice(f"key in {where}", key, list(hints))
+    return cls(**{k: _coerce(f"{where} {k}", v, hints[k]) for k, v in values.items()})
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return {k: v for k, v in typing.get_type_hints(cls).items() if k not in SECTIONS or cls is RunConfig}
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check a TOML/flag value against a field's type hint; ints are accepted where floats are."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) and type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return tuple(_coerce(name, v, typing.get_args(hint)[0]) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise unknown_choice(name, value, list(valid))
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{name} must be >= {low}, got {value}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")

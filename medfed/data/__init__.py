@@ -1,0 +1,1 @@
+"""Data sources (one module each), partitioners, and MONAI preprocessing."""

@@ -1,0 +1,23 @@
+"""The registry of data sources: name -> loader reading the [data] config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from medfed.config import DataConfig
+from medfed.data.dataset import DataSource
+from medfed.data.medmnist import load_medmnist
+from medfed.data.synthetic import load_synthetic
+from medfed.registry import Registry
+
+Loader = Callable[[DataConfig, int], DataSource]
+
+SOURCES: Registry[Loader] = Registry("dataset", {
+    "synthetic": lambda cfg, seed: load_synthetic(cfg.sites, cfg.synthetic_samples,
+                                                  cfg.synthetic_test, seed, cfg.sizes),
+    "medmnist": lambda cfg, seed: load_medmnist(cfg.data_file),
+})
+
+
+def load_source(config: DataConfig, seed: int) -> DataSource:
+    return SOURCES[config.dataset](config, seed)

@@ -1,0 +1,27 @@
+"""The errors medfed raises on purpose. Each message says what was wrong and what is valid."""
+
+from __future__ import annotations
+
+
+class MedfedError(Exception):
+    """Base class: a user-facing error, printed as one line by the CLI (exit status 2)."""
+
+
+class ConfigError(MedfedError):
+    """A configuration key or value is unknown or invalid."""
+
+
+class DataError(MedfedError):
+    """A data file is missing, unreadable, or cannot be split as asked."""
+
+
+class IncompatibleUpdate(MedfedError):
+    """A site's update does not match the global model (keys, shapes, dtypes, values)."""
+
+
+class TransportError(MedfedError):
+    """A message could not be delivered to or from a site."""
+
+
+class NotEnoughSites(MedfedError):
+    """Too few sites returned a usable update to close a round."""

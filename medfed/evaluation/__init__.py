@@ -1,0 +1,1 @@
+"""Metrics and (later) statistics and reports."""

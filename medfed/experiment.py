@@ -1,0 +1,155 @@
+"""One experiment in simulation: data -> sites -> federated training (and baselines) -> test metrics.
+
+Everything random descends from config.seed through numpy SeedSequences, so the same seed gives
+the same partition, the same initial model, the same training and the same metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from medfed.algorithms.registry import StrategyContext, build_strategy
+from medfed.algorithms.strategy import Strategy
+from medfed.client.predictor import Predictor
+from medfed.client.trainer import SiteTrainer, TrainOptions
+from medfed.config import RunConfig
+from medfed.data.dataset import Federation, Samples, SiteData, label_counts
+from medfed.data.federation import build_federation
+from medfed.data.sources import load_source
+from medfed.data.transforms import Preprocess
+from medfed.device import pick_device
+from medfed.evaluation.metrics import compute_metrics
+from medfed.models import ModelSpec, build_model, norm_keys, parameter_keys
+from medfed.server.round_loop import RoundObserver, RoundPlan, RoundResult, run_rounds
+from medfed.transport.inprocess import InProcessTransport
+from medfed.types import Metrics, SiteId, StateDict
+
+POOLED = "pooled"
+
+
+@dataclass
+class Setup:
+    """What every training run of one experiment shares."""
+
+    config: RunConfig
+    federation: Federation
+    spec: ModelSpec
+    initial: StateDict
+    preprocess: Preprocess
+    predictor: Predictor  # the server side's scorer of the held-out test set
+    parameter_keys: frozenset[str]
+    norm_keys: frozenset[str]
+
+
+@dataclass
+class Outcome:
+    """One training run: a federated algorithm or a baseline."""
+
+    name: str
+    strategy: Strategy
+    history: list[RoundResult]
+    transport: InProcessTransport
+    seconds: float
+    test: Metrics = field(default_factory=dict)
+
+
+def prepare(config: RunConfig) -> Setup:
+    seeds = np.random.SeedSequence(config.seed).generate_state(2)
+    source = load_source(config.data, int(seeds[0]))
+    federation = build_federation(source, config.data, np.random.default_rng(seeds[1]))
+    size = config.data.image_size
+    spatial = (size,) * source.spatial_dims if size and source.spatial_dims else None
+    spec = ModelSpec(source.spatial_dims, source.in_channels, source.num_outputs, config.model.norm,
+                     input_size=spatial or tuple(source.pool.x.shape[2:]))
+    model = build_model(config.model.model, spec, config.seed)
+    preprocess = Preprocess(source.max_value, spatial)
+    device = pick_device(config.device)
+    return Setup(config=config, federation=federation, spec=spec,
+                 initial={k: v.clone() for k, v in model.state_dict().items()},
+                 preprocess=preprocess,
+                 predictor=Predictor(model, source.task, preprocess, device),
+                 parameter_keys=parameter_keys(model), norm_keys=norm_keys(model))
+
+
+def train_options(config: RunConfig) -> TrainOptions:
+    t = config.training
+    return TrainOptions(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
+                        optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str,
+          observer: RoundObserver | None = None) -> Outcome:
+    """Run one algorithm over the given sites through the in-process transport."""
+    config = setup.config
+    start = time.perf_counter()
+    transport = InProcessTransport(_trainers(setup, sites))
+    ctx = StrategyContext(setup.initial, setup.parameter_keys, setup.norm_keys, list(sites),
+                          config.federation)
+    strategy = build_strategy(algorithm, ctx)
+    fed = config.federation
+    plan = RoundPlan(fed.rounds, fed.fraction, fed.min_sites, fed.eval_every)
+    sampling = np.random.default_rng(np.random.SeedSequence([config.seed, 2]))
+    history = run_rounds(strategy, transport, list(sites), plan, train_options(config), sampling,
+                         observer)
+    outcome = Outcome(name, strategy, history, transport, time.perf_counter() - start)
+    outcome.test = score_test(setup, outcome.strategy, list(sites))
+    return outcome
+
+
+def score_test(setup: Setup, strategy: Strategy, sites: list[SiteId]) -> Metrics:
+    """The held-out test set; a personalized strategy predicts with the mean of its site models."""
+    test = setup.federation.source.test
+    states = [strategy.site_state(s) for s in sites] if strategy.personalized else [strategy.global_state]
+    probs, loss = setup.predictor.predict_mean(states, test)
+    return {**compute_metrics(setup.federation.source.task, test.y, probs), "loss": loss}
+
+
+def score_local_models(setup: Setup, outcome: Outcome) -> dict[SiteId, Metrics]:
+    """Each local-only site model alone on the held-out test set."""
+    test = setup.federation.source.test
+    out = {}
+    for site in outcome.transport.trainers:
+        probs, loss = setup.predictor.predict(outcome.strategy.site_state(site), test)
+        out[site] = {**compute_metrics(setup.federation.source.task, test.y, probs), "loss": loss}
+    return out
+
+
+def site_report(setup: Setup, outcome: Outcome) -> dict[SiteId, dict]:
+    """Per site: sizes, label counts, the final model on the site's validation split and, when the
+    site holds its own share of the test set, on that too (scored at the site)."""
+    source = setup.federation.source
+    last_val = outcome.history[-1].val
+    report = {}
+    for site, data in setup.federation.sites.items():
+        entry: dict = {"n_train": len(data.train), "n_val": len(data.val),
+                       "label_counts": label_counts(source.task, data.train.y, source.num_outputs),
+                       "val": last_val.get(site, {})}
+        if data.test is not None and len(data.test):
+            entry["n_test"] = len(data.test)
+            entry["test"] = outcome.transport.evaluate(site, outcome.strategy.site_state(site), "test")
+        report[site] = entry
+    return report
+
+
+def pooled_site(federation: Federation) -> dict[SiteId, SiteData]:
+    """All sites' training and validation data in one place: the centralized upper reference."""
+    sites = federation.sites.values()
+    return {POOLED: SiteData(POOLED, Samples.concat([s.train for s in sites]),
+                             Samples.concat([s.val for s in sites]))}
+
+
+def _trainers(setup: Setup, sites: dict[SiteId, SiteData]) -> dict[SiteId, SiteTrainer]:
+    config = setup.config
+    source = setup.federation.source
+    device = setup.predictor.device
+    trainers = {}
+    for k, (site, data) in enumerate(sites.items()):
+        seed = int(np.random.SeedSequence([config.seed, 1, k]).generate_state(1)[0])
+        # Weights are loaded every round; the seed only keeps construction deterministic.
+        model = build_model(config.model.model, replace(setup.spec, input_size=()), config.seed)
+        trainers[site] = SiteTrainer(data, model, source.task, setup.preprocess, device, seed,
+                                     config.data.augment)
+    return trainers

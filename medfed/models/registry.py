@@ -1,0 +1,106 @@
+"""The model registry. Every builder takes the same ModelSpec, so data decides shapes, not users."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from monai.networks import nets
+from torch import nn
+
+from medfed.errors import ConfigError
+from medfed.models.cnn import SmallCNN
+from medfed.models.norm import monai_norm
+from medfed.models.tabular import logistic, mlp
+from medfed.registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    spatial_dims: int  # 2 or 3 for images, 0 for tabular rows
+    in_channels: int  # image channels, or features for tabular rows
+    num_outputs: int
+    norm: str = "batch"
+    input_size: tuple[int, ...] = ()  # spatial size (H, W) or (D, H, W); checked when given
+
+
+def _image_only(name: str, build: Callable[[ModelSpec], nn.Module]) -> Callable[[ModelSpec], nn.Module]:
+    def checked(spec: ModelSpec) -> nn.Module:
+        if spec.spatial_dims not in (2, 3):
+            raise ConfigError(f"--model {name} needs 2D or 3D images; for tabular data use mlp "
+                              "or logistic")
+        return build(spec)
+    return checked
+
+
+def _tabular_only(name: str, build: Callable[[ModelSpec], nn.Module]) -> Callable[[ModelSpec], nn.Module]:
+    def checked(spec: ModelSpec) -> nn.Module:
+        if spec.spatial_dims != 0:
+            raise ConfigError(f"--model {name} is for tabular data; for images use cnn, resnet18, "
+                              "resnet50 or densenet121")
+        return build(spec)
+    return checked
+
+
+def _resnet(factory: Callable[..., nn.Module]) -> Callable[[ModelSpec], nn.Module]:
+    return lambda s: factory(spatial_dims=s.spatial_dims, n_input_channels=s.in_channels,
+                             num_classes=s.num_outputs, norm=monai_norm(s.norm))
+
+
+MODELS: Registry[Callable[[ModelSpec], nn.Module]] = Registry("model", {
+    "cnn": _image_only("cnn", lambda s: SmallCNN(s.spatial_dims, s.in_channels, s.num_outputs, s.norm)),
+    "resnet18": _image_only("resnet18", _resnet(nets.resnet18)),
+    "resnet50": _image_only("resnet50", _resnet(nets.resnet50)),
+    "densenet121": _image_only("densenet121", lambda s: nets.DenseNet121(
+        spatial_dims=s.spatial_dims, in_channels=s.in_channels, out_channels=s.num_outputs,
+        norm=monai_norm(s.norm))),
+    "mlp": _tabular_only("mlp", lambda s: mlp(s.in_channels, s.num_outputs, s.norm)),
+    "logistic": _tabular_only("logistic", lambda s: logistic(s.in_channels, s.num_outputs)),
+})
+
+
+def build_model(name: str, spec: ModelSpec, seed: int) -> nn.Module:
+    """A freshly initialised network; the same seed gives the same initial weights."""
+    builder = MODELS[name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = builder(spec)
+    if spec.input_size:
+        _check_input_size(name, model, spec)
+    return model
+
+
+def _check_input_size(name: str, model: nn.Module, spec: ModelSpec) -> None:
+    """A dry forward pass, so that an image too small for a deep network fails here, clearly,
+    rather than as a shape error deep inside training."""
+    probe = torch.zeros(1, spec.in_channels, *spec.input_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(probe)
+    except RuntimeError:
+        raise ConfigError(f"--model {name} cannot take {'x'.join(map(str, spec.input_size))} "
+                          "inputs (too small for its down-sampling); pass --image-size 64 or use "
+                          "--model cnn") from None
+    finally:
+        model.train(was_training)
+
+
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def norm_keys(model: nn.Module) -> frozenset[str]:
+    """State-dict keys of normalization layers (affine weights and running statistics): FedBN keeps
+    these at each site."""
+    keys = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, NORM_TYPES):
+            keys |= {f"{prefix}.{k}" if prefix else k for k in module.state_dict()}
+    return frozenset(keys)
+
+
+def parameter_keys(model: nn.Module) -> frozenset[str]:
+    """Keys of trainable parameters (buffers such as running statistics are not among them)."""
+    return frozenset(name for name, _ in model.named_parameters())

@@ -1,0 +1,60 @@
+"""What a run leaves in its --out folder: summary.json, config.toml, rounds.jsonl, model weights."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from medfed.config import RunConfig, to_toml
+from medfed.errors import ConfigError
+from medfed.server.round_loop import RoundResult
+from medfed.transport.codec import encode_state
+from medfed.types import SiteId, StateDict
+
+
+def prepare_out_dir(path: str | Path) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_json(path: Path, data: Any) -> None:
+    """JSON without NaN (not valid JSON): undefined metrics are written as null."""
+    path.write_text(json.dumps(_finite(data), indent=2) + "\n", encoding="utf-8")
+
+
+def write_config(out: Path, config: RunConfig) -> None:
+    (out / "config.toml").write_text(to_toml(config), encoding="utf-8")
+
+
+def write_rounds(out: Path, history: list[RoundResult]) -> None:
+    with (out / "rounds.jsonl").open("w", encoding="utf-8") as f:
+        for result in history:
+            f.write(json.dumps(_finite(asdict(result))) + "\n")
+
+
+def write_models(out: Path, models: dict[SiteId | None, StateDict], metadata: dict[str, Any]
+                 ) -> list[str]:
+    """The global model as model.safetensors; personalized site models under models/."""
+    written = []
+    for site, state in models.items():
+        path = out / "model.safetensors" if site is None else out / "models" / f"{site}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(encode_state(state, {**metadata, "site": site}))
+        written.append(str(path.relative_to(out)))
+    return written
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

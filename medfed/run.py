@@ -1,0 +1,99 @@
+"""`medfed run`: one experiment in simulation, its baselines, and everything it writes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+import medfed
+from medfed.config import RunConfig
+from medfed.experiment import (
+    Outcome,
+    Setup,
+    pooled_site,
+    prepare,
+    score_local_models,
+    site_report,
+    train,
+)
+from medfed.output import prepare_out_dir, write_config, write_json, write_models, write_rounds
+from medfed.progress import RichRoundProgress, results_table
+
+LOCAL = "ensemble"  # the local-only baseline is the ensemble's training: every site on its own
+
+
+def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None = None
+                ) -> dict[str, Any]:
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    out = prepare_out_dir(out_dir)
+    write_config(out, config)
+    setup = prepare(config)
+    fed = setup.federation
+    console.print(f"[bold]medfed run[/]: {fed.source.name} ({fed.source.task}), "
+                  f"{len(fed.sites)} sites ({fed.partition}), {config.federation.algorithm}, "
+                  f"{config.federation.rounds} rounds, model {config.model.model}")
+    with RichRoundProgress(console) as progress:
+        rounds = config.federation.rounds
+        federated = train(setup, config.federation.algorithm, fed.sites, config.federation.algorithm,
+                          progress.start_run(config.federation.algorithm, rounds))
+        baselines = _baselines(setup, progress, rounds, federated) if config.baselines else None
+    summary = _summary(setup, federated, baselines)
+    summary["total_seconds"] = time.perf_counter() - started
+    summary["files"] = _write(out, setup, federated, summary)
+    write_json(out / "summary.json", summary)
+    Console().print(results_table(_table_rows(summary), f"held-out test set ({len(fed.source.test)} "
+                                                        f"images) - results in {out}"))
+    return summary
+
+
+def _baselines(setup: Setup, progress: RichRoundProgress, rounds: int, federated: Outcome
+               ) -> dict[str, Any]:
+    """Local-only (each site alone) and pooled (all training data in one place), same budget."""
+    sites = setup.federation.sites
+    local = federated if federated.name == LOCAL else train(
+        setup, LOCAL, sites, "local", progress.start_run("local-only", rounds))
+    pooled = train(setup, "fedavg", pooled_site(setup.federation), "pooled",
+                   progress.start_run("pooled", rounds))
+    return {"pooled": {"test": pooled.test, "wall_seconds": pooled.seconds},
+            "local": {s: {"test": m} for s, m in score_local_models(setup, local).items()}}
+
+
+def _summary(setup: Setup, federated: Outcome, baselines: dict[str, Any] | None) -> dict[str, Any]:
+    config, source = setup.config, setup.federation.source
+    summary: dict[str, Any] = {
+        "medfed_version": medfed.__version__, "dataset": source.name, "task": str(source.task),
+        "class_names": list(source.class_names), "partition": setup.federation.partition,
+        "algorithm": config.federation.algorithm, "model": config.model.model,
+        "norm": config.model.norm, "rounds": config.federation.rounds,
+        "local_epochs": config.training.local_epochs, "seed": config.seed,
+        "device": str(setup.predictor.device),
+        "sites": site_report(setup, federated), "test": federated.test,
+        "n_test": len(source.test), "wall_seconds": federated.seconds,
+        "bytes_up": federated.transport.bytes_up, "bytes_down": federated.transport.bytes_down,
+        "failed_updates": {r.round: r.failed for r in federated.history if r.failed},
+    }
+    if baselines is not None:
+        summary["baselines"] = baselines
+    return summary
+
+
+def _write(out: Path, setup: Setup, federated: Outcome, summary: dict[str, Any]) -> list[str]:
+    write_rounds(out, federated.history)
+    strategy = federated.strategy
+    models = ({s: strategy.site_state(s) for s in setup.federation.sites} if strategy.personalized
+              else {None: strategy.global_state})
+    meta = {k: summary[k] for k in ("dataset", "task", "class_names", "algorithm", "model", "norm")}
+    meta["spec"] = vars(setup.spec) | {"input_size": list(setup.spec.input_size)}
+    return ["summary.json", "config.toml", "rounds.jsonl", *write_models(out, models, meta)]
+
+
+def _table_rows(summary: dict[str, Any]) -> dict[str, dict]:
+    rows = {f"federated ({summary['algorithm']})": summary["test"]}
+    if "baselines" in summary:
+        rows["pooled"] = summary["baselines"]["pooled"]["test"]
+        rows |= {f"local {s}": v["test"] for s, v in summary["baselines"]["local"].items()}
+    return rows

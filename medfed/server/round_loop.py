@@ -1,0 +1,115 @@
+"""The round loop: the one place where rounds happen, in simulation and in deployment alike.
+
+A site that fails, or sends an update that does not match the global model, is recorded in the
+round's result and left out; the round closes if at least min_sites usable updates arrived.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import numpy as np
+
+from medfed.algorithms.strategy import Strategy
+from medfed.client.trainer import TrainOptions
+from medfed.errors import IncompatibleUpdate, NotEnoughSites, TransportError
+from medfed.server.sampling import sample_sites
+from medfed.server.validation import check_update
+from medfed.transport.base import Transport
+from medfed.types import Metrics, SiteId, Update
+
+
+@dataclass
+class RoundResult:
+    round: int
+    sites: list[SiteId] = field(default_factory=list)  # sites whose update was aggregated
+    failed: dict[SiteId, str] = field(default_factory=dict)  # site -> why it was left out
+    train_loss: dict[SiteId, float] = field(default_factory=dict)
+    val: dict[SiteId, Metrics] = field(default_factory=dict)  # each site scores on its own split
+    bytes_up: int = 0
+    bytes_down: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    rounds: int
+    fraction: float = 1.0
+    min_sites: int = 1
+    eval_every: int = 1  # 0: only after the last round
+
+
+class RoundObserver(Protocol):
+    def round_started(self, round_index: int, sites: list[SiteId]) -> None: ...
+
+    def site_finished(self, round_index: int, site: SiteId, loss: float | None) -> None: ...
+
+    def round_finished(self, result: RoundResult) -> None: ...
+
+
+class SilentObserver:
+    def round_started(self, round_index: int, sites: list[SiteId]) -> None:
+        pass
+
+    def site_finished(self, round_index: int, site: SiteId, loss: float | None) -> None:
+        pass
+
+    def round_finished(self, result: RoundResult) -> None:
+        pass
+
+
+def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId], plan: RoundPlan,
+               options: TrainOptions, rng: np.random.Generator,
+               observer: RoundObserver | None = None) -> list[RoundResult]:
+    observer = observer or SilentObserver()
+    options = replace(options, **strategy.train_overrides)
+    history = []
+    for r in range(plan.rounds):
+        start, up, down = time.perf_counter(), transport.bytes_up, transport.bytes_down
+        sampled = sample_sites(sites, plan.fraction, rng)
+        observer.round_started(r, sampled)
+        result = RoundResult(round=r)
+        for stage in strategy.stages(r, sampled):
+            _run_stage(strategy, transport, stage, options, result, observer)
+        if len(set(result.sites)) < min(plan.min_sites, len(sampled)):
+            raise NotEnoughSites(f"round {r + 1}: {len(result.sites)} usable updates, "
+                                 f"fewer than min_sites={plan.min_sites}; failures: {result.failed}")
+        if _evaluate_now(plan, r):
+            result.val = {s: transport.evaluate(s, strategy.site_state(s), "val") for s in sites}
+        result.bytes_up, result.bytes_down = transport.bytes_up - up, transport.bytes_down - down
+        result.seconds = time.perf_counter() - start
+        history.append(result)
+        observer.round_finished(result)
+    return history
+
+
+def _run_stage(strategy: Strategy, transport: Transport, stage: list[SiteId], options: TrainOptions,
+               result: RoundResult, observer: RoundObserver) -> None:
+    strategy.open_stage()
+    for site in stage:
+        try:
+            update = transport.train(site, strategy.payload(site), options)
+            _check_origin(update, site)
+            check_update(update, strategy.global_state)
+        except (TransportError, IncompatibleUpdate) as exc:
+            result.failed[site] = str(exc)
+            observer.site_finished(result.round, site, None)
+            continue
+        strategy.receive(update)
+        result.sites.append(site)
+        result.train_loss[site] = update.metrics.get("train_loss", float("nan"))
+        observer.site_finished(result.round, site, result.train_loss[site])
+    strategy.close_stage()
+
+
+def _check_origin(update: Update, site: SiteId) -> None:
+    if update.site != site:
+        raise IncompatibleUpdate(f"update from '{update.site}' arrived on the channel of '{site}'")
+
+
+def _evaluate_now(plan: RoundPlan, r: int) -> bool:
+    last = r == plan.rounds - 1
+    return last or (plan.eval_every > 0 and (r + 1) % plan.eval_every == 0)

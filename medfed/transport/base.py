@@ -1,0 +1,21 @@
+"""The transport contract the round loop relies on. Implementations count the bytes they carry."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from medfed.client.trainer import TrainOptions
+from medfed.types import Metrics, SiteId, StateDict, Update
+
+
+class Transport(Protocol):
+    bytes_up: int  # site -> server
+    bytes_down: int  # server -> site
+
+    def train(self, site: SiteId, state: StateDict, options: TrainOptions) -> Update:
+        """Send the model to a site, train there, return its update (raises TransportError)."""
+        ...
+
+    def evaluate(self, site: SiteId, state: StateDict, split: str) -> Metrics:
+        """Score a model on a site's own split ('val' or 'test'); only metrics come back."""
+        ...

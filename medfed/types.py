@@ -1,0 +1,32 @@
+"""Small shared types: what crosses between data, sites, server and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+SiteId = str
+Metrics = dict[str, float]
+
+
+class Task(StrEnum):
+    """What the labels mean; decides the loss, the output layer and the metrics."""
+
+    BINARY = "binary"
+    MULTICLASS = "multi-class"
+    MULTILABEL = "multi-label"  # one sigmoid per finding (ChestMNIST, ChestX-ray14)
+    ORDINAL = "ordinal"  # ordered grades (RetinaMNIST); trained as multi-class, also scored by kappa
+
+
+@dataclass(frozen=True)
+class Update:
+    """What one site returns after local training. The state never carries patient data."""
+
+    site: SiteId
+    state: StateDict
+    n_samples: int  # training samples seen per epoch: the FedAvg weight
+    n_steps: int  # optimizer steps taken (FedNova needs it)
+    metrics: Metrics = field(default_factory=dict)
