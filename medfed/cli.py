@@ -21,7 +21,8 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--sites": ("sites", int, "number of sites"),
     "--partition": ("partition", str, "iid, dirichlet, quantity or natural"),
     "--alpha": ("alpha", float, "Dirichlet concentration of the label skew"),
-    "--sizes": ("sizes", str, "site sizes or proportions, comma-separated, e.g. 20,25,15,30,22"),
+    "--sizes": ("sizes", str, "exact samples per site, comma-separated, e.g. 400,500,300"),
+    "--proportions": ("proportions", str, "relative site sizes, e.g. 20,25,15,30,22"),
     "--image-size": ("image_size", int, "resize images to this side length"),
     "--algorithm": ("algorithm", str, "fedavg, fedprox, fedbn, fedadam, fedyogi, swt, cwt, ensemble"),
     "--rounds": ("rounds", int, "federated rounds"),
@@ -68,28 +69,38 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     for flag, (key, _, _) in RUN_FLAGS.items():
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
-            overrides[key] = _parse_sizes(value) if key == "sizes" else value
+            overrides[key] = _parse_list(flag, value, int if key == "sizes" else float) \
+                if key in ("sizes", "proportions") else value
     for key in ("baselines", "augment"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     return with_overrides(config, overrides)
 
 
-def _parse_sizes(text: str) -> list[float]:
+def _parse_list(flag: str, text: str, kind: type) -> list:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise MedfedError(f"--sizes takes comma-separated numbers, got '{text}'") from None
+        raise MedfedError(f"{flag} takes comma-separated {kind.__name__}s, got '{text}'") from None
+
+
+def _fresh_run_dir() -> Path:
+    base = Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            from medfed.run import execute_run  # torch and MONAI load only when needed
+            config = run_config(args)  # flags are checked before torch and MONAI load (seconds)
+            from medfed.run import execute_run
 
-            config = run_config(args)
-            execute_run(config, args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S"))
+            execute_run(config, args.out or _fresh_run_dir())
     except MedfedError as exc:
         sys.stderr.write(f"medfed: error: {exc}\n")
         return 2

@@ -25,7 +25,7 @@ from medfed.evaluation.metrics import compute_metrics
 from medfed.models import ModelSpec, build_model, norm_keys, parameter_keys
 from medfed.server.round_loop import RoundObserver, RoundPlan, RoundResult, run_rounds
 from medfed.transport.inprocess import InProcessTransport
-from medfed.types import Metrics, SiteId, StateDict
+from medfed.types import Metrics, Prediction, SiteId, StateDict
 
 POOLED = "pooled"
 
@@ -100,11 +100,35 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
 
 
 def score_test(setup: Setup, strategy: Strategy, sites: list[SiteId]) -> Metrics:
-    """The held-out test set; a personalized strategy predicts with the mean of its site models."""
+    """The held-out test set, predicted as the strategy predicts (see types.Prediction)."""
     test = setup.federation.source.test
-    states = [strategy.site_state(s) for s in sites] if strategy.personalized else [strategy.global_state]
-    probs, loss = setup.predictor.predict_mean(states, test)
+    if strategy.prediction is Prediction.SITE and _test_sites(setup, sites) is not None:
+        probs, loss = _predict_by_site(setup, strategy, sites)
+    else:
+        states = ([strategy.global_state] if strategy.prediction is Prediction.GLOBAL
+                  else [strategy.site_state(s) for s in sites])
+        probs, loss = setup.predictor.predict_mean(states, test)
     return {**compute_metrics(setup.federation.source.task, test.y, probs), "loss": loss}
+
+
+def _test_sites(setup: Setup, sites: list[SiteId]) -> np.ndarray | None:
+    """Each test image's site index, when the test set is grouped by the training sites."""
+    fed = setup.federation
+    same_sites = list(fed.source.group_names) == sites
+    return fed.source.test_groups if fed.partition == "natural" and same_sites else None
+
+
+def _predict_by_site(setup: Setup, strategy: Strategy, sites: list[SiteId]
+                     ) -> tuple[np.ndarray, float]:
+    """Every test image scored by the model of its own site (how FedBN is deployed)."""
+    test, groups = setup.federation.source.test, _test_sites(setup, sites)
+    probs = np.zeros((len(test), setup.spec.num_outputs), np.float32)
+    loss = 0.0
+    for k, site in enumerate(sites):
+        rows = np.flatnonzero(groups == k)
+        site_probs, site_loss = setup.predictor.predict(strategy.site_state(site), test.subset(rows))
+        probs[rows], loss = site_probs, loss + site_loss * len(rows)
+    return probs, loss / len(test)
 
 
 def score_local_models(setup: Setup, outcome: Outcome) -> dict[SiteId, Metrics]:
@@ -124,9 +148,11 @@ def site_report(setup: Setup, outcome: Outcome) -> dict[SiteId, dict]:
     last_val = outcome.history[-1].val
     report = {}
     for site, data in setup.federation.sites.items():
+        val = last_val.get(site) or outcome.transport.evaluate(
+            site, outcome.strategy.site_state(site), "val")
         entry: dict = {"n_train": len(data.train), "n_val": len(data.val),
                        "label_counts": label_counts(source.task, data.train.y, source.num_outputs),
-                       "val": last_val.get(site, {})}
+                       "val": val}
         if data.test is not None and len(data.test):
             entry["n_test"] = len(data.test)
             entry["test"] = outcome.transport.evaluate(site, outcome.strategy.site_state(site), "test")

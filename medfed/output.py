@@ -40,7 +40,7 @@ def write_rounds(out: Path, history: list[RoundResult]) -> None:
 
 def write_models(out: Path, models: dict[SiteId | None, StateDict], metadata: dict[str, Any]
                  ) -> list[str]:
-    """The global model as model.safetensors; personalized site models under models/."""
+    """The global model as model.safetensors; site models (FedBN, ensemble) under models/."""
     written = []
     for site, state in models.items():
         path = out / "model.safetensors" if site is None else out / "models" / f"{site}.safetensors"

@@ -21,6 +21,7 @@ from medfed.experiment import (
 )
 from medfed.output import prepare_out_dir, write_config, write_json, write_models, write_rounds
 from medfed.progress import RichRoundProgress, results_table
+from medfed.types import Prediction
 
 LOCAL = "ensemble"  # the local-only baseline is the ensemble's training: every site on its own
 
@@ -29,9 +30,9 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
                 ) -> dict[str, Any]:
     console = console or Console(stderr=True)
     started = time.perf_counter()
+    setup = prepare(config)  # data and model first: a bad input leaves no half-made folder
     out = prepare_out_dir(out_dir)
     write_config(out, config)
-    setup = prepare(config)
     fed = setup.federation
     console.print(f"[bold]medfed run[/]: {fed.source.name} ({fed.source.task}), "
                   f"{len(fed.sites)} sites ({fed.partition}), {config.federation.algorithm}, "
@@ -84,8 +85,8 @@ def _summary(setup: Setup, federated: Outcome, baselines: dict[str, Any] | None)
 def _write(out: Path, setup: Setup, federated: Outcome, summary: dict[str, Any]) -> list[str]:
     write_rounds(out, federated.history)
     strategy = federated.strategy
-    models = ({s: strategy.site_state(s) for s in setup.federation.sites} if strategy.personalized
-              else {None: strategy.global_state})
+    models = ({None: strategy.global_state} if strategy.prediction is Prediction.GLOBAL
+              else {s: strategy.site_state(s) for s in setup.federation.sites})
     meta = {k: summary[k] for k in ("dataset", "task", "class_names", "algorithm", "model", "norm")}
     meta["spec"] = vars(setup.spec) | {"input_size": list(setup.spec.input_size)}
     return ["summary.json", "config.toml", "rounds.jsonl", *write_models(out, models, meta)]

@@ -21,6 +21,14 @@ class Task(StrEnum):
     ORDINAL = "ordinal"  # ordered grades (RetinaMNIST); trained as multi-class, also scored by kappa
 
 
+class Prediction(StrEnum):
+    """How a trained strategy predicts for a patient."""
+
+    GLOBAL = "global"  # the one global model
+    SITE = "site"  # the model of the patient's own site (FedBN); the mean of them if unknown
+    ENSEMBLE = "ensemble"  # the mean of every site model's probabilities
+
+
 @dataclass(frozen=True)
 class Update:
     """What one site returns after local training. The state never carries patient data."""

@@ -7,6 +7,7 @@ weights: they are never averaged as floats; the aggregate keeps their maximum.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -25,8 +26,8 @@ class WeightedMean:
         self.count = 0
 
     def add(self, state: StateDict, weight: float) -> None:
-        if weight <= 0:
-            raise IncompatibleUpdate(f"aggregation weight must be > 0, got {weight}")
+        if not math.isfinite(weight) or weight <= 0:
+            raise IncompatibleUpdate(f"aggregation weight must be finite and > 0, got {weight}")
         if self.count == 0:
             self._sum = {k: _start(v, weight) for k, v in state.items()}
         else:

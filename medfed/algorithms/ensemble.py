@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from medfed.types import SiteId, StateDict, Update
+from medfed.types import Prediction, SiteId, StateDict, Update
 
 
 class LocalEnsemble:
     name = "ensemble"
-    personalized = True
+    prediction = Prediction.ENSEMBLE
 
     def __init__(self, initial: StateDict) -> None:
         self._initial = initial

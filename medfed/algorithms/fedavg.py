@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 from medfed.algorithms.aggregate import WeightedMean, cast_like
 from medfed.algorithms.server_optimizer import AdaptiveServerOptimizer
-from medfed.types import SiteId, StateDict, Update
+from medfed.types import Prediction, SiteId, StateDict, Update
 
 
 class FedAvg:
-    personalized = False
+    prediction = Prediction.GLOBAL
 
     def __init__(self, initial: StateDict, name: str = "fedavg", proximal_mu: float = 0.0,
                  server_optimizer: AdaptiveServerOptimizer | None = None) -> None:

@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from medfed.algorithms.fedavg import FedAvg
-from medfed.types import SiteId, StateDict, Update
+from medfed.types import Prediction, SiteId, StateDict, Update
 
 
 class FedBN:
     name = "fedbn"
-    personalized = True
+    prediction = Prediction.SITE
 
     def __init__(self, inner: FedAvg, local_keys: frozenset[str]) -> None:
         self.inner = inner

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from medfed.types import SiteId, StateDict, Update
+from medfed.errors import ConfigError
+from medfed.types import Prediction, SiteId, StateDict, Update
 
 
 class SequentialTransfer:
-    personalized = False
+    prediction = Prediction.GLOBAL
 
     def __init__(self, initial: StateDict, all_sites: Sequence[SiteId], rounds: int, cyclic: bool
                  ) -> None:
         self.name = "cwt" if cyclic else "swt"
+        if not cyclic and rounds < len(all_sites):
+            raise ConfigError(f"swt passes the model through each of the {len(all_sites)} sites in "
+                              f"turn, so it needs --rounds >= {len(all_sites)} (got {rounds})")
         self._global = initial
         self.all_sites = list(all_sites)
         self.rounds = rounds

@@ -13,14 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from medfed.types import SiteId, StateDict, Update
+from medfed.types import Prediction, SiteId, StateDict, Update
 
 
 class Strategy(Protocol):
     name: str
-    # True when each site keeps (part of) its own model: FedBN, the local ensemble. Then the global
-    # test prediction averages the sites' models' outputs, and each site is scored with its own.
-    personalized: bool
+    # GLOBAL unless sites keep (part of) their own model (FedBN, the local ensemble); then each
+    # site is scored with its own model, and a test image with its site's model or the ensemble.
+    prediction: Prediction
     # Changes to a site's training options this algorithm needs (FedProx's proximal weight).
     train_overrides: dict[str, float]
 
@@ -35,7 +35,7 @@ class Strategy(Protocol):
     def close_stage(self) -> None: ...
 
     def site_state(self, site: SiteId) -> StateDict:
-        """The model a site is evaluated with (the global one unless personalized)."""
+        """The model a site is evaluated with (the global one when prediction is GLOBAL)."""
         ...
 
     @property

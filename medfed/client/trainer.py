@@ -12,6 +12,7 @@ from torch import nn
 from medfed.client.predictor import Predictor, loss_for
 from medfed.data.dataset import Samples, SiteData
 from medfed.data.transforms import Preprocess, RandomAugment
+from medfed.errors import DataError
 from medfed.evaluation.metrics import compute_metrics
 from medfed.types import Metrics, StateDict, Task, Update
 
@@ -69,7 +70,7 @@ class SiteTrainer:
     def evaluate(self, state: StateDict, split: str) -> Metrics:
         samples = self.data.val if split == "val" else self.data.test
         if samples is None:
-            raise ValueError(f"site {self.site} has no {split} split")
+            raise DataError(f"site {self.site} has no {split} split")
         probs, loss = self.predictor.predict(state, samples)
         return {**compute_metrics(self.task, samples.y, probs), "loss": loss}
 
@@ -77,7 +78,7 @@ class SiteTrainer:
         """Shuffled training batches, preprocessed and (when on) augmented."""
         n = len(samples)
         for index in torch.randperm(n, generator=self.shuffle).split(batch_size):
-            if len(index) == 1 and n > 1:
+            if len(index) == 1 < batch_size and n > 1:
                 continue  # a lone sample breaks BatchNorm's batch statistics; it comes back next epoch
             index = index.numpy()
             x = self.preprocess(samples.x[index])

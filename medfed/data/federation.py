@@ -32,10 +32,12 @@ def _partition(source: DataSource, config: DataConfig, scheme: str, rng: np.rand
     if scheme == "iid":
         return partition.iid(n, config.sites, rng)
     if scheme == "quantity":
-        sizes = config.sizes or (1.0,) * config.sites
+        sizes = config.sizes or partition.counts_from_proportions(
+            n, config.proportions or (1.0,) * config.sites)
         return partition.quantity(n, sizes, rng)
     if scheme == "dirichlet":
-        return partition.dirichlet(_strata(source), config.sites, config.alpha, rng, config.sizes)
+        proportions = config.proportions or config.sizes
+        return partition.dirichlet(_strata(source), config.sites, config.alpha, rng, proportions)
     return partition.natural(source.groups, config.sites)
 
 

@@ -68,7 +68,8 @@ def load_medmnist(path: str | Path | None) -> DataSource:
     task, names = SETS.get(flag) or _infer(arrays["train_labels"])
     pool = Samples.concat([_samples(arrays, "train", task, is_3d), _samples(arrays, "val", task, is_3d)])
     test = _samples(arrays, "test", task, is_3d)
-    _check_labels(pool.y, task, len(names), path)
+    for split in (pool, test):
+        _check_labels(split.y, task, len(names), path)
     return DataSource(name=flag or path.stem, task=task, class_names=names, pool=pool, test=test,
                       max_value=255.0 if pool.x.dtype == np.uint8 else float(pool.x.max() or 1))
 

@@ -21,40 +21,75 @@ def iid(n: int, n_sites: int, rng: np.random.Generator) -> list[np.ndarray]:
     return _sorted(np.array_split(rng.permutation(n), n_sites))
 
 
-def quantity(n: int, sizes: Sequence[float], rng: np.random.Generator) -> list[np.ndarray]:
-    """Quantity skew: explicit site sizes (counts summing to at most n) or proportions of n.
-
-    Sizes whose sum exceeds n are read as proportions, e.g. the radiology paper's five sites of
-    20k/25k/15k/30k/22k images on a smaller pool keep their ratios.
-    """
+def quantity(n: int, sizes: Sequence[int], rng: np.random.Generator) -> list[np.ndarray]:
+    """Quantity skew: site k gets exactly sizes[k] samples (they may sum to less than n)."""
     _check_count(n, len(sizes))
-    counts = _counts_for(n, sizes)
-    bounds = np.cumsum(counts)[:-1]
-    return _sorted(np.split(rng.permutation(n)[: counts.sum()], bounds))
+    counts = np.asarray(sizes, dtype=int)
+    if np.any(counts < MIN_SITE_SIZE):
+        raise DataError(f"every site needs at least {MIN_SITE_SIZE} samples, got sizes {list(sizes)}")
+    if counts.sum() > n:
+        raise DataError(f"sizes {list(sizes)} sum to {counts.sum()}, more than the {n} samples "
+                        "available; give smaller sizes or proportions")
+    return _sorted(np.split(rng.permutation(n)[: counts.sum()], np.cumsum(counts)[:-1]))
+
+
+def counts_from_proportions(n: int, proportions: Sequence[float]) -> list[int]:
+    """Relative sizes -> counts summing to n (largest remainders get the leftover samples), so
+    the radiology paper's 20k/25k/15k/30k/22k sites keep their ratios on a smaller pool."""
+    shares = np.asarray(proportions, float) / sum(proportions) * n
+    counts = np.floor(shares).astype(int)
+    counts[np.argsort(counts - shares)[: n - counts.sum()]] += 1
+    return counts.tolist()
 
 
 def dirichlet(labels: np.ndarray, n_sites: int, alpha: float, rng: np.random.Generator,
-              sizes: Sequence[float] = ()) -> list[np.ndarray]:
-    """Label skew: each class is shared among sites in proportions drawn from a Dirichlet.
+              proportions: Sequence[float] = ()) -> list[np.ndarray]:
+    """Label skew drawn from a Dirichlet; alpha -> 0 gives one class per site, large alpha iid.
 
-    With equal sites the concentration is alpha for every site (Hsu et al. 2019). With target
-    sizes s_k it is alpha * K * s_k / sum(s), so the expected site sizes follow s while alpha still
-    sets the label skew.
+    Without proportions, each class is shared among the sites in Dir(alpha) proportions (Hsu et
+    al. 2019), so site sizes vary too. With proportions, site sizes are fixed to them (quantity
+    skew) and each site's class mixture is drawn from Dir(alpha * C * class prior), so both skews
+    are set independently (the radiology paper's 20:25:15:30:22 sites with label skew).
     """
     if alpha <= 0:
         raise DataError(f"dirichlet alpha must be > 0, got {alpha}")
     labels = np.asarray(labels)
     _check_count(len(labels), n_sites)
-    share = np.full(n_sites, 1 / n_sites) if not sizes else np.asarray(sizes, float) / sum(sizes)
-    concentration = alpha * n_sites * share
+    if proportions and len(proportions) != n_sites:
+        raise DataError(f"{len(proportions)} proportions for {n_sites} sites")
     # A very skewed draw can leave a site (nearly) empty; redraw a bounded number of times from the
     # same generator, so the result stays a deterministic function of the seed.
     for _ in range(MAX_DRAWS):
-        result = _dirichlet_draw(labels, concentration, rng)
+        if proportions:
+            result = _mixture_draw(labels, counts_from_proportions(len(labels), proportions), alpha, rng)
+        else:
+            result = _dirichlet_draw(labels, np.full(n_sites, alpha), rng)
         if min(len(p) for p in result) >= MIN_SITE_SIZE:
             return result
     raise DataError(f"dirichlet alpha={alpha} left a site with fewer than {MIN_SITE_SIZE} samples "
                     f"in {MAX_DRAWS} draws; raise --alpha or use fewer sites")
+
+
+def _mixture_draw(labels: np.ndarray, counts: list[int], alpha: float, rng: np.random.Generator
+                  ) -> list[np.ndarray]:
+    """Fixed site sizes; each site draws its class mixture, then takes that many of each class
+    from what is left (a class that runs out is made up from the classes that remain)."""
+    classes = np.unique(labels)
+    remaining = [list(rng.permutation(np.flatnonzero(labels == c))) for c in classes]
+    prior = np.array([len(r) for r in remaining], float) / len(labels)
+    parts: list[np.ndarray] = [np.empty(0, int)] * len(counts)
+    for site in rng.permutation(len(counts)):  # random order: no site always gets the leftovers
+        mixture = rng.dirichlet(alpha * len(classes) * prior)
+        wanted = rng.multinomial(counts[site], mixture)
+        taken = []
+        for c, n in enumerate(wanted):
+            taken += remaining[c][:n]
+            del remaining[c][:n]
+        while len(taken) < counts[site]:  # classes that ran out: fill from the largest left
+            c = int(np.argmax([len(r) for r in remaining]))
+            taken.append(remaining[c].pop())
+        parts[site] = np.array(taken, dtype=int)
+    return _sorted(parts)
 
 
 def _dirichlet_draw(labels: np.ndarray, concentration: np.ndarray, rng: np.random.Generator
@@ -90,19 +125,6 @@ def train_val_split(index: np.ndarray, val_fraction: float, rng: np.random.Gener
     n_val = min(max(1, round(len(index) * val_fraction)), len(index) - 1)
     shuffled = rng.permutation(index)
     return np.sort(shuffled[n_val:]), np.sort(shuffled[:n_val])
-
-
-def _counts_for(n: int, sizes: Sequence[float]) -> np.ndarray:
-    sizes_arr = np.asarray(sizes, float)
-    if np.any(sizes_arr <= 0):
-        raise DataError(f"site sizes must be > 0, got {list(sizes)}")
-    if sizes_arr.sum() <= n and np.all(sizes_arr == np.round(sizes_arr)):
-        counts = sizes_arr.astype(int)
-    else:
-        counts = np.floor(sizes_arr / sizes_arr.sum() * n).astype(int)
-    if np.any(counts == 0):
-        raise DataError(f"sizes {list(sizes)} leave a site empty with {n} samples")
-    return counts
 
 
 def _check_count(n: int, n_sites: int) -> None:

@@ -14,7 +14,8 @@ Loader = Callable[[DataConfig, int], DataSource]
 
 SOURCES: Registry[Loader] = Registry("dataset", {
     "synthetic": lambda cfg, seed: load_synthetic(cfg.sites, cfg.synthetic_samples,
-                                                  cfg.synthetic_test, seed, cfg.sizes),
+                                                  cfg.synthetic_test, seed, cfg.sizes,
+                                                  cfg.proportions),
     "medmnist": lambda cfg, seed: load_medmnist(cfg.data_file),
 })
 

@@ -9,12 +9,14 @@ sites differ the way hospitals do. Images are stored as uint8, like an exported 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from medfed.data.dataset import DataSource, Samples
+from medfed.data.partition import counts_from_proportions
 from medfed.types import Task
 
 IMAGE_SIZE = 32
@@ -39,22 +41,24 @@ def site_names(n_sites: int) -> tuple[str, ...]:
 
 
 def random_scanner(rng: np.random.Generator) -> Scanner:
-    return Scanner(gamma=float(rng.uniform(0.6, 1.6)), contrast=float(rng.uniform(0.6, 1.3)),
-                   brightness=float(rng.uniform(-0.15, 0.15)), noise=float(rng.uniform(0.03, 0.12)),
-                   blur=float(rng.uniform(0.0, 1.2)), prevalence=float(rng.uniform(0.2, 0.6)))
+    return Scanner(gamma=float(rng.uniform(0.75, 1.35)), contrast=float(rng.uniform(0.75, 1.25)),
+                   brightness=float(rng.uniform(-0.1, 0.1)), noise=float(rng.uniform(0.02, 0.09)),
+                   blur=float(rng.uniform(0.0, 1.0)), prevalence=float(rng.uniform(0.2, 0.6)))
 
 
 def load_synthetic(n_sites: int, n_pool: int, n_test: int, seed: int,
-                   sizes: tuple[float, ...] = ()) -> DataSource:
-    """K sites' pooled training/validation images and a held-out test set, both with site groups."""
+                   sizes: Sequence[int] = (), proportions: Sequence[float] = ()) -> DataSource:
+    """K sites' training/validation images (exactly `sizes`, or n_pool shared by `proportions`)
+    and a held-out test set shared in the same proportions, both grouped by site."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5E7]))
-    proportions = np.asarray(sizes or [DEFAULT_PROPORTIONS[k % 5] for k in range(n_sites)], float)
-    scanners = [random_scanner(rng) for _ in range(n_sites)]
+    shares = sizes or proportions or [DEFAULT_PROPORTIONS[k % 5] for k in range(n_sites)]
+    pool_counts = list(sizes) or counts_from_proportions(n_pool, shares)
+    test_counts = counts_from_proportions(n_test, shares)
     pool_parts, test_parts = [], []
-    for k, scanner in enumerate(scanners):
-        share = proportions[k] / proportions.sum()
-        pool_parts.append(_site_images(scanner, max(2, round(share * n_pool)), rng))
-        test_parts.append(_site_images(scanner, max(1, round(share * n_test)), rng))
+    for k in range(n_sites):
+        scanner = random_scanner(rng)
+        pool_parts.append(_site_images(scanner, max(2, pool_counts[k]), rng))
+        test_parts.append(_site_images(scanner, max(1, test_counts[k]), rng))
     return DataSource(
         name="synthetic", task=Task.BINARY, class_names=("normal", "finding"),
         pool=Samples.concat(pool_parts), test=Samples.concat(test_parts), max_value=255.0,
@@ -116,9 +120,9 @@ def _findings(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A diffuse opacity or a nodule in one lung of each positive image; zero elsewhere."""
     n = len(labels)
     side = rng.choice([-1, 1], (n, 1, 1))
-    opacity = _blobs(n, rng, 1, sigma=(0.1, 0.22), amplitude=(0.08, 0.3), centre=0.25,
+    opacity = _blobs(n, rng, 1, sigma=(0.1, 0.22), amplitude=(0.15, 0.4), centre=0.25,
                      lung_side=side)
-    nodule = _blobs(n, rng, 1, sigma=(0.035, 0.06), amplitude=(0.12, 0.35), centre=0.25,
+    nodule = _blobs(n, rng, 1, sigma=(0.035, 0.06), amplitude=(0.25, 0.5), centre=0.25,
                     lung_side=side)
     is_nodule = rng.random((n, 1, 1)) < 0.4
     return np.where(is_nodule, nodule, opacity) * labels[:, None, None]

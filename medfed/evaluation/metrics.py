@@ -55,18 +55,18 @@ def _binary(y: np.ndarray, score: np.ndarray) -> Metrics:
 
 
 def _multiclass(y: np.ndarray, probs: np.ndarray) -> Metrics:
-    classes = np.arange(probs.shape[1])
     pred = probs.argmax(1)
+    # Macro averages run over the classes that occur (in labels or predictions): a small site split
+    # missing a grade must not score that grade as 0.
+    present = np.union1d(y, pred)
     precision, recall, f1, _ = precision_recall_fscore_support(
-        y, pred, labels=classes, average="macro", zero_division=0)
-    cm = confusion_matrix(y, pred, labels=classes)
+        y, pred, labels=present, average="macro", zero_division=0)
+    cm = confusion_matrix(y, pred, labels=present)
     fp = cm.sum(axis=0) - np.diag(cm)
     tn = cm.sum() - cm.sum(axis=0) - cm.sum(axis=1) + np.diag(cm)
-    try:
-        auc = float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=classes))
-    except ValueError:  # a class missing from y_true
-        auc = float("nan")
-    return {"auc": auc, "accuracy": float(accuracy_score(y, pred)), "precision": float(precision),
+    # Macro one-vs-rest AUC (as sklearn's multi_class="ovr"), over the classes it is defined for.
+    auc = np.nanmean([_auc((y == c).astype(int), probs[:, c]) for c in range(probs.shape[1])])
+    return {"auc": float(auc), "accuracy": float(accuracy_score(y, pred)), "precision": float(precision),
             "recall": float(recall), "f1": float(f1), "sensitivity": float(recall),
             "specificity": float(np.mean(tn / np.maximum(tn + fp, 1)))}
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from medfed.errors import ConfigError
 from medfed.models.cnn import SmallCNN
-from medfed.models.norm import monai_norm
+from medfed.models.norm import enforce_norm, monai_norm
 from medfed.models.tabular import logistic, mlp
 from medfed.registry import Registry
 
@@ -44,8 +44,9 @@ def _tabular_only(name: str, build: Callable[[ModelSpec], nn.Module]) -> Callabl
 
 
 def _resnet(factory: Callable[..., nn.Module]) -> Callable[[ModelSpec], nn.Module]:
-    return lambda s: factory(spatial_dims=s.spatial_dims, n_input_channels=s.in_channels,
-                             num_classes=s.num_outputs, norm=monai_norm(s.norm))
+    return lambda s: enforce_norm(factory(spatial_dims=s.spatial_dims,
+                                          n_input_channels=s.in_channels,
+                                          num_classes=s.num_outputs, norm=monai_norm(s.norm)), s.norm)
 
 
 MODELS: Registry[Callable[[ModelSpec], nn.Module]] = Registry("model", {

@@ -39,7 +39,7 @@ class RoundPlan:
     rounds: int
     fraction: float = 1.0
     min_sites: int = 1
-    eval_every: int = 1  # 0: only after the last round
+    eval_every: int = 1  # 0: never (the caller scores the final model itself)
 
 
 class RoundObserver(Protocol):
@@ -72,13 +72,15 @@ def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId]
         sampled = sample_sites(sites, plan.fraction, rng)
         observer.round_started(r, sampled)
         result = RoundResult(round=r)
-        for stage in strategy.stages(r, sampled):
+        stages = strategy.stages(r, sampled)
+        for stage in stages:
             _run_stage(strategy, transport, stage, options, result, observer)
-        if len(set(result.sites)) < min(plan.min_sites, len(sampled)):
+        asked = {site for stage in stages for site in stage}
+        if len(set(result.sites)) < min(plan.min_sites, len(asked)):
             raise NotEnoughSites(f"round {r + 1}: {len(result.sites)} usable updates, "
                                  f"fewer than min_sites={plan.min_sites}; failures: {result.failed}")
         if _evaluate_now(plan, r):
-            result.val = {s: transport.evaluate(s, strategy.site_state(s), "val") for s in sites}
+            result.val = _evaluate_sites(strategy, transport, sites, result)
         result.bytes_up, result.bytes_down = transport.bytes_up - up, transport.bytes_down - down
         result.seconds = time.perf_counter() - start
         history.append(result)
@@ -105,11 +107,22 @@ def _run_stage(strategy: Strategy, transport: Transport, stage: list[SiteId], op
     strategy.close_stage()
 
 
+def _evaluate_sites(strategy: Strategy, transport: Transport, sites: Sequence[SiteId],
+                    result: RoundResult) -> dict[SiteId, Metrics]:
+    """Each site scores the model on its own validation split; a site that cannot is recorded."""
+    scores = {}
+    for site in sites:
+        try:
+            scores[site] = transport.evaluate(site, strategy.site_state(site), "val")
+        except TransportError as exc:
+            result.failed.setdefault(site, f"evaluation: {exc}")
+    return scores
+
+
 def _check_origin(update: Update, site: SiteId) -> None:
     if update.site != site:
         raise IncompatibleUpdate(f"update from '{update.site}' arrived on the channel of '{site}'")
 
 
 def _evaluate_now(plan: RoundPlan, r: int) -> bool:
-    last = r == plan.rounds - 1
-    return last or (plan.eval_every > 0 and (r + 1) % plan.eval_every == 0)
+    return plan.eval_every > 0 and ((r + 1) % plan.eval_every == 0 or r == plan.rounds - 1)

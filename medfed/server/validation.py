@@ -10,7 +10,8 @@ from medfed.types import StateDict, Update
 
 def check_update(update: Update, reference: StateDict) -> None:
     """Raise IncompatibleUpdate naming the first problem: keys, shapes, dtypes, values, count."""
-    if not isinstance(update.n_samples, int) or update.n_samples <= 0:
+    if isinstance(update.n_samples, bool) or not isinstance(update.n_samples, int) \
+            or update.n_samples <= 0:
         raise IncompatibleUpdate(f"sample count must be a positive integer, got {update.n_samples!r}")
     missing = reference.keys() - update.state.keys()
     extra = update.state.keys() - reference.keys()

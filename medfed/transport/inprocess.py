@@ -4,11 +4,15 @@ server and each site never share a tensor, and the byte counts are those a netwo
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import TypeVar
 
 from medfed.client.trainer import SiteTrainer, TrainOptions
-from medfed.errors import TransportError
+from medfed.errors import MedfedError, TransportError
 from medfed.transport.codec import decode_state, encode_state
 from medfed.types import Metrics, SiteId, StateDict, Update
+
+T = TypeVar("T")
 
 
 class InProcessTransport:
@@ -19,7 +23,7 @@ class InProcessTransport:
 
     def train(self, site: SiteId, state: StateDict, options: TrainOptions) -> Update:
         received = self._deliver(site, state)
-        update = self.trainers[site].train(received, options)
+        update = _at_site(site, lambda: self.trainers[site].train(received, options))
         reply = encode_state(update.state, {"n_samples": update.n_samples,
                                             "n_steps": update.n_steps, "metrics": update.metrics})
         self.bytes_up += len(reply)
@@ -27,7 +31,8 @@ class InProcessTransport:
                       n_steps=update.n_steps, metrics=dict(update.metrics))
 
     def evaluate(self, site: SiteId, state: StateDict, split: str) -> Metrics:
-        metrics = self.trainers[site].evaluate(self._deliver(site, state), split)
+        received = self._deliver(site, state)
+        metrics = _at_site(site, lambda: self.trainers[site].evaluate(received, split))
         self.bytes_up += len(json.dumps(metrics))
         return metrics
 
@@ -37,3 +42,14 @@ class InProcessTransport:
         blob = encode_state(state)
         self.bytes_down += len(blob)
         return decode_state(blob)
+
+
+def _at_site(site: SiteId, work: Callable[[], T]) -> T:
+    """Run work at a site; whatever breaks there is that site's failure, reported as a
+    TransportError as a remote site's would be, so the round loop records it and goes on."""
+    try:
+        return work()
+    except MedfedError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any crash at a site is data for the round result
+        raise TransportError(f"site {site} failed: {type(exc).__name__}: {exc}") from exc
