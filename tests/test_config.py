@@ -38,8 +38,8 @@ def test_defaults_are_valid_and_as_documented():
     c = RunConfig()
     assert (c.seed, c.device, c.baselines) == (0, "auto", True)
     assert c.data == DataConfig() and c.data.dataset == "synthetic" and c.data.partition is None
-    assert c.model == ModelConfig(model="cnn", norm="batch")
-    assert c.federation.algorithm == "fedavg" and c.federation.rounds == 10
+    assert c.model == ModelConfig(model="cnn", norm="instance")
+    assert c.federation.algorithm == "fedavg" and c.federation.rounds == 20
     assert c.training.optimizer == "adam" and c.training.batch_size == 32
     assert config_from_dict({}) == c
 

@@ -20,6 +20,7 @@ from medfed.data.partition import counts_from_proportions
 from medfed.types import Task
 
 IMAGE_SIZE = 32
+NODULE_SHARE = 0.4  # of positive images; the rest carry a diffuse opacity
 # Site proportions of the radiology paper's five sites (20k/25k/15k/30k/22k), repeated for K > 5.
 DEFAULT_PROPORTIONS = (20, 25, 15, 30, 22)
 
@@ -124,7 +125,7 @@ def _findings(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
                      lung_side=side)
     nodule = _blobs(n, rng, 1, sigma=(0.035, 0.06), amplitude=(0.25, 0.5), centre=0.25,
                     lung_side=side)
-    is_nodule = rng.random((n, 1, 1)) < 0.4
+    is_nodule = rng.random((n, 1, 1)) < NODULE_SHARE
     return np.where(is_nodule, nodule, opacity) * labels[:, None, None]
 
 

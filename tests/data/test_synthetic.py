@@ -82,6 +82,6 @@ def test_site_names():
 @given(seed=st.integers(0, 2**32 - 1))
 def test_scanners_stay_in_their_documented_ranges(seed):
     s = random_scanner(np.random.default_rng(seed))
-    assert 0.7 <= s.gamma <= 1.4 and 0.7 <= s.contrast <= 1.3
-    assert -0.15 <= s.brightness <= 0.15 and 0.02 <= s.noise <= 0.08
-    assert 0 <= s.blur <= 1.2 and 0.2 <= s.prevalence <= 0.6
+    assert 0.75 <= s.gamma <= 1.35 and 0.75 <= s.contrast <= 1.25
+    assert -0.1 <= s.brightness <= 0.1 and 0.02 <= s.noise <= 0.09
+    assert 0 <= s.blur <= 1.0 and 0.2 <= s.prevalence <= 0.6

@@ -126,12 +126,20 @@ def test_auc_is_nan_when_only_one_class_is_present():
     assert m["sensitivity"] == pytest.approx(3 / 5)
 
 
-def test_multiclass_auc_is_nan_when_a_class_is_missing():
-    y = np.array([0, 1, 0, 1])
-    probs = softmax_probs(np.random.default_rng(0), 4, 3)
+def test_multiclass_auc_averages_the_classes_present_when_one_is_missing():
+    # A small site split without grade 2: macro one-vs-rest over the classes it can be defined for.
+    y = np.array([0, 1, 0, 1, 0, 1])
+    probs = softmax_probs(np.random.default_rng(0), 6, 3)
     m = compute_metrics(Task.MULTICLASS, y, probs)
-    assert math.isnan(m["auc"])
+    expected = np.mean([roc_auc_score(y == c, probs[:, c]) for c in (0, 1)])
+    assert m["auc"] == pytest.approx(expected)
     assert not math.isnan(m["accuracy"])
+
+
+def test_multiclass_auc_is_nan_when_only_one_class_is_present():
+    y = np.zeros(5, dtype=int)
+    m = compute_metrics(Task.MULTICLASS, y, softmax_probs(np.random.default_rng(0), 5, 3))
+    assert math.isnan(m["auc"])
 
 
 def test_ordinal_has_quadratic_kappa_matching_scikit_learn():
