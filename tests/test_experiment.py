@@ -93,6 +93,19 @@ def test_the_ensemble_is_scored_with_the_mean_of_its_site_models(setup):
     assert not states_equal(states[0], states[1])
 
 
+def test_fedbn_scores_each_test_image_with_its_own_sites_model(setup):
+    outcome = train(setup, "fedbn", setup.federation.sites, "fedbn")
+    source = setup.federation.source
+    probs = np.zeros((len(source.test), 2), np.float32)
+    for k, site in enumerate(setup.federation.sites):
+        rows = np.flatnonzero(source.test_groups == k)
+        probs[rows] = setup.predictor.predict(outcome.strategy.site_state(site),
+                                              source.test.subset(rows))[0]
+    expected = compute_metrics(Task.BINARY, source.test.y, probs)
+    assert {k: outcome.test[k] for k in METRIC_KEYS} == pytest.approx(
+        {k: expected[k] for k in METRIC_KEYS}, nan_ok=True)
+
+
 def test_site_report_has_sizes_label_counts_and_validation_metrics(setup):
     outcome = train(setup, "fedavg", setup.federation.sites, "a")
     report = site_report(setup, outcome)

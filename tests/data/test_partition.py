@@ -266,3 +266,14 @@ def test_natural_refuses_data_without_groups():
 def test_a_site_too_small_for_train_and_validation_is_refused(n):
     with pytest.raises(DataError, match="cannot be split"):
         partition.train_val_split(np.arange(n), 0.1, rng())
+
+
+def test_dirichlet_with_proportions_fixes_site_sizes_and_keeps_label_skew():
+    labels = labels_of(500, 2)
+    parts = partition.dirichlet(labels, 5, 0.5, rng(0), (20, 25, 15, 30, 22))
+    assert [len(p) for p in parts] == partition.counts_from_proportions(1000, (20, 25, 15, 30, 22))
+    assert_exact_cover(parts, 1000)
+    positive_rates = [labels[p].mean() for p in parts]
+    assert max(positive_rates) - min(positive_rates) > 0.3  # skewed, not iid
+    iid_like = partition.dirichlet(labels, 5, 1000.0, rng(0), (20, 25, 15, 30, 22))
+    assert max(labels[p].mean() for p in iid_like) - min(labels[p].mean() for p in iid_like) < 0.15

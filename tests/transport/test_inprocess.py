@@ -120,3 +120,11 @@ def test_the_proximal_term_keeps_the_update_closer_to_the_global_model():
                    if state[k].is_floating_point() and "running" not in k)
 
     assert distance(1.0) < distance(0.0)
+
+
+def test_a_crash_at_a_site_is_that_sites_transport_error():
+    broken = trainer()
+    broken.train = lambda state, options: (_ for _ in ()).throw(RuntimeError("out of memory"))
+    transport = InProcessTransport({"site-a": broken})
+    with pytest.raises(TransportError, match="site site-a failed: RuntimeError: out of memory"):
+        transport.train("site-a", initial_state(), OPTIONS)
