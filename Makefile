@@ -11,8 +11,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --quiet --quiet --disable-pip-version-check "$(TORCH)"
+	$(PY) -m pip install --quiet --quiet --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)

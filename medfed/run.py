@@ -55,10 +55,11 @@ def _baselines(setup: Setup, progress: RichRoundProgress, rounds: int, federated
                ) -> dict[str, Any]:
     """Local-only (each site alone) and pooled (all training data in one place), same budget."""
     sites = setup.federation.sites
-    local = federated if federated.name == LOCAL else train(
-        setup, LOCAL, sites, "local", progress.start_run("local-only", rounds))
+    full_budget = setup.config.federation.fraction == 1
+    local = federated if federated.name == LOCAL and full_budget else train(
+        setup, LOCAL, sites, "local", progress.start_run("local-only", rounds), every_site=True)
     pooled = train(setup, "fedavg", pooled_site(setup.federation), "pooled",
-                   progress.start_run("pooled", rounds))
+                   progress.start_run("pooled", rounds), every_site=True)
     return {"pooled": {"test": pooled.test, "wall_seconds": pooled.seconds},
             "local": {s: {"test": m} for s, m in score_local_models(setup, local).items()}}
 

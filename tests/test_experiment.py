@@ -143,3 +143,11 @@ def test_every_medmnist_kind_trains_and_scores_end_to_end(medmnist_npz, kind, ta
     assert set(METRIC_KEYS) <= set(outcome.test) and outcome.test["n"] == 10
     assert ("kappa" in outcome.test) == (task is Task.ORDINAL)
     assert outcome.history[0].failed == {}
+
+
+def test_baselines_train_every_site_every_round_whatever_the_sampling_fraction():
+    setup = prepare(tiny(federation={"fraction": 0.3}))
+    sampled = train(setup, "ensemble", setup.federation.sites, "ensemble")
+    assert [len(r.sites) for r in sampled.history] == [1]
+    local = train(setup, "ensemble", setup.federation.sites, "local", every_site=True)
+    assert [len(r.sites) for r in local.history] == [3]
