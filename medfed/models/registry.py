@@ -81,7 +81,7 @@ def _check_input_size(name: str, model: nn.Module, spec: ModelSpec) -> None:
     try:
         with torch.no_grad():
             model(probe)
-    except RuntimeError:
+    except (RuntimeError, ValueError):  # conv/pool shape errors; instance norm on a 1x1 map
         raise ConfigError(f"--model {name} cannot take {'x'.join(map(str, spec.input_size))} "
                           "inputs (too small for its down-sampling); pass --image-size 64 or use "
                           "--model cnn") from None

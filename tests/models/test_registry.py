@@ -144,3 +144,9 @@ def test_parameter_keys_are_the_trainable_ones():
     assert keys == {k for k, p in model.named_parameters() if p.requires_grad}
     assert not any(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in keys)
     assert keys | {k for k, _ in model.named_buffers()} == set(model.state_dict())
+
+
+def test_instance_norm_on_a_map_shrunk_to_one_pixel_is_a_config_error():
+    # DenseNet-121 brings 32 px down to 1x1, where instance norm has nothing to normalize.
+    with pytest.raises(ConfigError, match="--image-size 64"):
+        build_model("densenet121", ModelSpec(2, 1, 2, norm="instance", input_size=(32, 32)), seed=0)
