@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     except MedfedError as exc:
         sys.stderr.write(f"medfed: error: {exc}\n")
         return 2
+    except OSError as exc:  # an --out or data path that cannot be written or read
+        sys.stderr.write(f"medfed: error: {exc.strerror or exc}: {exc.filename or ''}\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("medfed: interrupted\n")
         return 130

@@ -284,3 +284,11 @@ def test_a_run_on_the_shared_pneumoniamnist(pneumoniamnist_file, tmp_path, capsy
     assert summary["test"]["n"] == 624
     assert all(isinstance(summary["test"][k], float) for k in METRIC_KEYS)
     assert sum(s["n_train"] + s["n_val"] for s in summary["sites"].values()) == 4708 + 524
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(capsys, tiny_toml, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = run_cli(["run", "--config", str(tiny_toml), "--no-baselines",
+                            "--out", str(blocker / "inside")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
