@@ -145,6 +145,12 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _choice("device", self.device, DEVICES)
+        fed, sites = self.federation, self.data.sites
+        if fed.min_sites > sites:
+            raise ConfigError(f"min_sites is {fed.min_sites} but there are only {sites} sites")
+        if fed.algorithm == "swt" and fed.rounds < sites:
+            raise ConfigError(f"swt passes the model through each of the {sites} sites in turn, "
+                              f"so it needs --rounds >= {sites} (got {fed.rounds})")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
 

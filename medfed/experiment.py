@@ -25,6 +25,7 @@ from medfed.evaluation.metrics import compute_metrics
 from medfed.models import ModelSpec, build_model, norm_keys, parameter_keys
 from medfed.server.round_loop import RoundObserver, RoundPlan, RoundResult, run_rounds
 from medfed.transport.inprocess import InProcessTransport
+from medfed.errors import DataError, TransportError
 from medfed.types import Metrics, Prediction, SiteId, StateDict
 
 POOLED = "pooled"
@@ -109,9 +110,18 @@ def score_test(setup: Setup, strategy: Strategy, sites: list[SiteId]) -> Metrics
         probs, loss = _predict_by_site(setup, strategy, sites)
     else:
         states = ([strategy.global_state] if strategy.prediction is Prediction.GLOBAL
-                  else [strategy.site_state(s) for s in sites])
+                  else [strategy.site_state(s) for s in members(strategy, sites)])
         probs, loss = setup.predictor.predict_mean(states, test)
     return {**compute_metrics(setup.federation.source.task, test.y, probs), "loss": loss}
+
+
+def members(strategy: Strategy, sites: list[SiteId]) -> list[SiteId]:
+    """The sites whose own models make up a personalized strategy: those that trained at least
+    once (with --fraction < 1 a site may never have been sampled)."""
+    trained = [s for s in sites if s in strategy.trained_sites]
+    if not trained:
+        raise DataError("no site delivered a model; see the failures in rounds.jsonl")
+    return trained
 
 
 def _test_sites(setup: Setup, sites: list[SiteId]) -> np.ndarray | None:
@@ -151,16 +161,22 @@ def site_report(setup: Setup, outcome: Outcome) -> dict[SiteId, dict]:
     last_val = outcome.history[-1].val
     report = {}
     for site, data in setup.federation.sites.items():
-        val = last_val.get(site) or outcome.transport.evaluate(
-            site, outcome.strategy.site_state(site), "val")
         entry: dict = {"n_train": len(data.train), "n_val": len(data.val),
                        "label_counts": label_counts(source.task, data.train.y, source.num_outputs),
-                       "val": val}
+                       "val": last_val.get(site) or _score_at_site(outcome, site, "val")}
         if data.test is not None and len(data.test):
             entry["n_test"] = len(data.test)
-            entry["test"] = outcome.transport.evaluate(site, outcome.strategy.site_state(site), "test")
+            entry["test"] = _score_at_site(outcome, site, "test")
         report[site] = entry
     return report
+
+
+def _score_at_site(outcome: Outcome, site: SiteId, split: str) -> Metrics:
+    """A site that cannot score any more is reported with no metrics, not a crash after training."""
+    try:
+        return outcome.transport.evaluate(site, outcome.strategy.site_state(site), split)
+    except TransportError as exc:
+        return {"error": str(exc)}  # type: ignore[dict-item]
 
 
 def pooled_site(federation: Federation) -> dict[SiteId, SiteData]:

@@ -13,6 +13,7 @@ from medfed.config import RunConfig
 from medfed.experiment import (
     Outcome,
     Setup,
+    members,
     pooled_site,
     prepare,
     score_local_models,
@@ -87,7 +88,7 @@ def _write(out: Path, setup: Setup, federated: Outcome, summary: dict[str, Any])
     write_rounds(out, federated.history)
     strategy = federated.strategy
     models = ({None: strategy.global_state} if strategy.prediction is Prediction.GLOBAL
-              else {s: strategy.site_state(s) for s in setup.federation.sites})
+              else {s: strategy.site_state(s) for s in members(strategy, setup.federation.site_ids)})
     meta = {k: summary[k] for k in ("dataset", "task", "class_names", "algorithm", "model", "norm")}
     meta["spec"] = vars(setup.spec) | {"input_size": list(setup.spec.input_size)}
     return ["summary.json", "config.toml", "rounds.jsonl", *write_models(out, models, meta)]

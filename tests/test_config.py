@@ -294,3 +294,10 @@ def test_registries_refuse_unknown_names_with_the_valid_ones():
     with pytest.raises(ConfigError) as info:
         SOURCES["medmnst"]
     assert "did you mean 'medmnist'" in str(info.value) and "synthetic" in str(info.value)
+
+
+def test_impossible_federation_settings_are_refused_before_any_work():
+    with pytest.raises(ConfigError, match="min_sites is 6 but there are only 5 sites"):
+        RunConfig(federation=FederationConfig(min_sites=6))
+    with pytest.raises(ConfigError, match="needs --rounds >= 5"):
+        RunConfig(federation=FederationConfig(algorithm="swt", rounds=3))

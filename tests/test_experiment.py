@@ -151,3 +151,13 @@ def test_baselines_train_every_site_every_round_whatever_the_sampling_fraction()
     assert [len(r.sites) for r in sampled.history] == [1]
     local = train(setup, "ensemble", setup.federation.sites, "local", every_site=True)
     assert [len(r.sites) for r in local.history] == [3]
+
+
+def test_an_ensemble_is_made_of_the_sites_that_trained():
+    setup = prepare(tiny(federation={"fraction": 0.3}))
+    outcome = train(setup, "ensemble", setup.federation.sites, "ensemble")
+    (trained,) = outcome.history[0].sites
+    test = setup.federation.source.test
+    probs = setup.predictor.predict(outcome.strategy.site_state(trained), test)[0]
+    expected = compute_metrics(Task.BINARY, test.y, probs)
+    assert outcome.test["auc"] == pytest.approx(expected["auc"], nan_ok=True)

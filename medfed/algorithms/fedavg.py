@@ -24,6 +24,7 @@ class FedAvg:
         self.train_overrides = {"proximal_mu": proximal_mu} if proximal_mu else {}
         self.server_optimizer = server_optimizer
         self._mean = WeightedMean()
+        self._trained: set[SiteId] = set()
 
     @property
     def global_state(self) -> StateDict:
@@ -40,6 +41,7 @@ class FedAvg:
 
     def receive(self, update: Update) -> None:
         self._mean.add(update.state, update.n_samples)
+        self._trained.add(update.site)
 
     def close_stage(self) -> None:
         if self._mean.count == 0:
@@ -52,3 +54,7 @@ class FedAvg:
 
     def site_state(self, site: SiteId) -> StateDict:
         return self._global
+
+    @property
+    def trained_sites(self) -> list[SiteId]:
+        return list(self._trained)

@@ -29,6 +29,7 @@ class SequentialTransfer:
         self.rounds = rounds
         self.cyclic = cyclic
         self.train_overrides: dict[str, float] = {}
+        self._trained: set[SiteId] = set()
 
     @property
     def global_state(self) -> StateDict:
@@ -48,9 +49,14 @@ class SequentialTransfer:
 
     def receive(self, update: Update) -> None:
         self._global = update.state  # the next site starts from this one's weights
+        self._trained.add(update.site)
 
     def close_stage(self) -> None:
         pass
 
     def site_state(self, site: SiteId) -> StateDict:
         return self._global
+
+    @property
+    def trained_sites(self) -> list[SiteId]:
+        return list(self._trained)

@@ -40,3 +40,8 @@ class Strategy(Protocol):
 
     @property
     def global_state(self) -> StateDict: ...
+
+    @property
+    def trained_sites(self) -> list[SiteId]:
+        """Sites that delivered at least one update."""
+        ...

@@ -56,12 +56,11 @@ class SiteTrainer:
         for _ in range(options.epochs):
             for x, y in self._batches(self.data.train, options.batch_size):
                 optimizer.zero_grad(set_to_none=True)
-                loss = self.loss_fn(self.model(x), y)
-                if anchor:
-                    loss = loss + self._proximal(anchor, options.proximal_mu)
+                task_loss = self.loss_fn(self.model(x), y)
+                loss = task_loss + self._proximal(anchor, options.proximal_mu) if anchor else task_loss
                 loss.backward()
                 optimizer.step()
-                total_loss += float(loss.detach())
+                total_loss += float(task_loss.detach())  # comparable across algorithms
                 steps += 1
         state_out = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         return Update(site=self.site, state=state_out, n_samples=len(self.data.train),

@@ -20,6 +20,7 @@ from medfed.types import Task
 
 DOWNLOAD_HINT = ("download it from https://zenodo.org/records/10519652 (MedMNIST v2, CC BY 4.0) "
                  "and pass --data-file PATH/TO/<name>mnist[_SIZE].npz")
+FLIPPED = frozenset({"breastmnist"})
 KEYS = ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels")
 
 _ORGANS = ("bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
@@ -38,7 +39,9 @@ SETS: dict[str, tuple[Task, tuple[str, ...]]] = {
     "octmnist": (Task.MULTICLASS, ("cnv", "dme", "drusen", "normal")),
     "pneumoniamnist": (Task.BINARY, ("normal", "pneumonia")),
     "retinamnist": (Task.ORDINAL, ("grade-0", "grade-1", "grade-2", "grade-3", "grade-4")),
-    "breastmnist": (Task.BINARY, ("malignant", "normal-or-benign")),
+    # Official labels are 0 malignant, 1 normal/benign; flipped at load (FLIPPED) so that, as for
+    # every binary task, the last class is the finding and sensitivity is the malignant recall.
+    "breastmnist": (Task.BINARY, ("normal-or-benign", "malignant")),
     "bloodmnist": (Task.MULTICLASS, ("basophil", "eosinophil", "erythroblast", "immature-granulocyte",
                                      "lymphocyte", "monocyte", "neutrophil", "platelet")),
     "tissuemnist": (Task.MULTICLASS, ("collecting-duct", "distal-tubule", "glomerular-endothelium",
@@ -68,6 +71,8 @@ def load_medmnist(path: str | Path | None) -> DataSource:
     task, names = SETS.get(flag) or _infer(arrays["train_labels"])
     pool = Samples.concat([_samples(arrays, "train", task, is_3d), _samples(arrays, "val", task, is_3d)])
     test = _samples(arrays, "test", task, is_3d)
+    if flag in FLIPPED:
+        pool, test = Samples(pool.x, 1 - pool.y), Samples(test.x, 1 - test.y)
     for split in (pool, test):
         _check_labels(split.y, task, len(names), path)
     return DataSource(name=flag or path.stem, task=task, class_names=names, pool=pool, test=test,

@@ -27,6 +27,7 @@ class RoundResult:
     round: int
     sites: list[SiteId] = field(default_factory=list)  # sites whose update was aggregated
     failed: dict[SiteId, str] = field(default_factory=dict)  # site -> why it was left out
+    eval_failed: dict[SiteId, str] = field(default_factory=dict)  # site -> why it could not score
     train_loss: dict[SiteId, float] = field(default_factory=dict)
     val: dict[SiteId, Metrics] = field(default_factory=dict)  # each site scores on its own split
     bytes_up: int = 0
@@ -69,7 +70,7 @@ def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId]
     history = []
     for r in range(plan.rounds):
         start, up, down = time.perf_counter(), transport.bytes_up, transport.bytes_down
-        sampled = sample_sites(sites, plan.fraction, rng)
+        sampled = sample_sites(sites, plan.fraction, rng, minimum=plan.min_sites)
         observer.round_started(r, sampled)
         result = RoundResult(round=r)
         stages = strategy.stages(r, sampled)
@@ -115,7 +116,7 @@ def _evaluate_sites(strategy: Strategy, transport: Transport, sites: Sequence[Si
         try:
             scores[site] = transport.evaluate(site, strategy.site_state(site), "val")
         except TransportError as exc:
-            result.failed.setdefault(site, f"evaluation: {exc}")
+            result.eval_failed[site] = str(exc)
     return scores
 
 

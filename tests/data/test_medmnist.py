@@ -186,3 +186,13 @@ def test_test_labels_out_of_range_are_refused_at_load(tmp_path):
     np.savez(path, **arrays)
     with pytest.raises(DataError, match="labels must lie in 0..1"):
         load_medmnist(path)
+
+
+def test_breastmnist_is_flipped_so_that_malignant_is_the_positive_class(tmp_path):
+    path = tmp_path / "breastmnist.npz"
+    arrays = write_medmnist(path, (8, 8), 1, 2)
+    source = load_medmnist(path)
+    assert source.class_names == ("normal-or-benign", "malignant")
+    official = np.concatenate([arrays["train_labels"], arrays["val_labels"]]).ravel()
+    np.testing.assert_array_equal(source.pool.y, 1 - official)
+    np.testing.assert_array_equal(source.test.y, 1 - arrays["test_labels"].ravel())

@@ -260,3 +260,16 @@ def test_min_sites_counts_the_sites_a_sequential_strategy_scheduled():
     strategy = SequentialTransfer(reference(), SITES, 3, cyclic=False)
     _, history = run(transport, rounds=3, min_sites=2, strategy=strategy)
     assert [r.sites for r in history] == [["site-a"], ["site-b"], ["site-c"]]
+
+
+def test_sampling_asks_at_least_min_sites_so_a_round_can_reach_it():
+    transport = FakeTransport({s: good(1.0) for s in SITES})
+    _, (result,) = run(transport, fraction=0.1, min_sites=2)
+    assert len(result.sites) == 2
+
+
+def test_a_site_that_cannot_score_is_an_evaluation_failure_not_an_update_failure():
+    transport = FakeTransport({s: good(1.0) for s in SITES}, unreachable=frozenset({"site-b"}))
+    _, (result,) = run(transport)
+    assert "site-b" in result.sites and "site-b" not in result.failed
+    assert "site-b" in result.eval_failed and "site-b" not in result.val
