@@ -43,4 +43,4 @@ class Predictor:
     def predict_mean(self, states: list[StateDict], samples: Samples) -> tuple[np.ndarray, float]:
         """An ensemble's prediction: the mean of its members' probabilities (and of their losses)."""
         results = [self.predict(s, samples) for s in states]
-        return np.mean([p for p, _ in results], axis=0), float(np.mean([l for _, l in results]))
+        return np.mean([p for p, _ in results], axis=0), float(np.mean([loss for _, loss in results]))

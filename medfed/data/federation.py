@@ -19,7 +19,7 @@ def build_federation(source: DataSource, config: DataConfig, rng: np.random.Gene
     shares = _partition(source, config, scheme, rng)
     names = source.group_names if scheme == "natural" else site_names(config.sites)
     sites = {}
-    for k, (name, index) in enumerate(zip(names, shares)):
+    for k, (name, index) in enumerate(zip(names, shares, strict=True)):
         train, val = partition.train_val_split(index, config.val_fraction, rng)
         sites[name] = SiteData(site=name, train=source.pool.subset(train),
                                val=source.pool.subset(val), test=_site_test(source, scheme, k))
