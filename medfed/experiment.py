@@ -82,11 +82,11 @@ def train_options(config: RunConfig) -> TrainOptions:
 
 
 def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str,
-          observer: RoundObserver | None = None, every_site: bool = False) -> Outcome:
+          observer: RoundObserver | None = None, baseline: bool = False) -> Outcome:
     """Run one algorithm over the given sites through the in-process transport.
 
-    every_site: all sites train every round whatever the sampling fraction; the baselines use it,
-    so each local site and the pooled site get the full budget of rounds x local epochs."""
+    baseline: every site trains every round whatever the sampling fraction (the full budget of
+    rounds x local epochs), and only the final models are scored: no curve of a baseline is kept."""
     config = setup.config
     start = time.perf_counter()
     transport = InProcessTransport(_trainers(setup, sites))
@@ -94,7 +94,8 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
                           config.federation)
     strategy = build_strategy(algorithm, ctx)
     fed = config.federation
-    plan = RoundPlan(fed.rounds, 1.0 if every_site else fed.fraction, fed.min_sites, fed.eval_every)
+    plan = (RoundPlan(fed.rounds, 1.0, fed.min_sites, eval_every=0) if baseline
+            else RoundPlan(fed.rounds, fed.fraction, fed.min_sites, fed.eval_every))
     sampling = np.random.default_rng(np.random.SeedSequence([config.seed, 2]))
     history = run_rounds(strategy, transport, list(sites), plan, train_options(config), sampling,
                          observer)

@@ -58,9 +58,9 @@ def _baselines(setup: Setup, progress: RichRoundProgress, rounds: int, federated
     sites = setup.federation.sites
     full_budget = setup.config.federation.fraction == 1
     local = federated if federated.name == LOCAL and full_budget else train(
-        setup, LOCAL, sites, "local", progress.start_run("local-only", rounds), every_site=True)
+        setup, LOCAL, sites, "local", progress.start_run("local-only", rounds), baseline=True)
     pooled = train(setup, "fedavg", pooled_site(setup.federation), "pooled",
-                   progress.start_run("pooled", rounds), every_site=True)
+                   progress.start_run("pooled", rounds), baseline=True)
     return {"pooled": {"test": pooled.test, "wall_seconds": pooled.seconds},
             "local": {s: {"test": m} for s, m in score_local_models(setup, local).items()}}
 

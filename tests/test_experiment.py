@@ -149,7 +149,7 @@ def test_baselines_train_every_site_every_round_whatever_the_sampling_fraction()
     setup = prepare(tiny(federation={"fraction": 0.3}))
     sampled = train(setup, "ensemble", setup.federation.sites, "ensemble")
     assert [len(r.sites) for r in sampled.history] == [1]
-    local = train(setup, "ensemble", setup.federation.sites, "local", every_site=True)
+    local = train(setup, "ensemble", setup.federation.sites, "local", baseline=True)
     assert [len(r.sites) for r in local.history] == [3]
 
 

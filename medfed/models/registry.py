@@ -25,39 +25,37 @@ class ModelSpec:
     input_size: tuple[int, ...] = ()  # spatial size (H, W) or (D, H, W); checked when given
 
 
-def _image_only(name: str, build: Callable[[ModelSpec], nn.Module]) -> Callable[[ModelSpec], nn.Module]:
+Builder = Callable[[ModelSpec], nn.Module]
+IMAGES = ((2, 3), "needs 2D or 3D images; for tabular data use mlp or logistic")
+TABULAR = ((0,), "is for tabular data; for images use cnn, resnet18, resnet50 or densenet121")
+
+
+def _for(inputs: tuple[tuple[int, ...], str], name: str, build: Builder) -> Builder:
+    """The builder, refusing data of the wrong kind with the models that would fit it."""
+    dims, refusal = inputs
+
     def checked(spec: ModelSpec) -> nn.Module:
-        if spec.spatial_dims not in (2, 3):
-            raise ConfigError(f"--model {name} needs 2D or 3D images; for tabular data use mlp "
-                              "or logistic")
+        if spec.spatial_dims not in dims:
+            raise ConfigError(f"--model {name} {refusal}")
         return build(spec)
     return checked
 
 
-def _tabular_only(name: str, build: Callable[[ModelSpec], nn.Module]) -> Callable[[ModelSpec], nn.Module]:
-    def checked(spec: ModelSpec) -> nn.Module:
-        if spec.spatial_dims != 0:
-            raise ConfigError(f"--model {name} is for tabular data; for images use cnn, resnet18, "
-                              "resnet50 or densenet121")
-        return build(spec)
-    return checked
-
-
-def _resnet(factory: Callable[..., nn.Module]) -> Callable[[ModelSpec], nn.Module]:
+def _resnet(factory: Callable[..., nn.Module]) -> Builder:
     return lambda s: enforce_norm(factory(spatial_dims=s.spatial_dims,
                                           n_input_channels=s.in_channels,
                                           num_classes=s.num_outputs, norm=monai_norm(s.norm)), s.norm)
 
 
-MODELS: Registry[Callable[[ModelSpec], nn.Module]] = Registry("model", {
-    "cnn": _image_only("cnn", lambda s: SmallCNN(s.spatial_dims, s.in_channels, s.num_outputs, s.norm)),
-    "resnet18": _image_only("resnet18", _resnet(nets.resnet18)),
-    "resnet50": _image_only("resnet50", _resnet(nets.resnet50)),
-    "densenet121": _image_only("densenet121", lambda s: nets.DenseNet121(
+MODELS: Registry[Builder] = Registry("model", {
+    "cnn": _for(IMAGES, "cnn", lambda s: SmallCNN(s.spatial_dims, s.in_channels, s.num_outputs, s.norm)),
+    "resnet18": _for(IMAGES, "resnet18", _resnet(nets.resnet18)),
+    "resnet50": _for(IMAGES, "resnet50", _resnet(nets.resnet50)),
+    "densenet121": _for(IMAGES, "densenet121", lambda s: nets.DenseNet121(
         spatial_dims=s.spatial_dims, in_channels=s.in_channels, out_channels=s.num_outputs,
         norm=monai_norm(s.norm))),
-    "mlp": _tabular_only("mlp", lambda s: mlp(s.in_channels, s.num_outputs, s.norm)),
-    "logistic": _tabular_only("logistic", lambda s: logistic(s.in_channels, s.num_outputs)),
+    "mlp": _for(TABULAR, "mlp", lambda s: mlp(s.in_channels, s.num_outputs, s.norm)),
+    "logistic": _for(TABULAR, "logistic", lambda s: logistic(s.in_channels, s.num_outputs)),
 })
 
 

@@ -20,6 +20,7 @@ class InProcessTransport:
         self.trainers = trainers
         self.bytes_up = 0
         self.bytes_down = 0
+        self._sent: tuple[StateDict, bytes] | None = None  # the last state encoded, and its bytes
 
     def train(self, site: SiteId, state: StateDict, options: TrainOptions) -> Update:
         received = self._deliver(site, state)
@@ -39,9 +40,16 @@ class InProcessTransport:
     def _deliver(self, site: SiteId, state: StateDict) -> StateDict:
         if site not in self.trainers:
             raise TransportError(f"unknown site '{site}'")
-        blob = encode_state(state)
+        blob = self._encode(state)
         self.bytes_down += len(blob)
         return decode_state(blob)
+
+    def _encode(self, state: StateDict) -> bytes:
+        """Encode once per model, not once per site: FedAvg sends the same global state to every
+        site of a round (strategies replace their state dicts, never change them in place)."""
+        if self._sent is None or self._sent[0] is not state:
+            self._sent = (state, encode_state(state))
+        return self._sent[1]
 
 
 def _at_site(site: SiteId, work: Callable[[], T]) -> T:
