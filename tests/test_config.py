@@ -224,8 +224,10 @@ def run_configs(draw) -> RunConfig:
                       image_size=draw(st.one_of(st.none(), st.integers(8, 512))),
                       augment=draw(st.booleans()))
     model = ModelConfig(draw(st.sampled_from(cfg.MODELS)), draw(st.sampled_from(cfg.NORMS)))
-    federation = FederationConfig(draw(st.sampled_from(cfg.ALGORITHMS)),
-                                  rounds=draw(st.integers(1, 500)),
+    algorithm = draw(st.sampled_from(cfg.ALGORITHMS))
+    # swt needs a round per site (RunConfig refuses fewer), so draw rounds from what is valid.
+    federation = FederationConfig(algorithm,
+                                  rounds=draw(st.integers(sites if algorithm == "swt" else 1, 500)),
                                   fraction=draw(st.floats(0.01, 1.0)),
                                   mu=draw(st.floats(0, 10, **finite)),
                                   beta2=draw(st.floats(0, 0.999)))
