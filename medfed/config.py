@@ -6,6 +6,7 @@ A config file has top-level keys (seed, device, baselines) and four sections:
     [model]       the network
     [federation]  the algorithm and its rounds
     [training]    each site's local optimisation
+    [adversary]   simulated faulty or malicious sites (none by default)
 
 Every key is optional; unknown keys and bad values raise ConfigError naming the valid choices.
 """
@@ -23,12 +24,17 @@ from typing import Any
 import tomli_w
 
 from medfed.errors import ConfigError
+from medfed.client.attack_spec import parse_attack
 from medfed.registry import unknown_choice
 
 # Names the registries answer to. tests/test_config.py checks that each registry holds exactly these.
 DATASETS = ("synthetic", "medmnist")
 PARTITIONS = ("iid", "dirichlet", "quantity", "natural")
-ALGORITHMS = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "swt", "cwt", "ensemble")
+ALGORITHMS = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fednova", "scaffold", "swt", "cwt",
+              "ensemble")
+AGGREGATORS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "norm-bound")
+# The algorithms whose server step is an average, and so can take any aggregator.
+AVERAGING = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi")
 MODELS = ("cnn", "resnet18", "resnet50", "densenet121", "mlp", "logistic")
 NORMS = ("batch", "group", "instance")
 OPTIMIZERS = ("adam", "sgd")
@@ -98,9 +104,23 @@ class FederationConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3  # adaptivity: the epsilon under the square root
+    aggregator: str = "mean"  # how the averaging algorithms combine updates (robust rules too)
+    byzantine: int = 1  # f, the faulty sites Krum and the trimmed mean are built to tolerate
+    krum_keep: int | None = None  # m, the updates Multi-Krum averages (default: n - f)
+    norm_bound: float | None = None  # norm-bound's M (default: the median norm of the round)
 
     def __post_init__(self) -> None:
         _choice("algorithm", self.algorithm, ALGORITHMS)
+        _choice("aggregator", self.aggregator, AGGREGATORS)
+        if self.aggregator != "mean" and self.algorithm not in AVERAGING:
+            raise ConfigError(f"aggregator {self.aggregator} replaces the average of "
+                              f"{', '.join(AVERAGING)}; {self.algorithm} has no average to replace "
+                              "(use aggregator = \"mean\")")
+        _at_least("byzantine", self.byzantine, 0)
+        if self.krum_keep is not None:
+            _at_least("krum_keep", self.krum_keep, 1)
+        if self.norm_bound is not None:
+            _positive("norm_bound", self.norm_bound)
         _at_least("rounds", self.rounds, 1)
         if not 0 < self.fraction <= 1:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
@@ -134,6 +154,18 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class AdversaryConfig:
+    """Simulated faulty or malicious sites: the first `attackers` sites run `attack`."""
+
+    attack: str = "none"  # label-flip, scale:F, sign-flip, noise[:S], nan, free-ride
+    attackers: int = 1
+
+    def __post_init__(self) -> None:
+        parse_attack(self.attack)
+        _at_least("attackers", self.attackers, 1)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     device: str = "auto"
@@ -142,10 +174,15 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
 
     def __post_init__(self) -> None:
         _choice("device", self.device, DEVICES)
         fed, sites = self.federation, self.data.sites
+        _check_robustness(fed, sites)
+        if self.adversary.attack != "none" and self.adversary.attackers > sites:
+            raise ConfigError(f"attackers is {self.adversary.attackers} but there are only {sites} "
+                              "sites")
         if fed.min_sites > sites:
             raise ConfigError(f"min_sites is {fed.min_sites} but there are only {sites} sites")
         if fed.algorithm == "swt" and fed.rounds < sites:
@@ -155,9 +192,24 @@ class RunConfig:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
 
 
+def _check_robustness(fed: FederationConfig, sites: int) -> None:
+    """What each robust rule needs of n sites to tolerate f faulty ones (its paper's condition)."""
+    f = fed.byzantine
+    if fed.aggregator in ("krum", "multi-krum") and sites < 2 * f + 3:
+        raise ConfigError(f"{fed.aggregator} tolerates f faulty sites only among n >= 2f + 3; with "
+                          f"byzantine = {f} it needs >= {2 * f + 3} sites (got {sites})")
+    if fed.aggregator == "trimmed-mean" and sites < 2 * f + 1:
+        raise ConfigError(f"trimmed-mean drops the {f} lowest and {f} highest values, so it needs "
+                          f">= {2 * f + 1} sites (got {sites}); lower byzantine")
+    if fed.aggregator == "multi-krum" and fed.krum_keep is not None and fed.krum_keep > sites - f:
+        raise ConfigError(f"krum_keep is {fed.krum_keep}, but Multi-Krum can keep at most "
+                          f"n - f = {sites - f} updates")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig,
     "federation": FederationConfig, "training": TrainingConfig,
+    "adversary": AdversaryConfig,
 }
 
 

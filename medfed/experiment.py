@@ -13,8 +13,10 @@ import numpy as np
 
 from medfed.algorithms.registry import StrategyContext, build_strategy
 from medfed.algorithms.strategy import Strategy
+from medfed.client.attack_spec import Attack, parse_attack
+from medfed.client.attacks import MaliciousSite, poisoned_data
 from medfed.client.predictor import Predictor
-from medfed.client.trainer import SiteTrainer, TrainOptions
+from medfed.client.trainer import LocalSite, SiteTrainer, TrainOptions
 from medfed.config import RunConfig
 from medfed.data.dataset import Federation, Samples, SiteData, label_counts
 from medfed.data.federation import build_federation
@@ -89,9 +91,11 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     rounds x local epochs), and only the final models are scored: no curve of a baseline is kept."""
     config = setup.config
     start = time.perf_counter()
-    transport = InProcessTransport(_trainers(setup, sites))
+    # Attacks are on the federation only: baselines stay the honest references they are meant to be.
+    attack = None if baseline else parse_attack(config.adversary.attack)
+    transport = InProcessTransport(_trainers(setup, sites, attack))
     ctx = StrategyContext(setup.initial, setup.parameter_keys, setup.norm_keys, list(sites),
-                          config.federation)
+                          config.federation, config.training)
     strategy = build_strategy(algorithm, ctx)
     fed = config.federation
     plan = (RoundPlan(fed.rounds, 1.0, fed.min_sites, eval_every=0) if baseline
@@ -187,15 +191,27 @@ def pooled_site(federation: Federation) -> dict[SiteId, SiteData]:
                              Samples.concat([s.val for s in sites]))}
 
 
-def _trainers(setup: Setup, sites: dict[SiteId, SiteData]) -> dict[SiteId, SiteTrainer]:
+def _trainers(setup: Setup, sites: dict[SiteId, SiteData], attack: Attack | None
+              ) -> dict[SiteId, LocalSite]:
+    """One trainer per site; with an attack, the first `attackers` sites are malicious."""
     config = setup.config
     source = setup.federation.source
     device = setup.predictor.device
-    trainers = {}
+    attackers = config.adversary.attackers if attack is not None else 0
+    trainers: dict[SiteId, LocalSite] = {}
     for k, (site, data) in enumerate(sites.items()):
         seed = int(np.random.SeedSequence([config.seed, 1, k]).generate_state(1)[0])
+        if k < attackers and attack is not None and attack.poisons_data:
+            data = poisoned_data(data, source.task, source.num_outputs)
         # Weights are loaded every round; the seed only keeps construction deterministic.
         model = build_model(config.model.model, replace(setup.spec, input_size=()), config.seed)
-        trainers[site] = SiteTrainer(data, model, source.task, setup.preprocess, device, seed,
-                                     config.data.augment)
+        trainer = SiteTrainer(data, model, source.task, setup.preprocess, device, seed,
+                              config.data.augment)
+        malicious = k < attackers and attack is not None
+        trainers[site] = MaliciousSite(trainer, attack, seed) if malicious else trainer
     return trainers
+
+
+def attacker_sites(config: RunConfig, sites: list[SiteId]) -> list[SiteId]:
+    """The sites a configured attack makes malicious (the first `attackers` of them)."""
+    return [] if config.adversary.attack == "none" else sites[:config.adversary.attackers]

@@ -13,6 +13,7 @@ from medfed.config import RunConfig
 from medfed.experiment import (
     Outcome,
     Setup,
+    attacker_sites,
     members,
     pooled_site,
     prepare,
@@ -38,6 +39,7 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     console.print(f"[bold]medfed run[/]: {fed.source.name} ({fed.source.task}), "
                   f"{len(fed.sites)} sites ({fed.partition}), {config.federation.algorithm}, "
                   f"{config.federation.rounds} rounds, model {config.model.model}")
+    _announce_robustness(console, config, fed.site_ids)
     with RichRoundProgress(console) as progress:
         rounds = config.federation.rounds
         federated = train(setup, config.federation.algorithm, fed.sites, config.federation.algorithm,
@@ -50,6 +52,22 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     Console().print(results_table(_table_rows(summary), f"held-out test set ({len(fed.source.test)} "
                                                         f"images) - results in {out}"))
     return summary
+
+
+def _announce_robustness(console: Console, config: RunConfig, sites: list[str]) -> None:
+    fed = config.federation
+    if fed.aggregator != "mean":
+        from medfed.algorithms.aggregators import RobustSettings, build_aggregator
+
+        factory = build_aggregator(fed.aggregator, RobustSettings(fed.byzantine, fed.krum_keep,
+                                                                  fed.norm_bound))
+        memory = ("streams: one running sum" if factory({}).streams
+                  else "holds every update of a round: memory grows with the sites")
+        console.print(f"aggregator [bold]{fed.aggregator}[/] (f = {fed.byzantine}; {memory})")
+    attackers = attacker_sites(config, sites)
+    if attackers:
+        console.print(f"[bold red]simulated attack[/] {config.adversary.attack} by "
+                      f"{', '.join(attackers)} (baselines stay honest)")
 
 
 def _baselines(setup: Setup, progress: RichRoundProgress, rounds: int, federated: Outcome
@@ -70,7 +88,10 @@ def _summary(setup: Setup, federated: Outcome, baselines: dict[str, Any] | None)
     summary: dict[str, Any] = {
         "medfed_version": medfed.__version__, "dataset": source.name, "task": str(source.task),
         "class_names": list(source.class_names), "partition": setup.federation.partition,
-        "algorithm": config.federation.algorithm, "model": config.model.model,
+        "algorithm": config.federation.algorithm, "aggregator": config.federation.aggregator,
+        "attack": {"kind": config.adversary.attack,
+                   "sites": attacker_sites(config, setup.federation.site_ids)},
+        "model": config.model.model,
         "norm": config.model.norm, "rounds": config.federation.rounds,
         "local_epochs": config.training.local_epochs, "seed": config.seed,
         "device": str(setup.predictor.device),

@@ -38,3 +38,15 @@ class Update:
     n_samples: int  # training samples seen per epoch: the FedAvg weight
     n_steps: int  # optimizer steps taken (FedNova needs it)
     metrics: Metrics = field(default_factory=dict)
+
+
+# SCAFFOLD's control variates travel in the same safetensors message as the model, under this
+# prefix: the server's c with the model it sends, a site's change of c_k with its update.
+CONTROL_PREFIX = "scaffold.control/"
+
+
+def split_control(state: StateDict) -> tuple[StateDict, StateDict]:
+    """A SCAFFOLD message -> (the model, the control variate keyed by parameter name)."""
+    model = {k: v for k, v in state.items() if not k.startswith(CONTROL_PREFIX)}
+    control = {k[len(CONTROL_PREFIX):]: v for k, v in state.items() if k.startswith(CONTROL_PREFIX)}
+    return model, control

@@ -20,14 +20,20 @@ class WeightedMean:
     """Running sum of weight * state; result() = sum_k w_k x_k / sum_k w_k (McMahan et al. 2017, eq. 1
     of Algorithm 1's server step, with w_k = n_k)."""
 
+    streams = True
+
     def __init__(self) -> None:
         self._sum: StateDict = {}
         self._total = 0.0
         self.count = 0
 
-    def add(self, state: StateDict, weight: float) -> None:
+    @staticmethod
+    def check_weight(weight: float) -> None:
         if not math.isfinite(weight) or weight <= 0:
             raise IncompatibleUpdate(f"aggregation weight must be finite and > 0, got {weight}")
+
+    def add(self, state: StateDict, weight: float) -> None:
+        self.check_weight(weight)
         if self.count == 0:
             self._sum = {k: _start(v, weight) for k, v in state.items()}
         else:

@@ -15,7 +15,7 @@ class LocalEnsemble:
     def __init__(self, initial: StateDict) -> None:
         self._initial = initial
         self._local: dict[SiteId, StateDict] = {}
-        self.train_overrides: dict[str, float] = {}
+        self.train_overrides: dict[str, float | bool] = {}
 
     @property
     def global_state(self) -> StateDict:

@@ -3,6 +3,9 @@
 - FedAvg (McMahan et al., AISTATS 2017, Algorithm 1): x <- sum_k (n_k / n) x_k over this round's sites.
 - FedProx (Li et al., MLSys 2020, eq. 2): the same server, sites add (mu/2)||w - x||^2 to their loss.
 - FedAdam / FedYogi (Reddi et al., ICLR 2021): the same average, then an adaptive server step.
+
+The average itself is an aggregator (aggregators.py): the sample-weighted mean by default, or a
+robust rule (median, trimmed mean, Krum, norm bounding) that any of these algorithms can use.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from medfed.algorithms.aggregate import WeightedMean, cast_like
+from medfed.algorithms.aggregators import Aggregator, AggregatorFactory
 from medfed.algorithms.server_optimizer import AdaptiveServerOptimizer
 from medfed.types import Prediction, SiteId, StateDict, Update
 
@@ -18,12 +22,14 @@ class FedAvg:
     prediction = Prediction.GLOBAL
 
     def __init__(self, initial: StateDict, name: str = "fedavg", proximal_mu: float = 0.0,
-                 server_optimizer: AdaptiveServerOptimizer | None = None) -> None:
+                 server_optimizer: AdaptiveServerOptimizer | None = None,
+                 aggregator: AggregatorFactory | None = None) -> None:
         self.name = name
         self._global = initial
         self.train_overrides = {"proximal_mu": proximal_mu} if proximal_mu else {}
         self.server_optimizer = server_optimizer
-        self._mean = WeightedMean()
+        self._new_aggregator = aggregator or (lambda reference: WeightedMean())
+        self._stage: Aggregator = self._new_aggregator(initial)
         self._trained: set[SiteId] = set()
 
     @property
@@ -37,16 +43,16 @@ class FedAvg:
         return self._global
 
     def open_stage(self) -> None:
-        self._mean = WeightedMean()
+        self._stage = self._new_aggregator(self._global)
 
     def receive(self, update: Update) -> None:
-        self._mean.add(update.state, update.n_samples)
+        self._stage.add(update.state, update.n_samples)
         self._trained.add(update.site)
 
     def close_stage(self) -> None:
-        if self._mean.count == 0:
+        if self._stage.count == 0:
             return  # nobody delivered: the model stays as it was
-        averaged = self._mean.result()
+        averaged = self._stage.result()
         if self.server_optimizer is not None:
             averaged = self.server_optimizer.step(self._global, averaged)
         # Keys an update may leave out (FedBN's local layers) keep their global value.

@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from medfed.algorithms.aggregators import AggregatorFactory, RobustSettings, build_aggregator
 from medfed.algorithms.ensemble import LocalEnsemble
 from medfed.algorithms.fedavg import FedAvg
 from medfed.algorithms.fedbn import FedBN
+from medfed.algorithms.fednova import FedNova
+from medfed.algorithms.scaffold import Scaffold
 from medfed.algorithms.sequential import SequentialTransfer
 from medfed.algorithms.server_optimizer import AdaptiveServerOptimizer
 from medfed.algorithms.strategy import Strategy
-from medfed.config import FederationConfig
+from medfed.config import FederationConfig, TrainingConfig
 from medfed.registry import Registry
 from medfed.types import SiteId, StateDict
 
@@ -25,6 +28,15 @@ class StrategyContext:
     norm_keys: frozenset[str]
     sites: Sequence[SiteId]
     config: FederationConfig
+    training: TrainingConfig = TrainingConfig()
+
+    def aggregator(self) -> AggregatorFactory:
+        c = self.config
+        return build_aggregator(c.aggregator, RobustSettings(c.byzantine, c.krum_keep, c.norm_bound))
+
+    def sgd_momentum(self) -> float:
+        """The heavy-ball momentum of the sites' optimizer (0 for Adam: see fednova.py)."""
+        return self.training.momentum if self.training.optimizer == "sgd" else 0.0
 
 
 def _fedopt(variant: str) -> Callable[[StrategyContext], Strategy]:
@@ -32,16 +44,21 @@ def _fedopt(variant: str) -> Callable[[StrategyContext], Strategy]:
         c = ctx.config
         optimizer = AdaptiveServerOptimizer(ctx.parameter_keys, variant, c.server_lr, c.beta1,
                                             c.beta2, c.tau)
-        return FedAvg(ctx.initial, name=f"fed{variant}", server_optimizer=optimizer)
+        return FedAvg(ctx.initial, name=f"fed{variant}", server_optimizer=optimizer,
+                      aggregator=ctx.aggregator())
     return build
 
 
 ALGORITHMS: Registry[Callable[[StrategyContext], Strategy]] = Registry("algorithm", {
-    "fedavg": lambda ctx: FedAvg(ctx.initial),
-    "fedprox": lambda ctx: FedAvg(ctx.initial, name="fedprox", proximal_mu=ctx.config.mu),
-    "fedbn": lambda ctx: FedBN(FedAvg(ctx.initial, name="fedbn"), ctx.norm_keys),
+    "fedavg": lambda ctx: FedAvg(ctx.initial, aggregator=ctx.aggregator()),
+    "fedprox": lambda ctx: FedAvg(ctx.initial, name="fedprox", proximal_mu=ctx.config.mu,
+                                  aggregator=ctx.aggregator()),
+    "fedbn": lambda ctx: FedBN(FedAvg(ctx.initial, name="fedbn", aggregator=ctx.aggregator()),
+                               ctx.norm_keys),
     "fedadam": _fedopt("adam"),
     "fedyogi": _fedopt("yogi"),
+    "fednova": lambda ctx: FedNova(ctx.initial, ctx.parameter_keys, ctx.sgd_momentum()),
+    "scaffold": lambda ctx: Scaffold(ctx.initial, ctx.parameter_keys, ctx.sites),
     "swt": lambda ctx: SequentialTransfer(ctx.initial, ctx.sites, ctx.config.rounds, cyclic=False),
     "cwt": lambda ctx: SequentialTransfer(ctx.initial, ctx.sites, ctx.config.rounds, cyclic=True),
     "ensemble": lambda ctx: LocalEnsemble(ctx.initial),

@@ -28,7 +28,7 @@ class SequentialTransfer:
         self.all_sites = list(all_sites)
         self.rounds = rounds
         self.cyclic = cyclic
-        self.train_overrides: dict[str, float] = {}
+        self.train_overrides: dict[str, float | bool] = {}
         self._trained: set[SiteId] = set()
 
     @property

@@ -21,8 +21,9 @@ class Strategy(Protocol):
     # GLOBAL unless sites keep (part of) their own model (FedBN, the local ensemble); then each
     # site is scored with its own model, and a test image with its site's model or the ensemble.
     prediction: Prediction
-    # Changes to a site's training options this algorithm needs (FedProx's proximal weight).
-    train_overrides: dict[str, float]
+    # Changes to a site's training options this algorithm needs (FedProx's proximal weight,
+    # SCAFFOLD's control variates).
+    train_overrides: dict[str, float | bool]
 
     def stages(self, round_index: int, sites: Sequence[SiteId]) -> list[list[SiteId]]: ...
 

@@ -4,6 +4,7 @@ algorithm, the baselines, the simulation and (later) the deployed client."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from medfed.data.dataset import Samples, SiteData
 from medfed.data.transforms import Preprocess, RandomAugment
 from medfed.errors import DataError
 from medfed.evaluation.metrics import compute_metrics
-from medfed.types import Metrics, StateDict, Task, Update
+from medfed.types import CONTROL_PREFIX, Metrics, StateDict, Task, Update, split_control
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,18 @@ class TrainOptions:
     momentum: float = 0.9
     weight_decay: float = 0.0
     proximal_mu: float = 0.0  # FedProx: (mu/2)||w - w_global||^2 added to the loss
+    scaffold: bool = False  # SCAFFOLD: the model arrives with the server's control variate
+
+
+class LocalSite(Protocol):
+    """What a transport needs of a site: SiteTrainer, or a simulated malicious site around one."""
+
+    @property
+    def site(self) -> str: ...
+
+    def train(self, state: StateDict, options: TrainOptions) -> Update: ...
+
+    def evaluate(self, state: StateDict, split: str) -> Metrics: ...
 
 
 class SiteTrainer:
@@ -42,14 +55,27 @@ class SiteTrainer:
                         if augment and spatial_dims in (2, 3) else None)
         self.loss_fn = loss_for(task)
         self.predictor = Predictor(self.model, task, preprocess, device)
+        self.control: StateDict = {}  # SCAFFOLD's c_k: kept at the site from round to round
 
     @property
     def site(self) -> str:
         return self.data.site
 
     def train(self, state: StateDict, options: TrainOptions) -> Update:
+        state, server_control = split_control(state) if options.scaffold else (state, None)
         self.model.load_state_dict(state)
         self.model.train()
+        correction = self._correction(server_control) if server_control is not None else []
+        total_loss, steps = self._local_steps(options, correction)
+        state_out = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        if server_control is not None:
+            state_out |= self._next_control(state, state_out, server_control, steps, options.lr)
+        return Update(site=self.site, state=state_out, n_samples=len(self.data.train),
+                      n_steps=steps, metrics={"train_loss": total_loss / max(steps, 1)})
+
+    def _local_steps(self, options: TrainOptions,
+                     correction: list[tuple[nn.Parameter, torch.Tensor]]) -> tuple[float, int]:
+        """options.epochs over the site's training split; returns (sum of task losses, steps)."""
         optimizer = self._optimizer(options)
         anchor = self._anchor(options)
         total_loss, steps = 0.0, 0
@@ -59,12 +85,33 @@ class SiteTrainer:
                 task_loss = self.loss_fn(self.model(x), y)
                 loss = task_loss + self._proximal(anchor, options.proximal_mu) if anchor else task_loss
                 loss.backward()
+                for param, c_diff in correction:  # SCAFFOLD: g - c_k + c
+                    if param.grad is not None:
+                        param.grad.add_(c_diff)
                 optimizer.step()
                 total_loss += float(task_loss.detach())  # comparable across algorithms
                 steps += 1
-        state_out = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        return Update(site=self.site, state=state_out, n_samples=len(self.data.train),
-                      n_steps=steps, metrics={"train_loss": total_loss / max(steps, 1)})
+        return total_loss, steps
+
+    def _correction(self, server_control: StateDict) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(parameter, c - c_k) for every trainable parameter; c_k starts at zero."""
+        out = []
+        for name, param in self.model.named_parameters():
+            c = server_control[name].to(self.device)
+            c_k = self.control.get(name, torch.zeros_like(server_control[name])).to(self.device)
+            out.append((param, c - c_k))
+        return out
+
+    def _next_control(self, start: StateDict, end: StateDict, server_control: StateDict, steps: int,
+                      lr: float) -> StateDict:
+        """Option II: c_k+ = c_k - c + (x - y) / (K lr). Keeps c_k+, returns c_k+ - c_k (prefixed)."""
+        changes = {}
+        for name, c in server_control.items():
+            c_k = self.control.get(name, torch.zeros_like(c))
+            c_next = (c_k - c + (start[name] - end[name]) / (steps * lr)) if steps else c_k
+            changes[CONTROL_PREFIX + name] = (c_next - c_k).to(c.dtype)
+            self.control[name] = c_next
+        return changes
 
     def evaluate(self, state: StateDict, split: str) -> Metrics:
         samples = self.data.val if split == "val" else self.data.test
@@ -101,3 +148,4 @@ class SiteTrainer:
     @staticmethod
     def _proximal(anchor: list[tuple[nn.Parameter, torch.Tensor]], mu: float) -> torch.Tensor:
         return 0.5 * mu * sum(((p - p0) ** 2).sum() for p, p0 in anchor)
+

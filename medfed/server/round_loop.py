@@ -94,9 +94,10 @@ def _run_stage(strategy: Strategy, transport: Transport, stage: list[SiteId], op
     strategy.open_stage()
     for site in stage:
         try:
-            update = transport.train(site, strategy.payload(site), options)
+            sent = strategy.payload(site)
+            update = transport.train(site, sent, options)
             _check_origin(update, site)
-            check_update(update, strategy.global_state)
+            check_update(update, sent)  # what comes back must match what went out
         except (TransportError, IncompatibleUpdate) as exc:
             result.failed[site] = str(exc)
             observer.site_finished(result.round, site, None)

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import TypeVar
 
-from medfed.client.trainer import SiteTrainer, TrainOptions
+from medfed.client.trainer import LocalSite, TrainOptions
 from medfed.errors import MedfedError, TransportError
 from medfed.transport.codec import decode_state, encode_state
 from medfed.types import Metrics, SiteId, StateDict, Update
@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 
 class InProcessTransport:
-    def __init__(self, trainers: dict[SiteId, SiteTrainer]) -> None:
+    def __init__(self, trainers: dict[SiteId, LocalSite]) -> None:
         self.trainers = trainers
         self.bytes_up = 0
         self.bytes_down = 0

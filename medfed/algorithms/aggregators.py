@@ -1,0 +1,136 @@
+"""Aggregators: how a stage's site models become one model. The FedAvg family takes any of them.
+
+| name         | rule                                          | streams | weights        |
+|--------------|-----------------------------------------------|---------|----------------|
+| mean         | sum_k n_k x_k / sum_k n_k (FedAvg)            | yes     | sample counts  |
+| norm-bound   | the mean of updates clipped to norm M         | yes (M given); no (M = median norm) | sample counts |
+| median       | coordinate-wise median                        | no      | none           |
+| trimmed-mean | coordinate-wise mean without f lowest/highest | no      | none           |
+| krum         | the single most central update                | no      | none           |
+| multi-krum   | the mean of the m most central updates        | no      | none           |
+
+A streaming aggregator keeps one running sum, so the server's memory does not grow with the number
+of sites; the others hold every update of the stage until it closes. Robust rules ignore the sample
+counts on purpose: a malicious site could claim any count.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from medfed.algorithms import robust
+from medfed.algorithms.aggregate import WeightedMean
+from medfed.registry import Registry
+from medfed.types import StateDict
+
+
+class Aggregator(Protocol):
+    streams: bool  # False: holds every update of the stage until result()
+    count: int
+
+    def add(self, state: StateDict, weight: float) -> None: ...
+
+    def result(self) -> StateDict: ...
+
+
+@dataclass(frozen=True)
+class RobustSettings:
+    byzantine: int = 1  # f: the faulty sites to tolerate (Krum, trimmed mean)
+    krum_keep: int | None = None  # m for Multi-Krum; None: n - f
+    norm_bound: float | None = None  # M; None: the median norm of the stage's updates
+
+
+# Builds a fresh aggregator for one stage; `reference` is the model the sites started from.
+AggregatorFactory = Callable[[StateDict], Aggregator]
+
+
+class Buffered:
+    """Holds the stage's updates and applies a pure function of all of them when the stage closes."""
+
+    streams = False
+
+    def __init__(self, combine: Callable[[list[StateDict], list[float]], StateDict]) -> None:
+        self._combine = combine
+        self._states: list[StateDict] = []
+        self._weights: list[float] = []
+
+    @property
+    def count(self) -> int:
+        return len(self._states)
+
+    def add(self, state: StateDict, weight: float) -> None:
+        WeightedMean.check_weight(weight)
+        self._states.append(state)
+        self._weights.append(weight)
+
+    def result(self) -> StateDict:
+        if not self._states:
+            raise ValueError("no updates to aggregate")
+        return self._combine(self._states, self._weights)
+
+
+class ClippedMean:
+    """The sample-weighted mean of updates each clipped to norm `bound` around the reference."""
+
+    streams = True
+
+    def __init__(self, reference: StateDict, bound: float) -> None:
+        self._reference = reference
+        self._bound = bound
+        self._mean = WeightedMean()
+
+    @property
+    def count(self) -> int:
+        return self._mean.count
+
+    def add(self, state: StateDict, weight: float) -> None:
+        self._mean.add(robust.clip_to_norm(state, self._reference, self._bound), weight)
+
+    def result(self) -> StateDict:
+        return self._mean.result()
+
+
+def _mean(states: Sequence[StateDict], weights: Sequence[float]) -> StateDict:
+    mean = WeightedMean()
+    for state, weight in zip(states, weights, strict=True):
+        mean.add(state, weight)
+    return mean.result()
+
+
+def _multi_krum(settings: RobustSettings, keep_one: bool) -> AggregatorFactory:
+    def combine(states: list[StateDict], weights: list[float]) -> StateDict:
+        keep = 1 if keep_one else settings.krum_keep or len(states) - settings.byzantine
+        chosen = robust.krum_select(states, settings.byzantine, keep)
+        return _mean([states[i] for i in chosen], [1.0] * len(chosen))
+    return lambda reference: Buffered(combine)
+
+
+def _norm_bound(settings: RobustSettings) -> AggregatorFactory:
+    if settings.norm_bound is not None:
+        return lambda reference: ClippedMean(reference, settings.norm_bound)  # type: ignore[arg-type]
+
+    def factory(reference: StateDict) -> Aggregator:
+        def combine(states: list[StateDict], weights: list[float]) -> StateDict:
+            # An adaptive bound: no honest site is clipped much, one outlier cannot move it far.
+            bound = statistics.median(robust.update_norm(s, reference) for s in states)
+            return _mean([robust.clip_to_norm(s, reference, bound) for s in states], weights)
+        return Buffered(combine)
+    return factory
+
+
+AGGREGATORS: Registry[Callable[[RobustSettings], AggregatorFactory]] = Registry("aggregator", {
+    "mean": lambda s: lambda reference: WeightedMean(),
+    "median": lambda s: lambda reference: Buffered(lambda states, w: robust.coordinate_median(states)),
+    "trimmed-mean": lambda s: lambda reference: Buffered(
+        lambda states, w: robust.trimmed_mean(states, s.byzantine)),
+    "krum": lambda s: _multi_krum(s, keep_one=True),
+    "multi-krum": lambda s: _multi_krum(s, keep_one=False),
+    "norm-bound": _norm_bound,
+})
+
+
+def build_aggregator(name: str, settings: RobustSettings) -> AggregatorFactory:
+    return AGGREGATORS[name](settings)
