@@ -79,6 +79,7 @@ def tiny_toml(tmp_path_factory) -> Path:
     ("--dataset", "cifar10", cfg.DATASETS),
     ("--optimizer", "rmsprop", cfg.OPTIMIZERS),
     ("--device", "tpu", cfg.DEVICES),
+    ("--aggregator", "average", cfg.AGGREGATORS),
 ])
 def test_a_bad_choice_is_one_line_naming_every_valid_choice(capsys, tmp_path, flag, value, valid):
     code, _, err = run_cli(["run", flag, value, "--out", str(tmp_path / "out")], capsys)
@@ -108,6 +109,20 @@ def test_a_bad_number_is_one_line(capsys, flag, value):
 def test_a_value_out_of_range_is_one_line(capsys, args, fragment):
     code, _, err = run_cli(["run", *args], capsys)
     assert_one_line_error(code, err, fragment)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--aggregator", "krum", "--sites", "4"], "needs >= 5 sites (got 4)"),
+    (["--aggregator", "median", "--algorithm", "swt"], "swt has no average to replace"),
+    (["--attack", "scale"], "needs a factor, e.g. scale:100"),
+    (["--attack", "backdoor"], "unknown attack 'backdoor'"),
+    (["--attack", "nan", "--attackers", "7"], "attackers is 7 but there are only 5 sites"),
+    (["--byzantine", "-2"], "byzantine must be >= 0"),
+])
+def test_a_bad_robustness_or_attack_setting_is_one_line(capsys, tmp_path, args, fragment):
+    code, _, err = run_cli(["run", *args, "--out", str(tmp_path / "out")], capsys)
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_sizes_are_one_line(capsys):

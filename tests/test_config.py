@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from medfed import config as cfg
 from medfed.config import (
+    AdversaryConfig,
     DataConfig,
     FederationConfig,
     ModelConfig,
@@ -41,6 +42,7 @@ def test_defaults_are_valid_and_as_documented():
     assert c.model == ModelConfig(model="cnn", norm="instance")
     assert c.federation.algorithm == "fedavg" and c.federation.rounds == 20
     assert c.training.optimizer == "adam" and c.training.batch_size == 32
+    assert c.federation.aggregator == "mean" and c.adversary == AdversaryConfig("none", 1)
     assert config_from_dict({}) == c
 
 
@@ -226,16 +228,35 @@ def run_configs(draw) -> RunConfig:
     model = ModelConfig(draw(st.sampled_from(cfg.MODELS)), draw(st.sampled_from(cfg.NORMS)))
     algorithm = draw(st.sampled_from(cfg.ALGORITHMS))
     # swt needs a round per site (RunConfig refuses fewer), so draw rounds from what is valid.
+    aggregator, byzantine = draw(robust_settings(algorithm, sites))
     federation = FederationConfig(algorithm,
                                   rounds=draw(st.integers(sites if algorithm == "swt" else 1, 500)),
                                   fraction=draw(st.floats(0.01, 1.0)),
                                   mu=draw(st.floats(0, 10, **finite)),
-                                  beta2=draw(st.floats(0, 0.999)))
+                                  beta2=draw(st.floats(0, 0.999)),
+                                  aggregator=aggregator, byzantine=byzantine,
+                                  norm_bound=draw(st.one_of(st.none(), st.floats(1e-3, 1e3))))
+    adversary = AdversaryConfig(draw(st.sampled_from(["none", "scale:-10", "sign-flip", "noise:0.5",
+                                                      "label-flip", "nan", "free-ride"])),
+                                draw(st.integers(1, sites)))
     training = TrainingConfig(draw(st.integers(1, 20)), draw(st.integers(1, 512)),
                               draw(st.floats(1e-6, 1.0)), draw(st.sampled_from(cfg.OPTIMIZERS)))
     return RunConfig(seed=draw(st.integers(0, 2**31)), device=draw(st.sampled_from(cfg.DEVICES)),
                      baselines=draw(st.booleans()), data=data, model=model,
-                     federation=federation, training=training)
+                     federation=federation, training=training, adversary=adversary)
+
+
+@st.composite
+def robust_settings(draw, algorithm: str, sites: int):
+    """(aggregator, byzantine) that RunConfig accepts for this algorithm and number of sites."""
+    if algorithm not in cfg.AVERAGING:
+        return "mean", draw(st.integers(0, 5))
+    aggregator = draw(st.sampled_from(cfg.AGGREGATORS))
+    most = {"krum": (sites - 3) // 2, "multi-krum": (sites - 3) // 2,
+            "trimmed-mean": (sites - 1) // 2}.get(aggregator, 5)
+    if most < 0:
+        return "mean", 1
+    return aggregator, draw(st.integers(0, most))
 
 
 @given(c=run_configs())
@@ -296,6 +317,36 @@ def test_registries_refuse_unknown_names_with_the_valid_ones():
     with pytest.raises(ConfigError) as info:
         SOURCES["medmnst"]
     assert "did you mean 'medmnist'" in str(info.value) and "synthetic" in str(info.value)
+
+
+@pytest.mark.parametrize(("federation", "sites", "fragment"), [
+    ({"aggregator": "krum"}, 4, "krum tolerates f faulty sites only among n >= 2f + 3; with "
+                                "byzantine = 1 it needs >= 5 sites (got 4)"),
+    ({"aggregator": "multi-krum", "byzantine": 2}, 6, "needs >= 7 sites"),
+    ({"aggregator": "multi-krum", "krum_keep": 5}, 5, "krum_keep is 5, but Multi-Krum can keep at "
+                                                      "most n - f = 4"),
+    ({"aggregator": "trimmed-mean", "byzantine": 2}, 4, "needs >= 5 sites (got 4); lower byzantine"),
+    ({"aggregator": "median", "algorithm": "scaffold"}, 5, "scaffold has no average to replace"),
+    ({"aggregator": "krum", "algorithm": "cwt"}, 5, "cwt has no average to replace"),
+    ({"norm_bound": 0.0}, 5, "norm_bound must be > 0"),
+    ({"byzantine": -1}, 5, "byzantine must be >= 0"),
+    ({"aggregator": "krun"}, 5, "did you mean 'krum'"),
+])
+def test_robust_aggregation_settings_are_checked_against_the_sites(federation, sites, fragment):
+    with pytest.raises(ConfigError) as info:
+        RunConfig(data=DataConfig(sites=sites), federation=FederationConfig(**federation))
+    assert fragment in str(info.value)
+
+
+def test_an_attack_is_checked_when_the_config_is_made():
+    with pytest.raises(ConfigError, match="attackers is 6 but there are only 5 sites"):
+        RunConfig(adversary=AdversaryConfig("sign-flip", attackers=6))
+    with pytest.raises(ConfigError, match="needs a factor"):
+        config_from_dict({"adversary": {"attack": "scale"}})
+    with pytest.raises(ConfigError, match="attackers must be >= 1"):
+        AdversaryConfig("nan", attackers=0)
+    assert config_from_dict({"adversary": {"attack": "scale:-3", "attackers": 2}}).adversary == \
+        AdversaryConfig("scale:-3", 2)
 
 
 def test_impossible_federation_settings_are_refused_before_any_work():
