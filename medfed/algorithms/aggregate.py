@@ -44,6 +44,9 @@ class WeightedMean:
         self._total += weight
         self.count += 1
 
+    def notes(self) -> dict[str, list[int]]:
+        return {}  # every update counts, none is changed
+
     def result(self) -> StateDict:
         if self.count == 0:
             raise ValueError("no updates to average")

@@ -11,7 +11,8 @@
 
 A streaming aggregator keeps one running sum, so the server's memory does not grow with the number
 of sites; the others hold every update of the stage until it closes. Robust rules ignore the sample
-counts on purpose: a malicious site could claim any count.
+counts on purpose: a malicious site could claim any count. After result(), notes() names (by the
+order of add) the updates Krum left out and those norm bounding clipped, for the round's record.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ class Aggregator(Protocol):
 
     def result(self) -> StateDict: ...
 
+    def notes(self) -> Notes: ...
+
+
+Notes = dict[str, list[int]]  # e.g. {"left_out": [0], "clipped": [0, 3]}: indices in order of add
+# A buffered rule: all of a stage's states and weights -> the aggregate and its notes.
+Combine = Callable[[list[StateDict], list[float]], tuple[StateDict, Notes]]
+
 
 @dataclass(frozen=True)
 class RobustSettings:
@@ -52,10 +60,11 @@ class Buffered:
 
     streams = False
 
-    def __init__(self, combine: Callable[[list[StateDict], list[float]], StateDict]) -> None:
+    def __init__(self, combine: Combine) -> None:
         self._combine = combine
         self._states: list[StateDict] = []
         self._weights: list[float] = []
+        self._notes: Notes = {}
 
     @property
     def count(self) -> int:
@@ -69,7 +78,11 @@ class Buffered:
     def result(self) -> StateDict:
         if not self._states:
             raise ValueError("no updates to aggregate")
-        return self._combine(self._states, self._weights)
+        state, self._notes = self._combine(self._states, self._weights)
+        return state
+
+    def notes(self) -> Notes:
+        return self._notes
 
 
 class ClippedMean:
@@ -81,16 +94,23 @@ class ClippedMean:
         self._reference = reference
         self._bound = bound
         self._mean = WeightedMean()
+        self._clipped: list[int] = []
 
     @property
     def count(self) -> int:
         return self._mean.count
 
     def add(self, state: StateDict, weight: float) -> None:
-        self._mean.add(robust.clip_to_norm(state, self._reference, self._bound), weight)
+        clipped = robust.clip_to_norm(state, self._reference, self._bound)
+        if clipped is not state:
+            self._clipped.append(self._mean.count)
+        self._mean.add(clipped, weight)
 
     def result(self) -> StateDict:
         return self._mean.result()
+
+    def notes(self) -> Notes:
+        return {"clipped": list(self._clipped)} if self._clipped else {}
 
 
 def _mean(states: Sequence[StateDict], weights: Sequence[float]) -> StateDict:
@@ -100,11 +120,16 @@ def _mean(states: Sequence[StateDict], weights: Sequence[float]) -> StateDict:
     return mean.result()
 
 
+def _coordinatewise(rule: Callable[[list[StateDict]], StateDict]) -> AggregatorFactory:
+    return lambda reference: Buffered(lambda states, weights: (rule(states), {}))
+
+
 def _multi_krum(settings: RobustSettings, keep_one: bool) -> AggregatorFactory:
-    def combine(states: list[StateDict], weights: list[float]) -> StateDict:
+    def combine(states: list[StateDict], weights: list[float]) -> tuple[StateDict, Notes]:
         keep = 1 if keep_one else settings.krum_keep or len(states) - settings.byzantine
         chosen = robust.krum_select(states, settings.byzantine, keep)
-        return _mean([states[i] for i in chosen], [1.0] * len(chosen))
+        left_out = sorted(set(range(len(states))) - set(chosen))
+        return _mean([states[i] for i in chosen], [1.0] * len(chosen)), {"left_out": left_out}
     return lambda reference: Buffered(combine)
 
 
@@ -113,19 +138,21 @@ def _norm_bound(settings: RobustSettings) -> AggregatorFactory:
         return lambda reference: ClippedMean(reference, settings.norm_bound)  # type: ignore[arg-type]
 
     def factory(reference: StateDict) -> Aggregator:
-        def combine(states: list[StateDict], weights: list[float]) -> StateDict:
+        def combine(states: list[StateDict], weights: list[float]) -> tuple[StateDict, Notes]:
             # An adaptive bound: no honest site is clipped much, one outlier cannot move it far.
             bound = statistics.median(robust.update_norm(s, reference) for s in states)
-            return _mean([robust.clip_to_norm(s, reference, bound) for s in states], weights)
+            clipped = [robust.clip_to_norm(s, reference, bound) for s in states]
+            notes = {"clipped": [i for i, (a, b) in enumerate(zip(clipped, states, strict=True))
+                                 if a is not b]}
+            return _mean(clipped, weights), notes if notes["clipped"] else {}
         return Buffered(combine)
     return factory
 
 
 AGGREGATORS: Registry[Callable[[RobustSettings], AggregatorFactory]] = Registry("aggregator", {
     "mean": lambda s: lambda reference: WeightedMean(),
-    "median": lambda s: lambda reference: Buffered(lambda states, w: robust.coordinate_median(states)),
-    "trimmed-mean": lambda s: lambda reference: Buffered(
-        lambda states, w: robust.trimmed_mean(states, s.byzantine)),
+    "median": lambda s: _coordinatewise(robust.coordinate_median),
+    "trimmed-mean": lambda s: _coordinatewise(lambda states: robust.trimmed_mean(states, s.byzantine)),
     "krum": lambda s: _multi_krum(s, keep_one=True),
     "multi-krum": lambda s: _multi_krum(s, keep_one=False),
     "norm-bound": _norm_bound,

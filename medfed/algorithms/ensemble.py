@@ -16,6 +16,7 @@ class LocalEnsemble:
         self._initial = initial
         self._local: dict[SiteId, StateDict] = {}
         self.train_overrides: dict[str, float | bool] = {}
+        self.aggregation_notes: dict[str, list[SiteId]] = {}  # nothing is aggregated
 
     @property
     def global_state(self) -> StateDict:

@@ -30,6 +30,8 @@ class FedAvg:
         self.server_optimizer = server_optimizer
         self._new_aggregator = aggregator or (lambda reference: WeightedMean())
         self._stage: Aggregator = self._new_aggregator(initial)
+        self._stage_sites: list[SiteId] = []
+        self.aggregation_notes: dict[str, list[SiteId]] = {}
         self._trained: set[SiteId] = set()
 
     @property
@@ -44,15 +46,20 @@ class FedAvg:
 
     def open_stage(self) -> None:
         self._stage = self._new_aggregator(self._global)
+        self._stage_sites = []
+        self.aggregation_notes = {}
 
     def receive(self, update: Update) -> None:
         self._stage.add(update.state, update.n_samples)
+        self._stage_sites.append(update.site)
         self._trained.add(update.site)
 
     def close_stage(self) -> None:
         if self._stage.count == 0:
             return  # nobody delivered: the model stays as it was
         averaged = self._stage.result()
+        self.aggregation_notes = {what: [self._stage_sites[i] for i in indices]
+                                  for what, indices in self._stage.notes().items()}
         if self.server_optimizer is not None:
             averaged = self.server_optimizer.step(self._global, averaged)
         # Keys an update may leave out (FedBN's local layers) keep their global value.

@@ -24,6 +24,10 @@ class FedBN:
     def global_state(self) -> StateDict:
         return self.inner.global_state
 
+    @property
+    def aggregation_notes(self) -> dict[str, list[SiteId]]:
+        return self.inner.aggregation_notes
+
     def stages(self, round_index: int, sites: Sequence[SiteId]) -> list[list[SiteId]]:
         return self.inner.stages(round_index, sites)
 

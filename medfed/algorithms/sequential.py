@@ -29,6 +29,7 @@ class SequentialTransfer:
         self.rounds = rounds
         self.cyclic = cyclic
         self.train_overrides: dict[str, float | bool] = {}
+        self.aggregation_notes: dict[str, list[SiteId]] = {}  # nothing is aggregated
         self._trained: set[SiteId] = set()
 
     @property

@@ -24,6 +24,9 @@ class Strategy(Protocol):
     # Changes to a site's training options this algorithm needs (FedProx's proximal weight,
     # SCAFFOLD's control variates).
     train_overrides: dict[str, float | bool]
+    # What the last stage's aggregation did to whom, for the round's record: {"left_out": [...]}
+    # for the sites Krum left out, {"clipped": [...]} for those norm bounding clipped; else {}.
+    aggregation_notes: dict[str, list[SiteId]]
 
     def stages(self, round_index: int, sites: Sequence[SiteId]) -> list[list[SiteId]]: ...
 

@@ -13,13 +13,14 @@ from typing import Protocol
 
 import numpy as np
 
+from medfed.algorithms import robust
 from medfed.algorithms.strategy import Strategy
 from medfed.client.trainer import TrainOptions
 from medfed.errors import IncompatibleUpdate, NotEnoughSites, TransportError
 from medfed.server.sampling import sample_sites
 from medfed.server.validation import check_update
 from medfed.transport.base import Transport
-from medfed.types import Metrics, SiteId, Update
+from medfed.types import CONTROL_PREFIX, Metrics, SiteId, StateDict, Update
 
 
 @dataclass
@@ -29,6 +30,8 @@ class RoundResult:
     failed: dict[SiteId, str] = field(default_factory=dict)  # site -> why it was left out
     eval_failed: dict[SiteId, str] = field(default_factory=dict)  # site -> why it could not score
     train_loss: dict[SiteId, float] = field(default_factory=dict)
+    update_norm: dict[SiteId, float] = field(default_factory=dict)  # ||x_k - x||: outliers show here
+    aggregation: dict[str, list[SiteId]] = field(default_factory=dict)  # e.g. Krum's "left_out"
     val: dict[SiteId, Metrics] = field(default_factory=dict)  # each site scores on its own split
     bytes_up: int = 0
     bytes_down: int = 0
@@ -105,8 +108,11 @@ def _run_stage(strategy: Strategy, transport: Transport, stage: list[SiteId], op
         strategy.receive(update)
         result.sites.append(site)
         result.train_loss[site] = update.metrics.get("train_loss", float("nan"))
+        result.update_norm[site] = update_norm(update.state, sent)
         observer.site_finished(result.round, site, result.train_loss[site])
     strategy.close_stage()
+    for what, sites in strategy.aggregation_notes.items():
+        result.aggregation.setdefault(what, []).extend(sites)
 
 
 def _evaluate_sites(strategy: Strategy, transport: Transport, sites: Sequence[SiteId],
@@ -119,6 +125,12 @@ def _evaluate_sites(strategy: Strategy, transport: Transport, sites: Sequence[Si
         except TransportError as exc:
             result.eval_failed[site] = str(exc)
     return scores
+
+
+def update_norm(state: StateDict, sent: StateDict) -> float:
+    """L2 norm of a site's change to the model it was sent (control variates left aside)."""
+    model = {k: v for k, v in state.items() if not k.startswith(CONTROL_PREFIX)}
+    return robust.update_norm(model, sent)
 
 
 def _check_origin(update: Update, site: SiteId) -> None:

@@ -244,3 +244,21 @@ def test_robust_rules_ignore_sample_counts():
                 aggregator.add(s, float(w))
             results.append(flat(aggregator.result()))
         np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_notes_name_the_updates_krum_left_out_and_norm_bounding_clipped():
+    states = [make_state(np.full(8, v)) for v in (1.0, 1.1, 50.0, 0.9, 1.05)]
+    reference = make_state(np.zeros(8))
+    notes = {}
+    for name, settings in (("krum", RobustSettings()), ("multi-krum", RobustSettings()),
+                           ("norm-bound", RobustSettings(norm_bound=4.0)),
+                           ("median", RobustSettings()), ("mean", RobustSettings())):
+        aggregator = build_aggregator(name, settings)(reference)
+        for s in states:
+            aggregator.add(s, 1.0)
+        aggregator.result()
+        notes[name] = aggregator.notes()
+    assert 2 in notes["krum"]["left_out"] and len(notes["krum"]["left_out"]) == 4
+    assert notes["multi-krum"] == {"left_out": [2]}  # m = n - f = 4 kept
+    assert notes["norm-bound"] == {"clipped": [2]}  # norms sqrt(8) x (1, 1.1, 50, 0.9, 1.05) vs 4
+    assert notes["median"] == {} and notes["mean"] == {}

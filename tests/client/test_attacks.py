@@ -158,3 +158,19 @@ def test_summary_names_the_attack_and_aggregator(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["aggregator"] == "median"
     assert summary["attack"] == {"kind": "free-ride", "sites": ["site-a"]}
+
+
+def test_the_round_records_update_norms_and_whom_krum_left_out():
+    setup = prepare(tiny("scale:1000", aggregator="krum"))
+    result = train(setup, "fedavg", setup.federation.sites, "krum").history[0]
+    norms = result.update_norm
+    assert set(norms) == set(result.sites)
+    assert norms["site-a"] > 100 * max(v for s, v in norms.items() if s != "site-a")
+    assert "site-a" in result.aggregation["left_out"]
+    assert len(result.aggregation["left_out"]) == 4  # Krum keeps exactly one update
+
+
+def test_the_round_records_whom_norm_bounding_clipped():
+    setup = prepare(tiny("scale:1000", aggregator="norm-bound"))
+    result = train(setup, "fedavg", setup.federation.sites, "nb").history[0]
+    assert "site-a" in result.aggregation["clipped"]  # the median norm clips the attacker
