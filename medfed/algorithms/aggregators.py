@@ -1,18 +1,20 @@
 """Aggregators: how a stage's site models become one model. The FedAvg family takes any of them.
 
-| name         | rule                                          | streams | weights        |
-|--------------|-----------------------------------------------|---------|----------------|
-| mean         | sum_k n_k x_k / sum_k n_k (FedAvg)            | yes     | sample counts  |
-| norm-bound   | the mean of updates clipped to norm M         | yes (M given); no (M = median norm) | sample counts |
-| median       | coordinate-wise median                        | no      | none           |
-| trimmed-mean | coordinate-wise mean without f lowest/highest | no      | none           |
-| krum         | the single most central update                | no      | none           |
-| multi-krum   | the mean of the m most central updates        | no      | none           |
+| name         | rule                                          | streams    | weights       |
+|--------------|-----------------------------------------------|------------|---------------|
+| mean         | sum_k n_k x_k / sum_k n_k (FedAvg)            | yes        | sample counts |
+| norm-bound   | the mean of updates clipped to norm M         | if M given | sample counts |
+| median       | coordinate-wise median                        | no         | none          |
+| trimmed-mean | coordinate-wise mean without f lowest/highest | no         | none          |
+| krum         | the single most central update                | no         | none          |
+| multi-krum   | the mean of the m most central updates        | no         | none          |
 
 A streaming aggregator keeps one running sum, so the server's memory does not grow with the number
 of sites; the others hold every update of the stage until it closes. Robust rules ignore the sample
-counts on purpose: a malicious site could claim any count. After result(), notes() names (by the
-order of add) the updates Krum left out and those norm bounding clipped, for the round's record.
+counts on purpose: a malicious site could claim any count. Norm bounding streams when M is given;
+by default M is the median update norm of the stage, which needs every update first. After
+result(), notes() names (by the order of add) the updates Krum left out and those norm bounding
+clipped, for the round's record.
 """
 
 from __future__ import annotations
