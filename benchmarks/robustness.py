@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/robustness.py attacks        # aggregators x attacks, Dirichlet 0.5
     .venv/bin/python benchmarks/robustness.py heterogeneity  # fedavg, fednova, scaffold, Dirichlet 0.1
+    .venv/bin/python benchmarks/robustness.py attacks --table  # the saved results as Markdown
 
 Every run is `medfed run`'s federated training (no baselines) on PneumoniaMNIST, 5 sites in the
 proportions 20:25:15:30:22, seed 0; the attacker is the first site. Prints one line per run as it
@@ -24,7 +25,7 @@ from medfed.experiment import prepare, train
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
 AGGREGATORS = ["mean", "median", "trimmed-mean", "krum", "multi-krum", "norm-bound"]
-ATTACKS = ["none", "scale:100", "sign-flip", "label-flip"]
+ATTACKS = ["none", "scale:100", "sign-flip", "label-flip", "scale:-10"]
 
 
 def base_config(data_file: Path, alpha: float, rounds: int, seed: int) -> RunConfig:
@@ -64,14 +65,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", help="run only labels containing this text")
+    parser.add_argument("--table", action="store_true",
+                        help="print the saved results as a Markdown table instead of running")
     args = parser.parse_args()
+    out = REPO / "benchmarks" / "out" / f"{args.suite}.jsonl"
+    if args.table:
+        print_table(out)
+        return
     if not args.data_file.is_file():
         raise SystemExit(f"{args.data_file} not found (PneumoniaMNIST: https://zenodo.org/records/10519652)")
     torch.set_num_threads(args.threads)
     alpha = 0.5 if args.suite == "attacks" else 0.1
     config = base_config(args.data_file, alpha, args.rounds, args.seed)
     setup = prepare(config)  # one partition for every run
-    out = REPO / "benchmarks" / "out" / f"{args.suite}.jsonl"
     out.parent.mkdir(exist_ok=True)
     sizes = {s: len(d.train) for s, d in setup.federation.sites.items()}
     print(f"PneumoniaMNIST, Dirichlet {alpha}, sites {sizes}, {args.rounds} rounds, seed {args.seed}")
@@ -91,6 +97,22 @@ def main() -> None:
         t = outcome.test
         print(f"{label:28s} AUC {t['auc']:.3f}  acc {t['accuracy']:.3f}  sens {t['sensitivity']:.3f}"
               f"  spec {t['specificity']:.3f}  rejected {failed:2d}  {row['seconds']:6.1f} s", flush=True)
+
+
+def print_table(path: Path) -> None:
+    """Test AUC (and accuracy) per run label 'rows / columns', the last result of each label."""
+    rows: dict[str, dict[str, dict]] = {}
+    for line in path.read_text().splitlines():
+        result = json.loads(line)
+        row, column = result["run"].split(" / ")
+        rows.setdefault(row, {})[column] = result["test"]
+    columns = list(dict.fromkeys(c for r in rows.values() for c in r))
+    print("| | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for row, results in rows.items():
+        cells = [f"{results[c]['auc']:.3f} ({results[c]['accuracy']:.3f})" if c in results else "-"
+                 for c in columns]
+        print(f"| {row} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
