@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from medfed.config import DataConfig
 from medfed.data.dataset import DataSource
+from medfed.data.dicom import load_dicom
+from medfed.data.harmonize import harmonize_source
 from medfed.data.medmnist import load_medmnist
 from medfed.data.synthetic import load_synthetic
 from medfed.registry import Registry
@@ -17,8 +19,10 @@ SOURCES: Registry[Loader] = Registry("dataset", {
                                                   cfg.synthetic_test, seed, cfg.sizes,
                                                   cfg.proportions),
     "medmnist": lambda cfg, seed: load_medmnist(cfg.data_file),
+    "dicom": load_dicom,
 })
 
 
 def load_source(config: DataConfig, seed: int) -> DataSource:
-    return SOURCES[config.dataset](config, seed)
+    """The data set, harmonized per site as config.harmonize asks (harmonize.py)."""
+    return harmonize_source(SOURCES[config.dataset](config, seed), config.harmonize)
