@@ -51,7 +51,7 @@ def _site_report(scan: Scan, site: str, skipped: list[Skipped]) -> SiteReport:
     labels: Counter[str] = Counter()
     for r in records:
         if isinstance(r.label, tuple):
-            labels.update(r.label)
+            labels.update(r.label or ("no finding",))
         elif r.label is not None:
             labels[str(r.label)] += 1
     pixels = np.concatenate([r.image.ravel() for r in records]) if records else np.zeros(0)
@@ -68,10 +68,14 @@ def _site_report(scan: Scan, site: str, skipped: list[Skipped]) -> SiteReport:
 
 
 def scan_for(config: DataConfig) -> Scan:
+    from medfed.data.chestxray14 import scan_chestxray14
     from medfed.data.dicom import scan_dicom
+    from medfed.data.nifti import scan_nifti
 
     scanners = {
         "dicom": lambda c: scan_dicom(c.data_dir, c.labels, c.image_size, c.series_volumes),
+        "nifti": lambda c: scan_nifti(c.data_dir, c.labels, c.image_size),
+        "chestxray14": lambda c: scan_chestxray14(c.data_dir, c.site_by, c.image_size),
     }
     if config.dataset not in scanners:
         raise ConfigError(f"medfed data check reads the files a site holds: --dataset "

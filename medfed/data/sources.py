@@ -6,9 +6,11 @@ from collections.abc import Callable
 
 from medfed.config import DataConfig
 from medfed.data.dataset import DataSource
+from medfed.data.chestxray14 import load_chestxray14
 from medfed.data.dicom import load_dicom
 from medfed.data.harmonize import harmonize_source
 from medfed.data.medmnist import load_medmnist
+from medfed.data.nifti import load_nifti
 from medfed.data.synthetic import load_synthetic
 from medfed.registry import Registry
 
@@ -20,6 +22,8 @@ SOURCES: Registry[Loader] = Registry("dataset", {
                                                   cfg.proportions),
     "medmnist": lambda cfg, seed: load_medmnist(cfg.data_file),
     "dicom": load_dicom,
+    "nifti": load_nifti,
+    "chestxray14": load_chestxray14,
 })
 
 
