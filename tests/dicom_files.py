@@ -52,3 +52,37 @@ def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROM
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return ds
+
+
+# Three "scanners": each stores the same physical signal its own way (rescale slope/intercept,
+# sign, photometric interpretation) and images it through its own response (gamma, gain, offset).
+# The loader undoes the storage (modality LUT, window, MONOCHROME1); harmonization is for the rest.
+SCANNERS: dict[str, dict] = {
+    "scanner-a": dict(slope=1.0, intercept=0.0, gamma=1.0, gain=1.0, offset=0.0,
+                      photometric="MONOCHROME2"),
+    "scanner-b": dict(slope=2.0, intercept=-1024.0, gamma=0.5, gain=0.7, offset=0.3,
+                      photometric="MONOCHROME2"),
+    "scanner-c": dict(slope=0.5, intercept=100.0, gamma=1.8, gain=1.1, offset=-0.15,
+                      photometric="MONOCHROME1"),
+}
+FULL_SCALE = 1000.0  # physical units of white
+
+
+def write_scanner_sites(root: Path, images: np.ndarray, labels: np.ndarray, sites: np.ndarray,
+                        phi: bool = False) -> Path:
+    """images (N, H, W) in [0, 1], labels (N,) 0/1, sites (N,) in 0..2 -> one folder per scanner
+    under root and root/labels.csv (file,label). Returns the CSV's path."""
+    rows = ["file,label"]
+    names = list(SCANNERS)
+    for i, (image, label, site) in enumerate(zip(images, labels, sites, strict=True)):
+        s = SCANNERS[names[site]]
+        physical = FULL_SCALE * np.clip(s["gain"] * image ** s["gamma"] + s["offset"], 0, 1)
+        if s["photometric"] == "MONOCHROME1":
+            physical = FULL_SCALE - physical
+        stored = np.round((physical - s["intercept"]) / s["slope"]).astype(np.int16)
+        rel = f"{names[site]}/study{i:04d}/image.dcm"
+        write_dicom(root / rel, stored, photometric=s["photometric"], slope=s["slope"],
+                    intercept=s["intercept"], center=FULL_SCALE / 2, width=FULL_SCALE + 1, phi=phi)
+        rows.append(f"{rel},{'finding' if label else 'normal'}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "labels.csv"

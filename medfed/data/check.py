@@ -85,7 +85,8 @@ def scan_for(config: DataConfig) -> Scan:
 
 def report_table(scan: Scan, reports: list[SiteReport]) -> Table:
     table = Table(title=f"{scan.kind} data in {scan.data_dir}")
-    for column in ("site", "images", "labelled", "skipped", "label prevalence",
+    table.add_column("site", no_wrap=True)
+    for column in ("images", "labelled", "skipped", "label prevalence",
                    "intensity mean (sd) [p1, p99]", "sizes", "spacing mm"):
         table.add_column(column)
     for r in reports:
