@@ -83,6 +83,6 @@ def write_scanner_sites(root: Path, images: np.ndarray, labels: np.ndarray, site
         rel = f"{names[site]}/study{i:04d}/image.dcm"
         write_dicom(root / rel, stored, photometric=s["photometric"], slope=s["slope"],
                     intercept=s["intercept"], center=FULL_SCALE / 2, width=FULL_SCALE + 1, phi=phi)
-        rows.append(f"{rel},{'finding' if label else 'normal'}")
+        rows.append(f"{rel},{'opacity' if label else 'normal'}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     return root / "labels.csv"

@@ -107,7 +107,7 @@ def test_data_mistakes_are_one_line_errors(scanners, tmp_path, capsys):
     label_map = tmp_path / "map.toml"
     label_map.write_text('classes = ["healthy", "sick"]\n[map]\nnormal = "healthy"\n')
     cases.append((dicom_args(scanners) + ["--label-map", str(label_map)],
-                  "label 'finding' at site scanner-a is not in the label map"))
+                  "label 'opacity' at site scanner-a is not in the label map"))
     for args, fragment in cases:
         code, _, err = run_cli(["run", *args, *FAST, "--out", str(tmp_path / "o")], capsys)
         assert_one_line_error(code, err, fragment)
@@ -123,4 +123,4 @@ def test_summary_is_strict_json_with_data_keys(scanners, tmp_path, capsys):
     code, _, err = run_cli(["run", *dicom_args(scanners), *FAST, "--out", str(out)], capsys)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["class_names"] == ["finding", "normal"]
+    assert summary["class_names"] == ["normal", "opacity"]  # the finding is the positive class
