@@ -70,9 +70,7 @@ def display_pixels(ds: Dataset) -> np.ndarray:
 def read_instance(path: Path) -> tuple[Dataset | None, str | None]:
     """(the data set, None) or (None, why it cannot be used). Reasons never quote the file's values."""
     try:
-        with warnings.catch_warnings():  # a broken file is reported in the skipped list instead
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path)
     except InvalidDicomError:
         return None, "not a DICOM file"
     except Exception as exc:  # noqa: BLE001 - any broken file is skipped and listed, never a crash
@@ -91,6 +89,15 @@ def scan_dicom(data_dir: str | Path | None, labels: str | Path | None, image_siz
     table = read_labels(labels) if labels else None
     if table is not None and table.key == "file":
         _check_files_exist(table, root, Path(labels))
+    with warnings.catch_warnings():
+        # pydicom's warnings can quote an element's value (a malformed birth date, a name): they
+        # must not reach a console or log. What is wrong with a file goes to the skipped list.
+        warnings.simplefilter("ignore")
+        return _scan(root, table, image_size, series_volumes)
+
+
+def _scan(root: Path, table: LabelTable | None, image_size: int | None, series_volumes: bool
+          ) -> Scan:
     scan = Scan("dicom", root)
     found_phi, instances = [], []
     for path in files_under(root):

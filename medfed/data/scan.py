@@ -76,7 +76,8 @@ def files_under(data_dir: Path, suffixes: tuple[str, ...] = ()) -> Iterator[Path
         if not path.is_file() or any(p.startswith(".") for p in rel.parts):
             continue
         name = path.name.lower()
-        if suffixes and not name.endswith(suffixes) or not suffixes and path.suffix.lower() in IGNORED_SUFFIXES:
+        wanted = name.endswith(suffixes) if suffixes else path.suffix.lower() not in IGNORED_SUFFIXES
+        if not wanted:
             continue
         yield path
 

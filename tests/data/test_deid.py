@@ -57,3 +57,21 @@ def test_refusal_names_tags_and_counts_but_no_value(tmp_path):
     assert PATIENT_NAME not in message and "Quixotewright" not in message and PATIENT_ID not in message
     source = load_dicom(DataConfig(**{**config.__dict__, "allow_phi": True}), seed=0)
     assert len(source.pool) + len(source.test) == 12
+
+
+def test_no_pydicom_warning_escapes_a_scan(tmp_path):
+    """pydicom's reading warnings can quote an element's value; none may reach the console."""
+    import warnings
+
+    from medfed.data.dicom import scan_dicom
+
+    ds = write_dicom(tmp_path / "s" / "a.dcm", np.zeros((4, 4), np.uint16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.OperatorsName = PATIENT_NAME + "x" * 80  # an over-long PN: pydicom warns on reading
+    ds.save_as(tmp_path / "s" / "a.dcm", enforce_file_format=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scan = scan_dicom(tmp_path, None, 8)
+    assert caught == []
+    assert scan.phi == {"OperatorsName": 1} and len(scan.records) == 1
