@@ -10,6 +10,7 @@ keyword. `medfed data check` prints it.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +19,18 @@ from rich.console import Console
 from rich.table import Table
 
 from medfed.config import DataConfig
+from medfed.data.chestxray14 import scan_chestxray14
+from medfed.data.dicom import scan_dicom
+from medfed.data.nifti import scan_nifti
 from medfed.data.scan import Scan, Skipped, site_of
 from medfed.errors import ConfigError
+
+# The sources whose files a site holds, and how each is read into a Scan.
+SCANNERS: dict[str, Callable[[DataConfig], Scan]] = {
+    "dicom": lambda c: scan_dicom(c.data_dir, c.labels, c.image_size, c.series_volumes),
+    "nifti": lambda c: scan_nifti(c.data_dir, c.labels, c.image_size),
+    "chestxray14": lambda c: scan_chestxray14(c.data_dir, c.site_by, c.image_size),
+}
 
 
 @dataclass(frozen=True)
@@ -68,19 +79,10 @@ def _site_report(scan: Scan, site: str, skipped: list[Skipped]) -> SiteReport:
 
 
 def scan_for(config: DataConfig) -> Scan:
-    from medfed.data.chestxray14 import scan_chestxray14
-    from medfed.data.dicom import scan_dicom
-    from medfed.data.nifti import scan_nifti
-
-    scanners = {
-        "dicom": lambda c: scan_dicom(c.data_dir, c.labels, c.image_size, c.series_volumes),
-        "nifti": lambda c: scan_nifti(c.data_dir, c.labels, c.image_size),
-        "chestxray14": lambda c: scan_chestxray14(c.data_dir, c.site_by, c.image_size),
-    }
-    if config.dataset not in scanners:
+    if config.dataset not in SCANNERS:
         raise ConfigError(f"medfed data check reads the files a site holds: --dataset "
-                          f"{', '.join(scanners)} (got '{config.dataset}')")
-    return scanners[config.dataset](config)
+                          f"{', '.join(SCANNERS)} (got '{config.dataset}')")
+    return SCANNERS[config.dataset](config)
 
 
 def report_table(scan: Scan, reports: list[SiteReport]) -> Table:

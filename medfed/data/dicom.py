@@ -107,13 +107,13 @@ def _scan(root: Path, table: LabelTable | None, image_size: int | None, series_v
             scan.skipped.append(Skipped(rel.as_posix(), reason))
             continue
         found_phi.append(deid.identifying_tags(ds))
-        instances.append((rel, ds))
+        if series_volumes:  # a series needs all its slices; an instance is done with at once
+            instances.append((rel, ds))
+        else:
+            _add_instance(scan, rel, ds, table, image_size or DEFAULT_SIZE_2D)
     scan.phi = deid.tally(found_phi)
     if series_volumes:
         _add_series(scan, instances, table, image_size or DEFAULT_SIZE_3D)
-    else:
-        for rel, ds in instances:
-            _add_instance(scan, rel, ds, table, image_size or DEFAULT_SIZE_2D)
     return scan
 
 

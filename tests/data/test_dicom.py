@@ -187,3 +187,21 @@ def test_a_folder_without_readable_images_is_an_error(tmp_path):
     with pytest.raises(DataError, match="no readable DICOM image"):
         load_dicom(DataConfig(dataset="dicom", data_dir=str(tmp_path),
                               labels=str(tmp_path / "labels.csv")), seed=0)
+
+
+def test_pydicoms_compressed_and_colour_samples_are_read_or_skipped_with_a_reason(tmp_path):
+    """Real files: RLE decodes natively (same pixels as the uncompressed one); JPEG-LS needs a
+    plug-in decoder (skipped with a reason without it); a colour image is skipped."""
+    import shutil
+
+    for name in ("MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                 "SC_rgb_small_odd.dcm"):
+        shutil.copy(pydicom_sample(name), tmp_path / name)
+    scan = scan_dicom(tmp_path, None, image_size=64)
+    images = {r.path: r.image for r in scan.records}
+    reasons = {s.path: s.reason for s in scan.skipped}
+    np.testing.assert_allclose(images["MR_small_RLE.dcm"], images["MR_small.dcm"], atol=1e-6)
+    assert reasons["SC_rgb_small_odd.dcm"].startswith("not a greyscale image")
+    jpeg_ls = "MR_small_jpeg_ls_lossless.dcm"
+    assert jpeg_ls in images or reasons[jpeg_ls].startswith("cannot decode pixel data")
+    assert len(images) + len(reasons) == 4
