@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 
 from tests.data.test_dicom_sites import scanner_folder
 from tests.dicom_files import PATIENT_ID, PATIENT_NAME
@@ -124,3 +125,34 @@ def test_summary_is_strict_json_with_data_keys(scanners, tmp_path, capsys):
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["class_names"] == ["normal", "opacity"]  # the finding is the positive class
+
+
+def test_run_over_nifti_volumes_trains_a_3d_model(tmp_path, capsys):
+    from tests.data.test_nifti import make_volumes
+
+    labels = make_volumes(tmp_path / "data", per_site=8)
+    out = tmp_path / "run"
+    code, _, err = run_cli(["run", "--dataset", "nifti", "--data-dir", str(tmp_path / "data"),
+                            "--labels", str(labels), *FAST, "--sites", "2", "--image-size", "8",
+                            "--out", str(out)], capsys)
+    assert code == 0, err
+    summary = strict_json((out / "summary.json").read_text())
+    assert summary["dataset"] == "nifti" and list(summary["sites"]) == ["a", "b"]
+    with safe_open(out / "model.safetensors", "np") as f:
+        spec = json.loads(f.metadata()["medfed"])["spec"]
+    assert spec["spatial_dims"] == 3 and spec["input_size"] == [8, 8, 8]
+
+
+def test_run_over_the_chestxray14_layout_is_multi_label_by_pseudo_site(tmp_path, capsys):
+    from tests.data.test_chestxray14 import make_layout
+
+    make_layout(tmp_path / "nih")
+    out = tmp_path / "run"
+    code, _, err = run_cli(["run", "--dataset", "chestxray14", "--data-dir", str(tmp_path / "nih"),
+                            "--site-by", "sex", *FAST, "--sites", "2", "--harmonize", "zscore",
+                            "--out", str(out)], capsys)
+    assert code == 0, err
+    summary = strict_json((out / "summary.json").read_text())
+    assert summary["task"] == "multi-label" and len(summary["class_names"]) == 14
+    assert sorted(summary["sites"]) == ["female", "male"]
+    assert summary["n_test"] % 3 == 0  # whole patients (three images each) are held out

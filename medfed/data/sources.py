@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from medfed.config import DataConfig
-from medfed.data.dataset import DataSource
 from medfed.data.chestxray14 import load_chestxray14
+from medfed.data.dataset import DataSource
 from medfed.data.dicom import load_dicom
 from medfed.data.harmonize import harmonize_source
 from medfed.data.medmnist import load_medmnist
