@@ -22,7 +22,9 @@ PHI_VALUES = (PATIENT_NAME, "Quixotewright", PATIENT_ID, "19610704", "St Elsewhe
 @pytest.fixture(scope="module")
 def scanners(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("scanners")
-    return root, scanner_folder(root)
+    labels = scanner_folder(root)
+    (root / "scanner-b" / "corrupt.dcm").write_bytes(b"\0" * 132)  # skipped, counted, never a crash
+    return root, labels
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,6 @@ def dicom_args(folder: tuple[Path, Path]) -> list[str]:
 
 @pytest.mark.parametrize("method", ["none", "zscore", "histogram"])
 def test_run_over_three_scanner_sites(scanners, tmp_path, capsys, method):
-    (scanners[0] / "scanner-b" / "corrupt.dcm").write_bytes(b"\0" * 132)
     out = tmp_path / "run"
     code, _, err = run_cli(["run", *dicom_args(scanners), *FAST, "--harmonize", method,
                             "--out", str(out)], capsys)
@@ -79,7 +80,7 @@ def test_data_check_prints_a_report_per_site(scanners, capsys):
     assert code == 0, err
     for site in ("scanner-a", "scanner-b", "scanner-c"):
         assert site in out
-    assert "no identifying tags" in out
+    assert "no identifying tags" in out and "skipped scanner-b/corrupt.dcm: not a DICOM file" in out
 
 
 @pytest.mark.parametrize("args,fragments", [
