@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--dataset", "--data-dir", "--labels", "--label-map", "--image-size", "--site-by"):
         check.add_argument(flag, type=RUN_FLAGS[flag][1], help=RUN_FLAGS[flag][2])
     _add_data_flags(check, allow_phi=False)
+    check.add_argument("--json", type=Path, help="also write the shareable aggregates (no file "
+                                                 "names) to this JSON file")
     return parser
 
 
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "data":
             from medfed.data.check import check_command
 
-            check_command(data_config(args))
+            check_command(data_config(args), json_path=args.json)
     except MedfedError as exc:
         sys.stderr.write(f"medfed: error: {exc}\n")
         return 2

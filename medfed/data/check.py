@@ -9,9 +9,10 @@ keyword. `medfed data check` prints it.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from rich.table import Table
 from medfed.config import DataConfig
 from medfed.data.chestxray14 import scan_chestxray14
 from medfed.data.dicom import scan_dicom
+from medfed.data.labels import LabelMap, load_label_map
 from medfed.data.nifti import scan_nifti
 from medfed.data.scan import Scan, Skipped, site_of
 from medfed.errors import ConfigError
@@ -102,11 +104,34 @@ def report_table(scan: Scan, reports: list[SiteReport]) -> Table:
     return table
 
 
-def check_command(config: DataConfig, console: Console | None = None) -> list[SiteReport]:
-    """`medfed data check`: the report, printed; skipped files listed; identifying tags by keyword."""
+def shareable(reports: list[SiteReport], scan: Scan) -> dict:
+    """What may leave the site: the aggregates, with skipped files counted by reason, not listed."""
+    sites = {}
+    for r in reports:
+        entry = asdict(r)
+        entry["skipped"] = dict(Counter(s.reason for s in r.skipped))
+        entry["prevalence"] = r.prevalence
+        sites[entry.pop("site")] = entry
+    return {"dataset": scan.kind, "sites": sites, "identifying_tags": scan.phi}
+
+
+def map_labels(scan: Scan, label_map: LabelMap) -> None:
+    """Labels as the federation will see them; an unmapped label is the same error as in a run."""
+    scan.records = [replace(r, label=label_map.apply(r.site, str(r.label)))
+                    if isinstance(r.label, str) else r for r in scan.records]
+
+
+def check_command(config: DataConfig, console: Console | None = None,
+                  json_path: Path | None = None) -> list[SiteReport]:
+    """`medfed data check`: the report, printed; skipped files listed; identifying tags by keyword.
+    json_path: also write the shareable aggregates there."""
     console = console or Console()
     scan = scan_for(config)
+    if config.label_map:
+        map_labels(scan, load_label_map(config.label_map))
     reports = site_reports(scan)
+    if json_path is not None:
+        json_path.write_text(json.dumps(shareable(reports, scan), indent=2) + "\n", encoding="utf-8")
     console.print(report_table(scan, reports))
     for r in reports:
         for s in r.skipped:

@@ -57,3 +57,32 @@ def test_chestxray14_report_counts_findings_and_no_finding(tmp_path):
 def test_check_needs_a_dataset_of_files():
     with pytest.raises(ConfigError, match="reads the files a site holds"):
         check_command(DataConfig(dataset="synthetic"))
+
+
+def test_the_shareable_json_has_aggregates_and_mapped_labels_but_no_file_names(tmp_path):
+    import json
+
+    labels = make_sites(tmp_path / "data")
+    (tmp_path / "data" / "north" / "broken.dcm").write_bytes(b"junk")
+    (tmp_path / "map.toml").write_text('classes = ["healthy", "sick"]\n'
+                                       '[map]\nnormal = "healthy"\npneumonia = "sick"\n')
+    out = tmp_path / "report.json"
+    check_command(DataConfig(dataset="dicom", data_dir=str(tmp_path / "data"), labels=str(labels),
+                             label_map=str(tmp_path / "map.toml"), image_size=8),
+                  Console(file=io.StringIO()), json_path=out)
+    report = json.loads(out.read_text())
+    north = report["sites"]["north"]
+    assert north["labels"] == {"healthy": 3, "sick": 3} and north["prevalence"]["sick"] == 0.5
+    assert north["skipped"] == {"not a DICOM file": 1} and report["identifying_tags"] == {}
+    assert "broken.dcm" not in out.read_text() and "study" not in out.read_text()
+
+
+def test_check_with_a_label_map_refuses_an_unmapped_label(tmp_path):
+    from medfed.errors import DataError
+
+    labels = make_sites(tmp_path / "data")
+    (tmp_path / "map.toml").write_text('classes = ["normal", "sick"]\n')
+    with pytest.raises(DataError, match="label 'pneumonia' at site north is not in the label map"):
+        check_command(DataConfig(dataset="dicom", data_dir=str(tmp_path / "data"), labels=str(labels),
+                                 label_map=str(tmp_path / "map.toml"), image_size=8),
+                      Console(file=io.StringIO()))
