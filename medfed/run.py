@@ -35,12 +35,12 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     out = prepare_out_dir(out_dir)
     write_config(out, config)
     fed = setup.federation
-    console.print(f"[bold]medfed run[/]: {fed.source.name} ({fed.source.task}), "
-                  f"{len(fed.sites)} sites ({fed.partition}), {config.federation.algorithm}, "
-                  f"{config.federation.rounds} rounds, model {config.model.model}")
     if fed.source.skipped:  # counted here; the paths stay at the site (`medfed data check`)
         console.print(f"skipped {len(fed.source.skipped)} unreadable or missing files "
                       "(`medfed data check` lists them)")
+    console.print(f"[bold]medfed run[/]: {fed.source.name} ({fed.source.task}), "
+                  f"{len(fed.sites)} sites ({fed.partition}), {config.federation.algorithm}, "
+                  f"{config.federation.rounds} rounds, model {config.model.model}")
     with RichRoundProgress(console) as progress:
         rounds = config.federation.rounds
         federated = train(setup, config.federation.algorithm, fed.sites, config.federation.algorithm,
