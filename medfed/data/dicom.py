@@ -68,7 +68,7 @@ def display_pixels(ds: Dataset) -> np.ndarray:
 
 
 def read_instance(path: Path) -> tuple[Dataset | None, str | None]:
-    """(the data set, None) or (None, why it cannot be used). Reasons never quote the file's values."""
+    """(the data set, None) or (None, why it cannot be used). Reasons quote no identifying value."""
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError:

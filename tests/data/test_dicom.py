@@ -205,3 +205,14 @@ def test_pydicoms_compressed_and_colour_samples_are_read_or_skipped_with_a_reaso
     jpeg_ls = "MR_small_jpeg_ls_lossless.dcm"
     assert jpeg_ls in images or reasons[jpeg_ls].startswith("cannot decode pixel data")
     assert len(images) + len(reasons) == 4
+
+
+def test_a_voi_lut_sequence_is_applied_and_scaled_by_its_bit_depth(tmp_path):
+    path = tmp_path / "lut.dcm"
+    ds = write_dicom(path, np.array([[0, 1], [2, 3]], np.uint16))
+    item = pydicom.Dataset()
+    item.add_new(0x00283002, "US", [4, 0, 8])  # LUTDescriptor: 4 entries from stored 0, 8 bits out
+    item.add_new(0x00283006, "US", [0, 100, 200, 255])  # LUTData
+    ds.VOILUTSequence = [item]
+    ds.save_as(path, enforce_file_format=True)
+    np.testing.assert_allclose(read(path), [[0, 100 / 255], [200 / 255, 1.0]], atol=1e-6)
