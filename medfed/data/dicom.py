@@ -50,10 +50,11 @@ def display_pixels(ds: Dataset) -> np.ndarray:
     """Stored pixels -> float32 in [0, 1]: modality LUT, VOI LUT (window), MONOCHROME1 inversion.
 
     (H, W) for one frame, (F, H, W) for a multi-frame instance."""
-    values = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
-    if "VOILUTSequence" in ds:
+    modality = apply_modality_lut(ds.pixel_array, ds)  # integers unless rescaled
+    values = modality.astype(np.float64)
+    if "VOILUTSequence" in ds:  # a lookup table indexes stored integers
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        out = apply_voi_lut(values, ds) / (2**bits - 1)
+        out = apply_voi_lut(modality, ds) / (2**bits - 1)
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         # The window's output range is that of the stored values after the modality LUT: its
         # images of -inf and +inf (pydicom clips to it) map to 0 and 1.
