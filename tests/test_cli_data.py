@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
+from medfed.config import load_config
 from tests.data.test_dicom_sites import scanner_folder
 from tests.dicom_files import PATIENT_ID, PATIENT_NAME
 from tests.test_cli import assert_one_line_error, run_cli, strict_json
@@ -126,6 +127,9 @@ def test_summary_is_strict_json_with_data_keys(scanners, tmp_path, capsys):
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["class_names"] == ["normal", "opacity"]  # the finding is the positive class
+    data = load_config(out / "config.toml").data  # the resolved config reruns the same data
+    assert (data.dataset, data.data_dir, data.labels) == ("dicom", str(scanners[0]), str(scanners[1]))
+    assert (data.harmonize, data.test_fraction, data.allow_phi) == ("none", 0.2, False)
 
 
 def test_run_over_nifti_volumes_trains_a_3d_model(tmp_path, capsys):
