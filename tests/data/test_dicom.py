@@ -216,3 +216,29 @@ def test_a_voi_lut_sequence_is_applied_and_scaled_by_its_bit_depth(tmp_path):
     ds.VOILUTSequence = [item]
     ds.save_as(path, enforce_file_format=True)
     np.testing.assert_allclose(read(path), [[0, 100 / 255], [200 / 255, 1.0]], atol=1e-6)
+
+
+def test_labels_keyed_by_sop_instance_uid(tmp_path):
+    a = write_dicom(tmp_path / "s" / "a.dcm", STORED)
+    write_dicom(tmp_path / "s" / "b.dcm", STORED)
+    (tmp_path / "labels.csv").write_text(f"SOPInstanceUID,label\n{a.SOPInstanceUID},positive\n")
+    scan = scan_dicom(tmp_path, tmp_path / "labels.csv", image_size=8)
+    assert {r.path: r.label for r in scan.records} == {"s/a.dcm": "positive", "s/b.dcm": None}
+
+
+def test_series_volumes_labelled_by_series_uid_make_a_3d_source(tmp_path):
+    rows = ["SeriesInstanceUID,label"]
+    for site in ("x", "y"):
+        for k in range(4):
+            uid = f"1.2.826.0.1.3680043.8.498.{ord(site)}.{k}"
+            for z in range(3):
+                write_dicom(tmp_path / site / f"series{k}" / f"{z}.dcm",
+                            np.full((6, 6), 10 * (k % 2) + z, np.uint16), series_uid=uid,
+                            position=float(z))
+            rows.append(f"{uid},{'lesion' if k % 2 else 'clear'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    source = load_dicom(DataConfig(dataset="dicom", data_dir=str(tmp_path), image_size=8,
+                                   labels=str(tmp_path / "labels.csv"), series_volumes=True,
+                                   test_fraction=0.5), seed=0)
+    assert source.spatial_dims == 3 and source.pool.x.shape[1:] == (1, 8, 8, 8)
+    assert len(source.pool) == len(source.test) == 4 and source.group_names == ("x", "y")
