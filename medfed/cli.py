@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medfed.config import RunConfig, load_config, with_overrides
+from medfed.config import DataConfig, RunConfig, load_config, with_overrides
 from medfed.errors import MedfedError
 
 # flag -> (config key, type, help). Names mirror the config keys (DESIGN.md's CLI contract).
@@ -46,7 +46,15 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--norm": ("norm", str, "batch, group or instance"),
     "--seed": ("seed", int, "random seed"),
     "--device": ("device", str, "auto, cpu, cuda or mps"),
+    # data a site holds (dicom, nifti, chestxray14)
+    "--data-dir": ("data_dir", str, "the data folder; each top-level subfolder is one site"),
+    "--labels": ("labels", str, "CSV of labels: file (or a DICOM UID) and label"),
+    "--label-map": ("label_map", str, "TOML mapping each site's label names to the federation's"),
+    "--harmonize": ("harmonize", str, "per-site intensity harmonization: none, zscore or histogram"),
+    "--test-fraction": ("test_fraction", float, "share of each site held out as the test set"),
+    "--site-by": ("site_by", str, "chestxray14 pseudo-sites: view, sex or age"),
 }
+BOOL_FLAGS = ("baselines", "augment", "allow_phi", "series_volumes")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -69,7 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also train local-only and pooled baselines (on by default)")
     run.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                      help="training-only augmentation (on by default)")
+    _add_data_flags(run)
+    data = commands.add_parser("data", help="look at the data a site holds")
+    checks = data.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
+    check = checks.add_parser("check", help="per-site data report: counts, labels, intensities, "
+                                            "sizes, skipped files, identifying tags")
+    for flag in ("--dataset", "--data-dir", "--labels", "--label-map", "--image-size", "--site-by"):
+        check.add_argument(flag, type=RUN_FLAGS[flag][1], help=RUN_FLAGS[flag][2])
+    _add_data_flags(check, allow_phi=False)
+    check.add_argument("--json", type=Path, help="also write the shareable aggregates (no file "
+                                                 "names) to this JSON file")
     return parser
+
+
+def _add_data_flags(parser: argparse.ArgumentParser, allow_phi: bool = True) -> None:
+    if allow_phi:
+        parser.add_argument("--allow-phi", action=argparse.BooleanOptionalAction, default=None,
+                            help="use DICOM files that still carry identifying tags (off)")
+    parser.add_argument("--series-volumes", action=argparse.BooleanOptionalAction, default=None,
+                        help="dicom: one 3D sample per series instead of one per instance (off)")
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
@@ -80,10 +106,20 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         if value is not None:
             overrides[key] = _parse_list(flag, value, int if key == "sizes" else float) \
                 if key in ("sizes", "proportions") else value
-    for key in ("baselines", "augment"):
-        if getattr(args, key) is not None:
+    for key in BOOL_FLAGS:
+        if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     return with_overrides(config, overrides)
+
+
+def data_config(args: argparse.Namespace) -> DataConfig:
+    """`medfed data check`'s flags as a [data] config."""
+    keys = {flag[2:].replace("-", "_"): RUN_FLAGS[flag][0] for flag in RUN_FLAGS}
+    values = {key: getattr(args, name) for name, key in keys.items()
+              if getattr(args, name, None) is not None}
+    if args.series_volumes is not None:
+        values["series_volumes"] = args.series_volumes
+    return with_overrides(RunConfig(), values).data
 
 
 def _parse_list(flag: str, text: str, kind: type) -> list:
@@ -110,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             from medfed.run import execute_run
 
             execute_run(config, args.out or _fresh_run_dir())
+        elif args.command == "data":
+            from medfed.data.check import check_command
+
+            check_command(data_config(args), json_path=args.json)
     except MedfedError as exc:
         sys.stderr.write(f"medfed: error: {exc}\n")
         return 2

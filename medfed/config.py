@@ -28,7 +28,7 @@ from medfed.client.attack_spec import parse_attack
 from medfed.registry import unknown_choice
 
 # Names the registries answer to. tests/test_config.py checks that each registry holds exactly these.
-DATASETS = ("synthetic", "medmnist")
+DATASETS = ("synthetic", "medmnist", "dicom", "nifti", "chestxray14")
 PARTITIONS = ("iid", "dirichlet", "quantity", "natural")
 ALGORITHMS = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fednova", "scaffold", "swt", "cwt",
               "ensemble")
@@ -39,6 +39,8 @@ MODELS = ("cnn", "resnet18", "resnet50", "densenet121", "mlp", "logistic")
 NORMS = ("batch", "group", "instance")
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+HARMONIZATIONS = ("none", "zscore", "histogram")
+SITE_BY = ("view", "sex", "age")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,15 @@ class DataConfig:
     augment: bool = True  # random flip, rotation +-10 degrees and crop, training only
     synthetic_samples: int = 1500  # synthetic only: training + validation images over all sites
     synthetic_test: int = 1000  # synthetic only: held-out test images over all sites
+    # Files a site holds (dicom, nifti, chestxray14): see README "Data at a site".
+    data_dir: str | None = None  # the folder; each top-level subfolder is one natural site
+    labels: str | None = None  # CSV: file (or SOPInstanceUID / SeriesInstanceUID / StudyInstanceUID), label
+    label_map: str | None = None  # TOML: each site's label names -> the federation's label set
+    allow_phi: bool = False  # use DICOM files that still carry identifying tags
+    series_volumes: bool = False  # dicom: one 3D sample per series instead of one per instance
+    harmonize: str = "none"  # per site: none, zscore, or histogram (matched to a shared reference)
+    test_fraction: float = 0.2  # held out per site (stratified; by patient/study) as the test set
+    site_by: str = "view"  # chestxray14 pseudo-sites: view (PA/AP), sex, or age band
 
     def __post_init__(self) -> None:
         _choice("dataset", self.dataset, DATASETS)
@@ -77,6 +88,10 @@ class DataConfig:
             _at_least("image_size", self.image_size, 8)
         _at_least("synthetic_samples", self.synthetic_samples, 10)
         _at_least("synthetic_test", self.synthetic_test, 10)
+        _choice("harmonize", self.harmonize, HARMONIZATIONS)
+        _choice("site_by", self.site_by, SITE_BY)
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"test_fraction must be between 0 and 1, got {self.test_fraction}")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ class DataSource:
     """What a loader returns: a pool the sites share out, and the official held-out test set.
 
     groups / test_groups give each sample's natural site (hospital, scanner) when the data has one.
+    units gives each pool sample's patient or study when several images share one, so a site's
+    validation split never takes some of a patient's images and leaves the rest to training.
+    skipped lists the files a loader could not use, as (path, reason), so none is silently lost.
     """
 
     name: str
@@ -52,6 +55,8 @@ class DataSource:
     groups: np.ndarray | None = None
     test_groups: np.ndarray | None = None
     group_names: tuple[str, ...] = ()
+    units: np.ndarray | None = None
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def spatial_dims(self) -> int:

@@ -20,7 +20,7 @@ def build_federation(source: DataSource, config: DataConfig, rng: np.random.Gene
     names = source.group_names if scheme == "natural" else site_names(config.sites)
     sites = {}
     for k, (name, index) in enumerate(zip(names, shares, strict=True)):
-        train, val = partition.train_val_split(index, config.val_fraction, rng)
+        train, val = partition.train_val_split(index, config.val_fraction, rng, source.units)
         sites[name] = SiteData(site=name, train=source.pool.subset(train),
                                val=source.pool.subset(val), test=_site_test(source, scheme, k))
     return Federation(source=source, sites=sites, partition=scheme)

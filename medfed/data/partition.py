@@ -116,15 +116,30 @@ def natural(groups: np.ndarray | None, n_sites: int) -> list[np.ndarray]:
     return [np.flatnonzero(groups == g) for g in names]
 
 
-def train_val_split(index: np.ndarray, val_fraction: float, rng: np.random.Generator
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """A site's own train / validation split; both keep at least one sample when possible."""
+def train_val_split(index: np.ndarray, val_fraction: float, rng: np.random.Generator,
+                    units: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A site's own train / validation split; both keep at least one sample when possible.
+
+    units (one per sample of the whole pool: patient or study) keeps each unit's images together."""
     if len(index) < 2:
         raise DataError(f"a site with {len(index)} sample cannot be split into train and "
                         "validation; use fewer sites or a larger data set")
+    if units is not None:
+        return _unit_split(index, units[index], val_fraction, rng)
     n_val = min(max(1, round(len(index) * val_fraction)), len(index) - 1)
     shuffled = rng.permutation(index)
     return np.sort(shuffled[n_val:]), np.sort(shuffled[:n_val])
+
+
+def _unit_split(index: np.ndarray, owner: np.ndarray, val_fraction: float, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.unique(owner)
+    if len(ids) < 2:
+        raise DataError(f"a site whose {len(index)} images all belong to one patient or study cannot "
+                        "be split into train and validation; use fewer sites or more data")
+    n_val = min(max(1, round(len(ids) * val_fraction)), len(ids) - 1)
+    is_val = np.isin(owner, rng.permutation(ids)[:n_val])
+    return np.sort(index[~is_val]), np.sort(index[is_val])
 
 
 def _check_count(n: int, n_sites: int) -> None:

@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from medfed.config import DataConfig
+from medfed.data.chestxray14 import load_chestxray14
 from medfed.data.dataset import DataSource
+from medfed.data.dicom import load_dicom
+from medfed.data.harmonize import harmonize_source
 from medfed.data.medmnist import load_medmnist
+from medfed.data.nifti import load_nifti
 from medfed.data.synthetic import load_synthetic
 from medfed.registry import Registry
 
@@ -17,8 +21,12 @@ SOURCES: Registry[Loader] = Registry("dataset", {
                                                   cfg.synthetic_test, seed, cfg.sizes,
                                                   cfg.proportions),
     "medmnist": lambda cfg, seed: load_medmnist(cfg.data_file),
+    "dicom": load_dicom,
+    "nifti": load_nifti,
+    "chestxray14": load_chestxray14,
 })
 
 
 def load_source(config: DataConfig, seed: int) -> DataSource:
-    return SOURCES[config.dataset](config, seed)
+    """The data set, harmonized per site as config.harmonize asks (harmonize.py)."""
+    return harmonize_source(SOURCES[config.dataset](config, seed), config.harmonize)

@@ -1,0 +1,132 @@
+"""Labels that live beside image files: a CSV of labels, and a label map onto the federation's set.
+
+The CSV has a `label` column and one key column: `file` (a path relative to the data folder),
+`SOPInstanceUID`, `SeriesInstanceUID` or `StudyInstanceUID`. The label map is TOML:
+
+    classes = ["normal", "pneumonia"]     # the federation's label set, in class-index order
+    [map]                                 # every site's names for them
+    "No Finding" = "normal"
+    [sites.hospital-b]                    # one site's own names (override [map])
+    "PNA" = "pneumonia"
+
+A label that is already one of `classes` maps to itself; any other unmapped label is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medfed.errors import DataError
+
+KEY_COLUMNS = ("file", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    key: str  # the column that names an image: one of KEY_COLUMNS
+    labels: dict[str, str]  # key value -> label name
+
+
+def read_labels(path: str | Path) -> LabelTable:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"labels file not found: {path}")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+            header = rows and list(rows[0]) or []
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {path} as CSV: {exc}") from None
+    key = next((k for k in KEY_COLUMNS if k in header), None)
+    if key is None or "label" not in header:
+        raise DataError(f"{path} needs a 'label' column and one key column of "
+                        f"{', '.join(KEY_COLUMNS)}; got columns {', '.join(map(str, header)) or 'none'}")
+    labels: dict[str, str] = {}
+    for line, row in enumerate(rows, start=2):
+        name, label = (row.get(key) or "").strip(), (row.get("label") or "").strip()
+        if not name or not label:
+            raise DataError(f"{path} line {line}: empty {key if not name else 'label'}")
+        if key == "file":
+            name = Path(name).as_posix()
+        if labels.get(name, label) != label:
+            raise DataError(f"{path} line {line}: a second, different label for the same {key}")
+        labels[name] = label
+    return LabelTable(key, labels)
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    classes: tuple[str, ...]
+    common: dict[str, str] = field(default_factory=dict)
+    sites: dict[str, dict[str, str]] = field(default_factory=dict)
+    source: str = "label map"
+
+    def apply(self, site: str, name: str) -> str:
+        mapped = self.sites.get(site, {}).get(name) or self.common.get(name)
+        if mapped is None and name in self.classes:
+            mapped = name
+        if mapped is None:
+            raise DataError(f"label '{name}' at site {site} is not in the label map {self.source}; "
+                            f"map it to one of: {', '.join(self.classes)}")
+        return mapped
+
+
+def load_label_map(path: str | Path) -> LabelMap:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"label map not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid TOML: {exc}") from None
+    unknown = set(raw) - {"classes", "map", "sites"}
+    if unknown:
+        raise DataError(f"{path}: unknown key '{sorted(unknown)[0]}'; valid: classes, map, sites")
+    classes = raw.get("classes")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise DataError(f"{path} needs classes = [...] with at least two label names")
+    common = _table(raw.get("map", {}), path, "[map]")
+    sites = {s: _table(t, path, f"[sites.{s}]") for s, t in _dict(raw.get("sites", {}), path).items()}
+    for where, table in [("[map]", common), *((f"[sites.{s}]", t) for s, t in sites.items())]:
+        bad = sorted(set(table.values()) - set(classes))
+        if bad:
+            raise DataError(f"{path} {where} maps to '{bad[0]}', which is not one of classes "
+                            f"({', '.join(classes)})")
+    return LabelMap(tuple(classes), common, sites, str(path))
+
+
+def _dict(value: object, path: Path) -> dict:
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: [sites] must hold one table per site")
+    return value
+
+
+def _table(value: object, path: Path, where: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise DataError(f"{path} {where} must map label names to label names (strings)")
+    return dict(value)
+
+
+def encode_labels(sites: list[str], names: list[str], label_map: LabelMap | None
+                  ) -> tuple[tuple[str, ...], np.ndarray]:
+    """Label names (one per image, with the image's site) -> (class names, int64 class indices).
+
+    With a label map, its classes in its order; without, the names found, sorted (numerically when
+    they are all integers)."""
+    if label_map is not None:
+        names = [label_map.apply(s, n) for s, n in zip(sites, names, strict=True)]
+        classes = label_map.classes
+    else:
+        found = set(names)
+        numeric = all(n.lstrip("-").isdigit() for n in found)
+        classes = tuple(sorted(found, key=int if numeric else str))
+        if len(classes) < 2:
+            raise DataError(f"the labels name only one class ({', '.join(classes) or 'none'}); "
+                            "a classifier needs at least two")
+    index = {c: k for k, c in enumerate(classes)}
+    return classes, np.array([index[n] for n in names], dtype=np.int64)

@@ -1,0 +1,135 @@
+"""A site's folder of image files, read into records: what the DICOM, NIfTI and ChestX-ray14
+loaders share.
+
+A scan keeps every readable image (resized to a common size, intensities in [0, 1]) with its site,
+its label and what must stay on one side of a split (its study or patient), and lists every file
+it could not use with the reason. From a scan come the data source (with a seeded, stratified
+held-out test split per site) and the per-site data report (check.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import Resize
+
+from medfed.data.dataset import DataSource, Samples
+from medfed.errors import DataError
+from medfed.types import Task
+
+DEFAULT_SIZE_2D = 64  # files differ in size; without --image-size they are resized to this
+DEFAULT_SIZE_3D = 32
+IGNORED_SUFFIXES = frozenset({".csv", ".toml", ".txt", ".json", ".md", ".xml", ".html", ".py",
+                              ".sh", ".log", ".pdf"})
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str  # relative to the data folder
+    reason: str  # a category (never a value read from the file)
+
+
+@dataclass(frozen=True)
+class Record:
+    path: str  # relative to the data folder, posix
+    site: str
+    image: np.ndarray  # (C, *spatial) float32 in [0, 1], at the common size
+    native_shape: tuple[int, ...]
+    spacing: tuple[float, ...] | None
+    unit: str  # what stays on one side of every split: a study, a patient, a file
+    label: object = None  # a label name, a tuple of findings (multi-label), or None if unlabeled
+
+
+@dataclass
+class Scan:
+    kind: str
+    data_dir: Path
+    records: list[Record] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    phi: dict[str, int] = field(default_factory=dict)  # identifying tag keyword -> files
+
+    @property
+    def sites(self) -> list[str]:
+        return sorted({r.site for r in self.records})
+
+    def labelled(self) -> list[Record]:
+        return [r for r in self.records if r.label is not None]
+
+
+def require_dir(data_dir: str | Path | None, dataset: str) -> Path:
+    if data_dir is None:
+        raise DataError(f"--dataset {dataset} needs --data-dir: the folder that holds the files")
+    path = Path(data_dir)
+    if not path.is_dir():
+        raise DataError(f"data folder not found: {path}")
+    return path
+
+
+def files_under(data_dir: Path, suffixes: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Files below data_dir in a stable order; hidden files and side files (CSV, TOML...) left out."""
+    for path in sorted(data_dir.rglob("*")):
+        rel = path.relative_to(data_dir)
+        if not path.is_file() or any(p.startswith(".") for p in rel.parts):
+            continue
+        name = path.name.lower()
+        wanted = name.endswith(suffixes) if suffixes else path.suffix.lower() not in IGNORED_SUFFIXES
+        if not wanted:
+            continue
+        yield path
+
+
+def site_of(rel: Path, data_dir: Path) -> str:
+    """Each top-level subfolder is one site; files directly in the data folder form one site."""
+    return rel.parts[0] if len(rel.parts) > 1 else data_dir.resolve().name
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """(C, *spatial) -> (C, size, ...) with area averaging (no aliasing when shrinking)."""
+    spatial = (size,) * (image.ndim - 1)
+    if image.shape[1:] == spatial:
+        return image.astype(np.float32, copy=False)
+    out = Resize(spatial, mode="area")(torch.from_numpy(np.ascontiguousarray(image, np.float32)))
+    return np.asarray(out, dtype=np.float32)
+
+
+def holdout(strata: np.ndarray, groups: np.ndarray, units: np.ndarray, fraction: float,
+            rng: np.random.Generator) -> np.ndarray:
+    """A boolean test mask: per site and per stratum, `fraction` of the units (studies, patients),
+    drawn at random, with all their images. No unit is on both sides."""
+    is_test = np.zeros(len(units), dtype=bool)
+    unit_ids, first = np.unique(units, return_index=True)
+    for g in np.unique(groups):
+        for s in np.unique(strata):
+            members = unit_ids[(groups[first] == g) & (strata[first] == s)]
+            n_test = int(round(fraction * len(members)))
+            chosen = rng.permutation(members)[:n_test]
+            is_test |= np.isin(units, chosen)
+    return is_test
+
+
+def build_source(name: str, task: Task, classes: tuple[str, ...], records: list[Record],
+                 y: np.ndarray, test_fraction: float, seed: int, skipped: list[Skipped]
+                 ) -> DataSource:
+    """Records with their encoded labels -> a DataSource whose natural groups are the sites and
+    whose test set is a seeded, stratified, unit-level held-out share of every site."""
+    if not records:
+        raise DataError(f"no labelled, readable images for {name}; run `medfed data check` to see why")
+    site_names = tuple(sorted({r.site for r in records}))
+    groups = np.array([site_names.index(r.site) for r in records])
+    _, units = np.unique([f"{r.site}/{r.unit}" for r in records], return_inverse=True)
+    strata = (y.sum(axis=1) > 0).astype(np.int64) if task is Task.MULTILABEL else y
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7E57]))
+    is_test = holdout(strata, groups, units, test_fraction, rng)
+    if not is_test.any() or is_test.all():
+        raise DataError(f"{len(records)} images are too few to hold out a test share of "
+                        f"{test_fraction}; add images or change test_fraction")
+    x = np.stack([r.image for r in records])
+    pool, test = ~is_test, is_test
+    return DataSource(name=name, task=task, class_names=classes,
+                      pool=Samples(x[pool], y[pool]), test=Samples(x[test], y[test]), max_value=1.0,
+                      groups=groups[pool], test_groups=groups[test], group_names=site_names,
+                      units=units[pool], skipped=tuple((s.path, s.reason) for s in skipped))
