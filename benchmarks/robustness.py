@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+from collections import Counter
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -64,7 +66,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--only", help="run only labels containing this text")
+    parser.add_argument("--only", help="run only labels matching this regular expression")
     parser.add_argument("--table", action="store_true",
                         help="print the saved results as a Markdown table instead of running")
     args = parser.parse_args()
@@ -82,21 +84,30 @@ def main() -> None:
     sizes = {s: len(d.train) for s, d in setup.federation.sites.items()}
     print(f"PneumoniaMNIST, Dirichlet {alpha}, sites {sizes}, {args.rounds} rounds, seed {args.seed}")
     for label, federation, other in runs(args.suite):
-        if args.only and args.only not in label:
+        if args.only and not re.search(args.only, label):
             continue
         run_config = variant(config, federation, other)
         start = time.perf_counter()
         outcome = train(replace(setup, config=run_config), run_config.federation.algorithm,
                         setup.federation.sites, label)
         failed = sum(len(r.failed) for r in outcome.history)
+        # How often each site was left out (Krum) or clipped (norm bounding) over the rounds.
+        notes = {what: dict(Counter(s for r in outcome.history for s in r.aggregation.get(what, [])))
+                 for what in ("left_out", "clipped")}
         row = {"run": label, "alpha": alpha, "rounds": args.rounds, "seed": args.seed,
-               "test": outcome.test, "rejected_updates": failed,
+               "test": outcome.test, "rejected_updates": failed, "aggregation": notes,
                "seconds": round(time.perf_counter() - start, 1)}
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         t = outcome.test
         print(f"{label:28s} AUC {t['auc']:.3f}  acc {t['accuracy']:.3f}  sens {t['sensitivity']:.3f}"
-              f"  spec {t['specificity']:.3f}  rejected {failed:2d}  {row['seconds']:6.1f} s", flush=True)
+              f"  spec {t['specificity']:.3f}  rejected {failed:2d}  {row['seconds']:6.1f} s"
+              f"  {_notes_text(notes)}", flush=True)
+
+
+def _notes_text(notes: dict[str, dict[str, int]]) -> str:
+    return "  ".join(f"{what}: " + ", ".join(f"{s} x{n}" for s, n in sorted(counts.items()))
+                     for what, counts in notes.items() if counts)
 
 
 def print_table(path: Path) -> None:
