@@ -28,7 +28,7 @@ from medfed.client.attack_spec import parse_attack
 from medfed.registry import unknown_choice
 
 # Names the registries answer to. tests/test_config.py checks that each registry holds exactly these.
-DATASETS = ("synthetic", "medmnist", "dicom", "nifti", "chestxray14")
+DATASETS = ("synthetic", "medmnist", "dicom", "nifti", "chestxray14", "heart-disease")
 PARTITIONS = ("iid", "dirichlet", "quantity", "natural")
 ALGORITHMS = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fednova", "scaffold", "swt", "cwt",
               "ensemble")

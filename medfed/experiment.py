@@ -68,7 +68,7 @@ def prepare(config: RunConfig) -> Setup:
     spec = ModelSpec(source.spatial_dims, source.in_channels, source.num_outputs, config.model.norm,
                      input_size=spatial or tuple(source.pool.x.shape[2:]))
     model = build_model(config.model.model, spec, config.seed)
-    preprocess = Preprocess(source.max_value, spatial)
+    preprocess = Preprocess(source.max_value if source.spatial_dims else None, spatial)
     device = pick_device(config.device)
     return Setup(config=config, federation=federation, spec=spec,
                  initial={k: v.clone() for k, v in model.state_dict().items()},

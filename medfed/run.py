@@ -39,6 +39,8 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     if fed.source.skipped:  # counted here; the paths stay at the site (`medfed data check`)
         console.print(f"skipped {len(fed.source.skipped)} unreadable or missing files "
                       "(`medfed data check` lists them)")
+    for note in fed.source.notes:
+        console.print(f"data: {note}")
     console.print(f"[bold]medfed run[/]: {fed.source.name} ({fed.source.task}), "
                   f"{len(fed.sites)} sites ({fed.partition}), {config.federation.algorithm}, "
                   f"{config.federation.rounds} rounds, model {config.model.model}")
@@ -102,7 +104,7 @@ def _summary(setup: Setup, federated: Outcome, baselines: dict[str, Any] | None)
         "n_test": len(source.test), "wall_seconds": federated.seconds,
         "bytes_up": federated.transport.bytes_up, "bytes_down": federated.transport.bytes_down,
         "failed_updates": {r.round: r.failed for r in federated.history if r.failed},
-        "skipped_files": len(source.skipped),
+        "skipped_files": len(source.skipped), "data_notes": list(source.notes),
     }
     if baselines is not None:
         summary["baselines"] = baselines

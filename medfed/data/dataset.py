@@ -44,6 +44,7 @@ class DataSource:
     units gives each pool sample's patient or study when several images share one, so a site's
     validation split never takes some of a patient's images and leaves the rest to training.
     skipped lists the files a loader could not use, as (path, reason), so none is silently lost.
+    notes are facts about the data a user should see (a feature one hospital never recorded).
     """
 
     name: str
@@ -57,6 +58,7 @@ class DataSource:
     group_names: tuple[str, ...] = ()
     units: np.ndarray | None = None
     skipped: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def spatial_dims(self) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from medfed.data.dataset import DataSource, Samples
+from medfed.errors import ConfigError
 
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 101)
 Z_SPAN = 6.0  # standard deviations spread over [0, 1]
@@ -58,6 +59,9 @@ def harmonize_source(source: DataSource, method: str) -> DataSource:
     """The same source with every site's pool and test images harmonized (floats in [0, 1])."""
     if method == "none":
         return source
+    if source.spatial_dims == 0:
+        raise ConfigError(f"--harmonize {method} is for images; {source.name}'s features are "
+                          "already imputed and scaled at each site (use --harmonize none)")
     pool_x = source.pool.x.astype(np.float32) / np.float32(source.max_value)
     test_x = source.test.x.astype(np.float32) / np.float32(source.max_value)
     pool_rows, test_rows = _site_rows(source)

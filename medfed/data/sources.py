@@ -9,6 +9,7 @@ from medfed.data.chestxray14 import load_chestxray14
 from medfed.data.dataset import DataSource
 from medfed.data.dicom import load_dicom
 from medfed.data.harmonize import harmonize_source
+from medfed.data.heart import load_heart_disease
 from medfed.data.medmnist import load_medmnist
 from medfed.data.nifti import load_nifti
 from medfed.data.synthetic import load_synthetic
@@ -24,6 +25,7 @@ SOURCES: Registry[Loader] = Registry("dataset", {
     "dicom": load_dicom,
     "nifti": load_nifti,
     "chestxray14": load_chestxray14,
+    "heart-disease": load_heart_disease,
 })
 
 

@@ -27,12 +27,16 @@ FLIP_P = 0.5
 class Preprocess:
     """Deterministic steps: stored dtype -> float32 in [0, 1], then resize when asked."""
 
-    def __init__(self, max_value: float, spatial_size: tuple[int, ...] | None) -> None:
-        self.scale = ScaleIntensityRange(a_min=0.0, a_max=max_value, b_min=0.0, b_max=1.0, clip=True)
+    def __init__(self, max_value: float | None, spatial_size: tuple[int, ...] | None) -> None:
+        # None: tabular features, already imputed and scaled at their site; no intensity window.
+        self.scale = (ScaleIntensityRange(a_min=0.0, a_max=max_value, b_min=0.0, b_max=1.0, clip=True)
+                      if max_value is not None else None)
         self.resize = Resize(spatial_size, mode="area") if spatial_size else None
 
     def __call__(self, batch: np.ndarray) -> torch.Tensor:
-        x = self.scale(torch.from_numpy(batch).float())
+        x = torch.from_numpy(batch).float()
+        if self.scale is not None:
+            x = self.scale(x)
         if self.resize is not None and tuple(x.shape[2:]) != tuple(self.resize.spatial_size):
             b, c = x.shape[:2]
             x = self.resize(x.reshape(b * c, *x.shape[2:]))

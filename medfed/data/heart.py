@@ -1,0 +1,125 @@
+"""UCI Heart Disease, four hospitals (Cleveland, Hungarian, Switzerland, VA Long Beach): a naturally
+federated clinical table (Janosi et al. 1988; FLamby's Fed-Heart-Disease).
+
+`processed.<hospital>.data`: 14 comma-separated columns, no header, `?` for a missing value. The 13
+attributes are the features; the target is `num > 0` (any angiographic disease). Cholesterol 0
+(Switzerland records every value so) is missing, not a measurement.
+
+What crosses sites: nothing. Each hospital is one natural site; its rows are split into its own
+training pool and test rows by a fixed, seeded, stratified split (the same test rows whatever the
+run's --seed, so seeds vary training, not the yardstick). Imputation (the site's median) and
+scaling (the site's mean and standard deviation) are fitted at each site on its training pool
+only and applied to its own test rows; a feature a site never recorded becomes 0 after scaling
+(its mean) and is noted in the source's `notes`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medfed.config import DataConfig
+from medfed.data.dataset import DataSource, Samples
+from medfed.errors import DataError
+from medfed.types import Task
+
+HOSPITALS = ("cleveland", "hungarian", "switzerland", "va")
+FEATURES = ("age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang",
+            "oldpeak", "slope", "ca", "thal")
+ZERO_IS_MISSING = ("chol",)
+SPLIT_SEED = 20220101  # fixed: the test rows do not move with --seed
+
+
+def read_hospital(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, 13) float64 with NaN for missing, binary labels (N,) int64)."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        cells = line.strip().split(",")
+        if len(cells) != len(FEATURES) + 1:
+            raise DataError(f"{path}:{number}: {len(cells)} columns, expected {len(FEATURES) + 1} "
+                            f"({', '.join(FEATURES)}, num)")
+        try:
+            rows.append([np.nan if c.strip() == "?" else float(c) for c in cells])
+        except ValueError:
+            raise DataError(f"{path}:{number}: a value is neither a number nor '?'") from None
+    table = np.asarray(rows, dtype=np.float64)
+    if np.isnan(table[:, -1]).any():
+        raise DataError(f"{path}: a row has no diagnosis (num); every row needs one")
+    features = table[:, :-1]
+    for name in ZERO_IS_MISSING:
+        column = features[:, FEATURES.index(name)]
+        column[column == 0] = np.nan
+    return features, (table[:, -1] > 0).astype(np.int64)
+
+
+def stratified_test_rows(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A boolean mask of test rows: `fraction` of each class, at least one row of each class
+    that has two or more."""
+    test = np.zeros(len(y), dtype=bool)
+    for label in np.unique(y):
+        rows = np.flatnonzero(y == label)
+        n = min(max(1, round(fraction * len(rows))), len(rows) - 1) if len(rows) > 1 else 0
+        test[rng.choice(rows, size=n, replace=False)] = True
+    return test
+
+
+def fit_site_scaler(train: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(medians, means, sds) fitted on one site's training rows; unrecorded features get 0 / 1."""
+    recorded = ~np.isnan(train).all(axis=0)
+    medians = np.where(recorded, np.nanmedian(np.where(recorded, train, 0.0), axis=0), 0.0)
+    filled = np.where(np.isnan(train), medians, train)
+    means = np.where(recorded, filled.mean(axis=0), 0.0)
+    sds = filled.std(axis=0)
+    return medians, means, np.where(recorded & (sds > 0), sds, 1.0)
+
+
+def apply_site_scaler(x: np.ndarray, scaler: tuple[np.ndarray, np.ndarray, np.ndarray]
+                      ) -> np.ndarray:
+    medians, means, sds = scaler
+    return ((np.where(np.isnan(x), medians, x) - means) / sds).astype(np.float32)
+
+
+def load_heart_disease(config: DataConfig, seed: int) -> DataSource:
+    """The four hospitals as natural sites; `seed` is unused on purpose (see SPLIT_SEED)."""
+    root = _require_dir(config.data_dir)
+    pools, tests, notes = [], [], []
+    for k, hospital in enumerate(HOSPITALS):
+        x, y = read_hospital(root / f"processed.{hospital}.data")
+        test = stratified_test_rows(y, config.test_fraction,
+                                    np.random.default_rng([SPLIT_SEED, k]))
+        scaler = fit_site_scaler(x[~test])
+        unrecorded = [f for f, r in zip(FEATURES, ~np.isnan(x[~test]).all(axis=0), strict=True)
+                      if not r]
+        if unrecorded:
+            notes.append(f"{hospital} never recorded {', '.join(unrecorded)}")
+        pools.append((apply_site_scaler(x[~test], scaler), y[~test]))
+        tests.append((apply_site_scaler(x[test], scaler), y[test]))
+    return DataSource(
+        name="heart-disease", task=Task.BINARY, class_names=("no disease", "disease"),
+        pool=_stack(pools), test=_stack(tests), max_value=1.0,
+        groups=_groups(pools), test_groups=_groups(tests), group_names=HOSPITALS,
+        notes=tuple(notes))
+
+
+def _require_dir(data_dir: str | None) -> Path:
+    if data_dir is None:
+        raise DataError("--dataset heart-disease needs --data-dir, the folder holding "
+                        "processed.cleveland.data, processed.hungarian.data, "
+                        "processed.switzerland.data and processed.va.data")
+    root = Path(data_dir)
+    missing = [h for h in HOSPITALS if not (root / f"processed.{h}.data").is_file()]
+    if missing:
+        raise DataError(f"{root} lacks processed.{missing[0]}.data (needs one file per hospital: "
+                        f"{', '.join(HOSPITALS)}; UCI ML Repository id 45)")
+    return root
+
+
+def _stack(parts: list[tuple[np.ndarray, np.ndarray]]) -> Samples:
+    return Samples(np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]))
+
+
+def _groups(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    return np.concatenate([np.full(len(y), k, dtype=np.int64) for k, (_, y) in enumerate(parts)])
