@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medfed.config import RunConfig, load_config, with_overrides
+from medfed.deploy import commands as deploy_commands
 from medfed.errors import MedfedError
 
 # flag -> (config key, type, help). Names mirror the config keys (DESIGN.md's CLI contract).
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also train local-only and pooled baselines (on by default)")
     run.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                      help="training-only augmentation (on by default)")
+    deploy_commands.add_parsers(commands)  # certs, server, client, audit (deployment)
     return parser
 
 
@@ -110,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             from medfed.run import execute_run
 
             execute_run(config, args.out or _fresh_run_dir())
+        elif args.command in deploy_commands.COMMANDS:
+            return deploy_commands.execute(args)
     except MedfedError as exc:
         sys.stderr.write(f"medfed: error: {exc}\n")
         return 2
