@@ -48,6 +48,7 @@ class ClientArgs:
     certs: Path | None
     insecure: bool = False
     retry_for: float = 3600.0  # give up after this long without reaching the server
+    max_backoff: float = MAX_BACKOFF  # the longest wait between two attempts to reconnect
 
 
 class SiteWorker:
@@ -88,7 +89,7 @@ def run_client(args: ClientArgs) -> int:
     credentials = None if args.insecure else channel_credentials(load_identity(args.certs or Path(),
                                                                                args.site))
     worker: SiteWorker | None = None
-    backoff, last_contact = 1.0, time.monotonic()
+    backoff, last_contact = min(1.0, args.max_backoff), time.monotonic()
     while True:
         try:
             with _channel(args.server, credentials) as channel:
@@ -96,17 +97,17 @@ def run_client(args: ClientArgs) -> int:
             if finished:
                 _say(args.site, "the federation is over")
                 return 0
-            backoff, last_contact = 1.0, time.monotonic()
+            backoff, last_contact = min(1.0, args.max_backoff), time.monotonic()
         except grpc.RpcError as exc:
             if exc.code() in REFUSED:
                 raise ConfigError(f"the server refused site {args.site}: {exc.details()}") from None
-            _say(args.site, f"no connection to {args.server} ({exc.code().name}); retrying in "
-                            f"{backoff:.0f} s")
-        if time.monotonic() - last_contact > args.retry_for:
+            _say(args.site, f"no connection to {args.server} ({exc.code().name}); retrying")
+        remaining = args.retry_for - (time.monotonic() - last_contact)
+        if remaining <= 0:
             _say(args.site, f"gave up after {args.retry_for:g} s without the server")
             return 1
-        time.sleep(backoff)
-        backoff = min(backoff * 2, MAX_BACKOFF)
+        time.sleep(min(backoff, remaining))
+        backoff = min(backoff * 2, args.max_backoff)
 
 
 def _channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:

@@ -34,6 +34,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     client.add_argument("--insecure", action="store_true", help="no TLS; loopback addresses only")
     client.add_argument("--retry-for", type=float, default=3600.0,
                         help="seconds to keep retrying an unreachable server (default 3600)")
+    client.add_argument("--max-backoff", type=float, default=30.0,
+                        help="longest wait in seconds between reconnection attempts (default 30)")
     audit = commands.add_parser("audit", help="check an audit trail")
     audit_what = audit.add_subparsers(dest="audit_command", required=True, parser_class=type(audit))
     verify = audit_what.add_parser("verify", help="print ok, or the first broken line (exit 1)")
@@ -59,6 +61,9 @@ def execute(args: argparse.Namespace) -> int:
         return 0 if verdict.ok else 1
     _need_certs(args)
     if args.command == "server":
+        from medfed.deploy.handshakes import request_handshake_logs
+
+        request_handshake_logs()  # before gRPC loads: refused TLS handshakes are audited
         from medfed.deploy.server import ServerArgs, serve
 
         serve(ServerArgs(args.config, args.certs, args.state, args.address, args.resume,
@@ -66,7 +71,8 @@ def execute(args: argparse.Namespace) -> int:
         return 0
     from medfed.deploy.client import ClientArgs, run_client
 
-    return run_client(ClientArgs(args.server, args.site, args.certs, args.insecure, args.retry_for))
+    return run_client(ClientArgs(args.server, args.site, args.certs, args.insecure, args.retry_for,
+                                 args.max_backoff))
 
 
 def _need_certs(args: argparse.Namespace) -> None:

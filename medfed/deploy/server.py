@@ -29,6 +29,7 @@ from medfed.algorithms.strategy import Strategy
 from medfed.config import RunConfig, to_toml
 from medfed.deploy.audit import AuditLog
 from medfed.deploy.certs import SERVER_NAME, load_identity
+from medfed.deploy.handshakes import HandshakeWatch
 from medfed.deploy.settings import DeploymentConfig, load_federation
 from medfed.deploy.state import StateStore, atomic_write
 from medfed.errors import ConfigError, NotEnoughSites
@@ -85,6 +86,8 @@ def serve(args: ServerArgs) -> dict[str, Any]:
     fed = Federation(config, deployment, setup, sites, store, audit, transport)
     servicer = FederationServicer(registry, pb.Welcome(config_toml=to_toml(config)),
                                   insecure=args.insecure, on_hello=store.record_site)
+    watch = HandshakeWatch(audit.record)
+    watch.start()
     server = grpc.server(ThreadPoolExecutor(max_workers=len(sites) + 8), options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((servicer.handler(),))
     port = (server.add_insecure_port(address) if credentials is None
@@ -98,6 +101,7 @@ def serve(args: ServerArgs) -> dict[str, Any]:
     finally:
         transport.finish("federation over")
         server.stop(grace=2).wait(5)
+        watch.stop()
         store.close()
 
 
