@@ -78,9 +78,13 @@ def serve(args: ServerArgs) -> dict[str, Any]:
         allow_insecure(address, "server")
     credentials = None if args.insecure else server_credentials(load_identity(args.certs or Path(),
                                                                               SERVER_NAME))
-    setup = prepare(config)  # the initial model and the held-out test set, as in simulation
-    sites = _sites(deployment, setup)
-    store, audit = _open_state(args, config)
+    store, audit = _open_state(args, config)  # first: a refused --state fails in a moment
+    try:
+        setup = prepare(config)  # the initial model and the held-out test set, as in simulation
+        sites = _sites(deployment, setup)
+    except BaseException:
+        store.close()
+        raise
     registry = SiteRegistry(sites, audit.record)
     transport = GrpcTransport(registry, deployment.round_deadline, deployment.eval_deadline)
     fed = Federation(config, deployment, setup, sites, store, audit, transport)

@@ -75,6 +75,9 @@ class StateStore:
 
     def record_round(self, result: RoundResult, state: StateDict, metadata: dict[str, Any]) -> str:
         """Checkpoint the global model, then commit the round; returns the checkpoint's SHA-256."""
+        if self._query("SELECT 1 FROM rounds WHERE round = ?", (result.round,)):
+            raise ConfigError(f"round {result.round + 1} is already recorded; it is never recorded "
+                              "twice (nor its checkpoint overwritten)")
         blob = encode_state(state, {**metadata, "round": result.round})
         digest = hashlib.sha256(blob).hexdigest()
         name = f"checkpoints/round-{result.round + 1:05d}.safetensors"
