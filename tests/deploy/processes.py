@@ -33,7 +33,7 @@ def make_certs(folder: Path, sites: tuple[str, ...] = SITES) -> Path:
 
 
 def write_federation(path: Path, port: int, rounds: int = 3, epochs: int = 1, batch: int = 16,
-                     min_sites: int = 2) -> Path:
+                     min_sites: int = 2, min_sites_to_start: int = 3) -> Path:
     path.write_text(f"""
 seed = 0
 device = "cpu"
@@ -57,7 +57,7 @@ batch_size = {batch}
 
 [deployment]
 address = "127.0.0.1:{port}"
-min_sites_to_start = 3
+min_sites_to_start = {min_sites_to_start}
 round_deadline = 60.0
 eval_deadline = 30.0
 start_timeout = 60.0
@@ -114,8 +114,3 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, procs: Proc
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{procs.log_text()}")
-
-
-def medfed(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medfed", *args], capture_output=True, text=True,
-                          env=ENV, timeout=timeout)
