@@ -120,7 +120,8 @@ def echo_site(port: int, folder: Path) -> None:
     import queue
 
     outbox: queue.Queue = queue.Queue()
-    outbox.put(pb.SiteMessage(hello=pb.Hello(info_json='{"site": "site-a"}')))
+    for _ in range(2):  # the second hello says the site is ready
+        outbox.put(pb.SiteMessage(hello=pb.Hello(info_json='{"site": "site-a"}')))
     parts: list[bytes] = []
     task = None
     for message in call(iter(outbox.get, None)):

@@ -50,6 +50,7 @@ class _Task:
 class SiteChannel:
     def __init__(self, site: SiteId, peer: str, info: dict[str, Any]) -> None:
         self.site, self.peer, self.info = site, peer, info
+        self.ready = False  # the site has loaded its data (its second hello): it can train now
         self._outbox: queue.Queue = queue.Queue()
         self._tasks: dict[int, _Task] = {}
         self._lock = threading.Lock()
@@ -175,8 +176,15 @@ class SiteRegistry:
             return [s for s in self.sites if s in self._channels]
 
     def wait_for(self, count: int, timeout: float) -> bool:
+        """Wait until count sites are connected and ready to train."""
         with self._changed:
-            return self._changed.wait_for(lambda: len(self._channels) >= count, timeout)
+            return self._changed.wait_for(
+                lambda: sum(c.ready for c in self._channels.values()) >= count, timeout)
+
+    def mark_ready(self, channel: SiteChannel) -> None:
+        with self._changed:
+            channel.ready = True
+            self._changed.notify_all()
 
     def add(self, channel: SiteChannel) -> None:
         with self._changed:
@@ -262,6 +270,7 @@ class FederationServicer:
                 if message.WhichOneof("body") == "hello":  # again, once the site loaded its data
                     channel.info = _info(message.hello)
                     self.on_hello(channel.site, channel.info)
+                    self.registry.mark_ready(channel)
                 else:
                     channel.receive(message)
         except grpc.RpcError:

@@ -73,7 +73,9 @@ class FakeSite:
         self.thread.start()
 
     def _requests(self) -> Iterator[pb.SiteMessage]:
-        yield pb.SiteMessage(hello=pb.Hello(info_json=json.dumps({"site": self.site})))
+        hello = pb.SiteMessage(hello=pb.Hello(info_json=json.dumps({"site": self.site})))
+        yield hello
+        yield hello  # the second hello says the site is ready to train
         while (message := self.outbox.get()) is not None:
             yield message
 
