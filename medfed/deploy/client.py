@@ -18,7 +18,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +49,27 @@ class ClientArgs:
     insecure: bool = False
     retry_for: float = 3600.0  # give up after this long without reaching the server
     max_backoff: float = MAX_BACKOFF  # the longest wait between two attempts to reconnect
+    data: Path | None = None  # the site's own data file (default: its share of the configured data)
 
 
 class SiteWorker:
-    """The site's trainer, built once from the federation's configuration."""
+    """The site's trainer, built once from the federation's configuration: on the site's share of
+    the configured data, or, with data_file, on that file alone (the site's own MedMNIST-format
+    .npz: its train and val images are the site's training and validation splits)."""
 
-    def __init__(self, config_toml: str, site: str) -> None:
+    def __init__(self, config_toml: str, site: str, data_file: Path | None = None) -> None:
         config = config_from_dict(tomllib.loads(config_toml), source="the server's configuration")
+        if data_file is not None:
+            config = replace(config, data=replace(config.data, dataset="medmnist", sites=1,
+                                                  data_file=str(data_file), partition="iid",
+                                                  sizes=(), proportions=()))
         setup = prepare(config)
-        if site not in setup.federation.sites:
-            raise ConfigError(f"site '{site}' is not in this federation's data; "
-                              f"valid: {', '.join(setup.federation.site_ids)}")
-        data = setup.federation.sites[site]
-        self.trainer: SiteTrainer = site_trainer(setup, setup.federation.site_ids.index(site), data)
+        names = setup.federation.site_ids
+        if data_file is None and site not in names:
+            raise ConfigError(f"site '{site}' is not in this federation's data; valid: {', '.join(names)}")
+        k = 0 if data_file is not None else names.index(site)
+        data = replace(setup.federation.sites[names[k]], site=site)
+        self.trainer: SiteTrainer = site_trainer(setup, k, data)
         source = setup.federation.source
         self.info = {"site": site, "n_train": len(data.train), "n_val": len(data.val),
                      "label_counts": label_counts(source.task, data.train.y, source.num_outputs)}
@@ -93,7 +101,7 @@ def run_client(args: ClientArgs) -> int:
     while True:
         try:
             with _channel(args.server, credentials) as channel:
-                worker, finished = _session(channel, args.site, worker)
+                worker, finished = _session(channel, args, worker)
             if finished:
                 _say(args.site, "the federation is over")
                 return 0
@@ -116,9 +124,10 @@ def _channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.
     return grpc.secure_channel(address, credentials, options=CLIENT_OPTIONS)
 
 
-def _session(channel: grpc.Channel, site: str, worker: SiteWorker | None
+def _session(channel: grpc.Channel, args: ClientArgs, worker: SiteWorker | None
              ) -> tuple[SiteWorker | None, bool]:
     """One connection: returns (the worker, whether the server said goodbye)."""
+    site = args.site
     outbox: queue.Queue = queue.Queue()
     outbox.put(pb.SiteMessage(hello=pb.Hello(info_json=json.dumps({"site": site}))))
     call = channel.stream_stream(METHOD, request_serializer=pb.SiteMessage.SerializeToString,
@@ -129,7 +138,7 @@ def _session(channel: grpc.Channel, site: str, worker: SiteWorker | None
         for message in responses:
             kind = message.WhichOneof("body")
             if kind == "welcome":
-                worker = worker or SiteWorker(message.welcome.config_toml, site)
+                worker = worker or SiteWorker(message.welcome.config_toml, site, args.data)
                 outbox.put(pb.SiteMessage(hello=pb.Hello(info_json=json.dumps(worker.info))))
                 connected = True
                 _say(site, "connected")

@@ -34,6 +34,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     client.add_argument("--insecure", action="store_true", help="no TLS; loopback addresses only")
     client.add_argument("--retry-for", type=float, default=3600.0,
                         help="seconds to keep retrying an unreachable server (default 3600)")
+    client.add_argument("--data", type=Path, help="this site's own data, a MedMNIST-format .npz "
+                        "(default: its share of the federation's configured data)")
     client.add_argument("--max-backoff", type=float, default=30.0,
                         help="longest wait in seconds between reconnection attempts (default 30)")
     audit = commands.add_parser("audit", help="check an audit trail")
@@ -72,7 +74,7 @@ def execute(args: argparse.Namespace) -> int:
     from medfed.deploy.client import ClientArgs, run_client
 
     return run_client(ClientArgs(args.server, args.site, args.certs, args.insecure, args.retry_for,
-                                 args.max_backoff))
+                                 args.max_backoff, args.data))
 
 
 def _need_certs(args: argparse.Namespace) -> None:
