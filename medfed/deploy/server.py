@@ -88,25 +88,33 @@ def serve(args: ServerArgs) -> dict[str, Any]:
     registry = SiteRegistry(sites, audit.record)
     transport = GrpcTransport(registry, deployment.round_deadline, deployment.eval_deadline)
     fed = Federation(config, deployment, setup, sites, store, audit, transport)
-    servicer = FederationServicer(registry, pb.Welcome(config_toml=to_toml(config)),
-                                  insecure=args.insecure, on_hello=store.record_site)
     watch = HandshakeWatch(audit.record)
     watch.start()
-    server = grpc.server(ThreadPoolExecutor(max_workers=len(sites) + 8), options=SERVER_OPTIONS)
+    server = _listen(fed, address, credentials)
+    try:
+        summary = _run_federation(fed)
+        transport.finish("federation complete")  # only now: after a crash the sites keep retrying
+        return summary
+    finally:
+        server.stop(grace=2).wait(5)
+        watch.stop()
+        store.close()
+
+
+def _listen(fed: Federation, address: str, credentials: grpc.ServerCredentials | None) -> grpc.Server:
+    welcome = pb.Welcome(config_toml=to_toml(fed.config))
+    servicer = FederationServicer(fed.transport.registry, welcome, insecure=credentials is None,
+                                  on_hello=fed.store.record_site)
+    server = grpc.server(ThreadPoolExecutor(max_workers=len(fed.sites) + 8), options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((servicer.handler(),))
     port = (server.add_insecure_port(address) if credentials is None
             else server.add_secure_port(address, credentials))
     server.start()
-    audit.record("server_started", address=address, port=port, sites=sites, tls=credentials is not None,
-                 resumed_after=store.completed_rounds(), medfed_version=medfed.__version__)
-    _say(f"listening on {address} for {', '.join(sites)}")
-    try:
-        return _run_federation(fed)
-    finally:
-        transport.finish("federation over")
-        server.stop(grace=2).wait(5)
-        watch.stop()
-        store.close()
+    fed.audit.record("server_started", address=address, port=port, sites=fed.sites,
+                     tls=credentials is not None, resumed_after=fed.store.completed_rounds(),
+                     medfed_version=medfed.__version__)
+    _say(f"listening on {address} for {', '.join(fed.sites)}")
+    return server
 
 
 def _run_federation(fed: Federation) -> dict[str, Any]:
@@ -208,11 +216,15 @@ def _finish(fed: Federation, strategy: Strategy, seconds: float) -> dict[str, An
         "local_epochs": config.training.local_epochs, "seed": config.seed,
         "sites": {s: {**_sizes(info.get(s, {})), "val": last_val.get(s) or {}} for s in fed.sites},
         "test": score_test(fed.setup, strategy, fed.sites), "n_test": len(source.test),
-        "wall_seconds": seconds, "bytes_up": fed.transport.bytes_up,
-        "bytes_down": fed.transport.bytes_down,
+        "device": str(fed.setup.predictor.device), "wall_seconds": seconds,
+        # over every recorded round, also those of a server process before a --resume
+        "bytes_up": sum(h["bytes_up"] for h in history),
+        "bytes_down": sum(h["bytes_down"] for h in history),
         "failed_updates": {h["round"]: h["failed"] for h in history if h["failed"]},
     }
     out = fed.store.folder
+    summary["files"] = ["summary.json", "rounds.jsonl", "model.safetensors", "audit.jsonl",
+                        "medfed.sqlite"]
     write_json(out / "summary.json", summary)
     lines = "".join(json.dumps(h) + "\n" for h in history)
     atomic_write(out / "rounds.jsonl", lines.encode())

@@ -195,3 +195,18 @@ def test_mutual_tls_lets_in_listed_sites_by_certificate_name_only(serve, tmp_pat
             fake.stop()
     refusals = [f["reason"] for event, f in audit if event == "auth_failed"]
     assert len(refusals) == 2 and all("site-z" in r for r in refusals)
+
+
+def test_a_model_larger_than_the_message_limit_travels_both_ways(serve):
+    registry, port, _ = serve(["site-a"])
+    site = FakeSite(grpc.insecure_channel(f"127.0.0.1:{port}", options=CLIENT_OPTIONS), "site-a",
+                    ANSWERS["good"])
+    big = {"w": torch.arange(3 << 20, dtype=torch.float32)}  # 12 MiB, three times the limit
+    try:
+        assert registry.wait_for(1, timeout=10)
+        transport = GrpcTransport(registry, round_seconds=30, eval_seconds=30)
+        update = transport.train("site-a", big, TrainOptions())
+    finally:
+        site.stop()
+    assert transport.bytes_down > 3 * chunks.MESSAGE_LIMIT
+    torch.testing.assert_close(update.state["w"], big["w"] + 1)
