@@ -63,9 +63,6 @@ def execute(args: argparse.Namespace) -> int:
         return 0 if verdict.ok else 1
     _need_certs(args)
     if args.command == "server":
-        from medfed.deploy.handshakes import request_handshake_logs
-
-        request_handshake_logs()  # before gRPC loads: refused TLS handshakes are audited
         from medfed.deploy.server import ServerArgs, serve
 
         serve(ServerArgs(args.config, args.certs, args.state, args.address, args.resume,

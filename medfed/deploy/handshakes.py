@@ -26,11 +26,6 @@ REASONS = {
 }
 
 
-def request_handshake_logs() -> None:
-    """Call before gRPC starts: its core reads the verbosity once."""
-    os.environ["GRPC_VERBOSITY"] = "INFO"
-
-
 def reason_of(line: bytes) -> str | None:
     """The audit reason of a gRPC log line about a refused handshake, or None."""
     match = HANDSHAKE.search(line)
@@ -52,6 +47,9 @@ class HandshakeWatch:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Before the process's first gRPC server or channel: gRPC's core reads its verbosity then
+        (importing grpc is fine, and leaves out gRPC's warning about INFO logs)."""
+        os.environ["GRPC_VERBOSITY"] = "INFO"
         sys.stderr.flush()
         read, write = os.pipe()
         self._saved = os.dup(2)

@@ -45,9 +45,7 @@ def test_insecure_only_on_loopback(capsys: pytest.CaptureFixture):
 
 
 def test_deployment_commands_fail_with_one_line_and_status_2(tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture,
-                                                             monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("GRPC_VERBOSITY", "ERROR")  # `medfed server` raises it; restored after
+                                                             capsys: pytest.CaptureFixture):
     assert main(["certs", "issue", "--name", "site-a", "--out", str(tmp_path)]) == 2
     assert main(["server", "--config", str(tmp_path / "missing.toml"), "--certs", str(tmp_path),
                  "--state", str(tmp_path / "state")]) == 2
