@@ -14,7 +14,6 @@ The round's min_sites (to close a round) is [federation] min_sites, as in simula
 
 from __future__ import annotations
 
-import ipaddress
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 from medfed.config import RunConfig, config_from_dict
 from medfed.errors import ConfigError
 from medfed.registry import unknown_choice
+from medfed.transport.grpc_channel import split_address
 
 
 @dataclass(frozen=True)
@@ -74,20 +74,3 @@ def deployment_config(raw: dict[str, Any]) -> DeploymentConfig:
             raise ConfigError(f"[deployment] {key} must be {kind.__name__}, got {value!r}")
         values[key] = tuple(str(v) for v in value) if kind is list else value
     return DeploymentConfig(**values)
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"address must be HOST:PORT (e.g. 127.0.0.1:50051), got '{address}'")
-    return host.strip("[]"), int(port)
-
-
-def is_loopback(address: str) -> bool:
-    host, _ = split_address(address)
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -6,14 +6,17 @@ hours without sending anything; the server accepts pings that often even without
 
 from __future__ import annotations
 
+import ipaddress
 import sys
+from typing import TYPE_CHECKING
 
 import grpc
 
-from medfed.deploy.certs import Identity
-from medfed.deploy.settings import is_loopback
 from medfed.errors import ConfigError
 from medfed.transport.chunks import MESSAGE_LIMIT
+
+if TYPE_CHECKING:
+    from medfed.deploy.certs import Identity
 
 KEEPALIVE = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -46,3 +49,20 @@ def allow_insecure(address: str, who: str) -> None:
                           "address (127.0.0.1, ::1, localhost) is allowed")
     sys.stderr.write(f"WARNING: medfed {who} is running WITHOUT TLS (--insecure): no encryption, no "
                      "authentication. For a test on this machine only.\n")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"address must be HOST:PORT (e.g. 127.0.0.1:50051), got '{address}'")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(address: str) -> bool:
+    host, _ = split_address(address)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

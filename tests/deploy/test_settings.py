@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from medfed.cli import main
-from medfed.deploy.settings import DeploymentConfig, is_loopback, load_federation
+from medfed.deploy.settings import DeploymentConfig, load_federation
 from medfed.errors import ConfigError
-from medfed.transport.grpc_channel import allow_insecure
+from medfed.transport.grpc_channel import allow_insecure, is_loopback
 
 REPO = Path(__file__).resolve().parents[2]
 
