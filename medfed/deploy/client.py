@@ -33,7 +33,7 @@ from medfed.experiment import prepare, site_trainer
 from medfed.transport import chunks
 from medfed.transport.codec import decode_state, encode_state
 from medfed.transport.grpc_channel import CLIENT_OPTIONS, allow_insecure, channel_credentials
-from medfed.transport.grpc_server import METHOD
+from medfed.transport.grpc_server import METHOD, REPLACED
 from medfed.transport.proto import medfed_pb2 as pb
 
 MAX_BACKOFF = 30.0
@@ -147,6 +147,9 @@ def _session(channel: grpc.Channel, args: ClientArgs, worker: SiteWorker | None
             elif kind == "chunk" and assembly is not None and task is not None:
                 assembly.add(message.chunk.data)
             elif kind == "goodbye":
+                if message.goodbye.reason == REPLACED:
+                    raise ConfigError(f"another client of site {site} connected to the server; "
+                                      "this one stops (run one client per site)")
                 return worker, True
             if task is not None and assembly is not None and assembly.complete and worker:
                 _answer(outbox, worker, task, assembly.result())

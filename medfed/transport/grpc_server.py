@@ -28,6 +28,7 @@ from medfed.types import SiteId
 
 SERVICE = "medfed.Federation"
 METHOD = f"/{SERVICE}/Session"
+REPLACED = "replaced by a newer connection of the same site"
 Audit = Callable[..., None]  # audit(event, **fields): AuditLog.record, or a no-op
 
 
@@ -191,9 +192,9 @@ class SiteRegistry:
             old = self._channels.get(channel.site)
             self._channels[channel.site] = channel
             self._changed.notify_all()
-        if old is not None:
+        if old is not None:  # the newest connection of a site wins; the older one is told why
+            old.goodbye(REPLACED)
             old.close("reconnected: its earlier connection was closed")
-            old.goodbye("replaced by a new connection of the same site")
         self.audit("site_connected", site=channel.site, peer=channel.peer)
 
     def remove(self, channel: SiteChannel, reason: str) -> None:

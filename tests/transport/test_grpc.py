@@ -28,7 +28,7 @@ from medfed.transport.grpc_channel import (
     channel_credentials,
     server_credentials,
 )
-from medfed.transport.grpc_server import METHOD, FederationServicer, SiteRegistry
+from medfed.transport.grpc_server import METHOD, REPLACED, FederationServicer, SiteRegistry
 from medfed.transport.grpc_transport import GrpcTransport
 from medfed.transport.proto import medfed_pb2 as pb
 
@@ -69,6 +69,7 @@ class FakeSite:
         self.channel, self.site, self.answer, self.delay = channel, site, answer, delay
         self.outbox: queue.Queue = queue.Queue()
         self.error: grpc.RpcError | None = None
+        self.goodbyes: list[str] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -86,6 +87,9 @@ class FakeSite:
         try:
             for message in call(self._requests()):
                 kind = message.WhichOneof("body")
+                if kind == "goodbye":
+                    self.goodbyes.append(message.goodbye.reason)
+                    return
                 if kind == "task":
                     task, parts = message.task, []
                 elif kind == "chunk":
@@ -210,3 +214,29 @@ def test_a_model_larger_than_the_message_limit_travels_both_ways(serve):
         site.stop()
     assert transport.bytes_down > 3 * chunks.MESSAGE_LIMIT
     torch.testing.assert_close(update.state["w"], big["w"] + 1)
+
+
+def test_a_newer_connection_of_a_site_replaces_the_older_which_is_told_why(serve):
+    registry, port, audit = serve(["site-a"])
+    goodbyes: list[str] = []
+
+    def dial() -> FakeSite:
+        return FakeSite(grpc.insecure_channel(f"127.0.0.1:{port}", options=CLIENT_OPTIONS), "site-a",
+                        ANSWERS["good"])
+
+    first = dial()
+    try:
+        assert registry.wait_for(1, timeout=10)
+        older = registry.get("site-a")
+        second = dial()
+        deadline = time.monotonic() + 10
+        while registry.get("site-a") is older and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first.thread.join(5)
+        goodbyes = first.goodbyes
+    finally:
+        first.stop()
+        second.stop()
+    assert older.closed.is_set() and registry.get("site-a") is not older
+    assert goodbyes == [REPLACED]
+    assert [e for e, _ in audit].count("site_connected") == 2
