@@ -140,7 +140,8 @@ class SiteChannel:
     def _finish_if_complete(self, task_id: int, task: _Task) -> None:
         if task.assembly is not None and task.assembly.complete:
             self.abandon(task_id)
-            task.future.set_result(Reply(task.meta, task.assembly.result()))
+            if not task.future.done():  # a site may answer a task it already failed; once counts
+                task.future.set_result(Reply(task.meta, task.assembly.result()))
 
     def _fail(self, task_id: int, exc: Exception) -> None:
         task = self._task(task_id)
