@@ -1,13 +1,14 @@
 """What the deployment's transport (gRPC + mutual TLS, chunked safetensors) costs.
 
-    .venv/bin/python benchmarks/transport.py overhead [--sites 3] [--rounds 4]
+    .venv/bin/python benchmarks/transport.py overhead [--sites 3] [--rounds 4] [--runs 1]
     .venv/bin/python benchmarks/transport.py throughput [--repeats 5]
 
 overhead: the same FedAvg workload (the built-in synthetic data, the default CNN, 1 local epoch,
 validation on every site every round, no baselines) run twice: in simulation (medfed.experiment.train,
 in-process transport, one process, sites one after another) and deployed (`medfed server` and one
 `medfed client` process per site on 127.0.0.1, mutual TLS). Compared: the median round time as the
-round loop measures it (RoundResult.seconds: dispatch, local training, transfers, validation). Every
+round loop measures it (RoundResult.seconds: dispatch, local training, transfers, validation);
+with --runs N, N alternating pairs and the ratio of the medians of their medians. Every
 process runs one torch thread. The deployed sites train in parallel on their own processes, so with
 several sites on a machine with several cores the deployment may be faster than the simulation;
 --sites 1 isolates the transport's cost.
@@ -98,15 +99,18 @@ def deployed_rounds(raw: dict, folder: Path, port: int) -> list[float]:
 
 
 def overhead(args: argparse.Namespace) -> dict:
+    """--runs pairs, simulation and deployment alternating; each run's median round time."""
     raw = workload(args.sites, args.rounds)
-    sim = simulated_rounds(raw)
-    with tempfile.TemporaryDirectory() as tmp:
-        deployed = deployed_rounds(raw, Path(tmp), args.port)
-    sim_median, dep_median = statistics.median(sim), statistics.median(deployed)
+    sims, deps = [], []
+    for _ in range(args.runs):
+        sims.append(statistics.median(simulated_rounds(raw)))
+        with tempfile.TemporaryDirectory() as tmp:
+            deps.append(statistics.median(deployed_rounds(raw, Path(tmp), args.port)))
+    sim_median, dep_median = statistics.median(sims), statistics.median(deps)
     return {"sites": args.sites, "rounds": args.rounds,
-            "simulation_round_seconds": [round(s, 3) for s in sim],
-            "deployment_round_seconds": [round(s, 3) for s in deployed],
-            "simulation_median": round(sim_median, 3), "deployment_median": round(dep_median, 3),
+            "simulation_median_per_run": [round(s, 3) for s in sims],
+            "deployment_median_per_run": [round(s, 3) for s in deps],
+            "ratio_per_run": [round(d / s, 3) for s, d in zip(sims, deps)],
             "ratio": round(dep_median / sim_median, 3)}
 
 
@@ -186,7 +190,8 @@ def main() -> None:
     parser.add_argument("what", choices=["overhead", "throughput"])
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="throughput: round trips")
+    parser.add_argument("--runs", type=int, default=1, help="overhead: alternating pairs of runs")
     parser.add_argument("--port", type=int, default=50961)
     args = parser.parse_args()
     print(json.dumps(overhead(args) if args.what == "overhead" else throughput(args), indent=1))

@@ -103,6 +103,8 @@ def test_three_sites_three_fedavg_rounds_with_mtls_strangers_refused_same_model_
     assert all(sorted(e["aggregated"]) == list(SITES) for e in closed)
     assert len(events(audit, "update_received")) == 9
     assert verify_audit(audit, capsys) == (0, "ok")
+    keys = [(certs / f"{name}.key").read_text().splitlines()[1] for name in ("server", *SITES)]
+    assert "PRIVATE KEY" not in audit.read_text() and not any(k in audit.read_text() for k in keys)
 
     # Item 8: the same config and seed in simulation give the same global model.
     run_config, _ = load_federation(config)
