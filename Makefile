@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.medfed-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean proto
 
 install: $(STAMP)
 
@@ -23,3 +23,9 @@ test: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Dev-time only: regenerate the protobuf module from medfed.proto (the runtime needs no grpcio-tools;
+# the gRPC service is registered by hand in transport/grpc_server.py, so no *_pb2_grpc.py is needed).
+proto: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[proto]"
+	cd medfed/transport/proto && ../../../$(PY) -m grpc_tools.protoc -I. --python_out=. medfed.proto

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medfed.config import DataConfig, RunConfig, load_config, with_overrides
+from medfed.deploy import commands as deploy_commands
 from medfed.errors import MedfedError
 
 # flag -> (config key, type, help). Names mirror the config keys (DESIGN.md's CLI contract).
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(check, allow_phi=False)
     check.add_argument("--json", type=Path, help="also write the shareable aggregates (no file "
                                                  "names) to this JSON file")
+    deploy_commands.add_parsers(commands)  # certs, server, client, audit (deployment)
     return parser
 
 
@@ -150,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             from medfed.data.check import check_command
 
             check_command(data_config(args), json_path=args.json)
+        elif args.command in deploy_commands.COMMANDS:
+            return deploy_commands.execute(args)
     except MedfedError as exc:
         sys.stderr.write(f"medfed: error: {exc}\n")
         return 2

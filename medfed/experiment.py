@@ -196,20 +196,28 @@ def _trainers(setup: Setup, sites: dict[SiteId, SiteData], attack: Attack | None
     """One trainer per site; with an attack, the first `attackers` sites are malicious."""
     config = setup.config
     source = setup.federation.source
-    device = setup.predictor.device
     attackers = config.adversary.attackers if attack is not None else 0
     trainers: dict[SiteId, LocalSite] = {}
     for k, (site, data) in enumerate(sites.items()):
-        seed = int(np.random.SeedSequence([config.seed, 1, k]).generate_state(1)[0])
         if k < attackers and attack is not None and attack.poisons_data:
             data = poisoned_data(data, source.task, source.num_outputs)
-        # Weights are loaded every round; the seed only keeps construction deterministic.
-        model = build_model(config.model.model, replace(setup.spec, input_size=()), config.seed)
-        trainer = SiteTrainer(data, model, source.task, setup.preprocess, device, seed,
-                              config.data.augment)
+        trainer = site_trainer(setup, k, data)
         malicious = k < attackers and attack is not None
-        trainers[site] = MaliciousSite(trainer, attack, seed) if malicious else trainer
+        trainers[site] = MaliciousSite(trainer, attack, site_seed(config, k)) if malicious else trainer
     return trainers
+
+
+def site_seed(config: RunConfig, k: int) -> int:
+    return int(np.random.SeedSequence([config.seed, 1, k]).generate_state(1)[0])
+
+
+def site_trainer(setup: Setup, k: int, data: SiteData) -> SiteTrainer:
+    """The trainer of the k-th site: the same in simulation and in a deployed site's client."""
+    config = setup.config
+    # Weights are loaded every round; the seed only keeps construction deterministic.
+    model = build_model(config.model.model, replace(setup.spec, input_size=()), config.seed)
+    return SiteTrainer(data, model, setup.federation.source.task, setup.preprocess,
+                       setup.predictor.device, site_seed(config, k), config.data.augment)
 
 
 def attacker_sites(config: RunConfig, sites: list[SiteId]) -> list[SiteId]:

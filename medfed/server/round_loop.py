@@ -2,6 +2,12 @@
 
 A site that fails, or sends an update that does not match the global model, is recorded in the
 round's result and left out; the round closes if at least min_sites usable updates arrived.
+
+A transport whose sites work in parallel (gRPC: sites are other machines) may offer
+`dispatch(payloads, options)` (transport.base.StageDispatch): the loop calls it once per stage with
+every site's payload, so all sites of a stage start training at once, then collects each site's
+update in the stage's order with `train(site, ...)`, exactly as it does in simulation. The
+in-process transport has no dispatch: its train() does the work when called.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class RoundPlan:
     fraction: float = 1.0
     min_sites: int = 1
     eval_every: int = 1  # 0: never (the caller scores the final model itself)
+    start: int = 0  # the first round to run (a resumed deployment continues where it stopped)
 
 
 class RoundObserver(Protocol):
@@ -71,7 +78,7 @@ def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId]
     observer = observer or SilentObserver()
     options = replace(options, **strategy.train_overrides)
     history = []
-    for r in range(plan.rounds):
+    for r in range(plan.start, plan.rounds):
         start, up, down = time.perf_counter(), transport.bytes_up, transport.bytes_down
         sampled = sample_sites(sites, plan.fraction, rng, minimum=plan.min_sites)
         observer.round_started(r, sampled)
@@ -95,9 +102,13 @@ def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId]
 def _run_stage(strategy: Strategy, transport: Transport, stage: list[SiteId], options: TrainOptions,
                result: RoundResult, observer: RoundObserver) -> None:
     strategy.open_stage()
+    payloads = {site: strategy.payload(site) for site in stage}
+    dispatch = getattr(transport, "dispatch", None)
+    if dispatch is not None:
+        dispatch(payloads, options)
     for site in stage:
         try:
-            sent = strategy.payload(site)
+            sent = payloads[site]
             update = transport.train(site, sent, options)
             _check_origin(update, site)
             check_update(update, sent)  # what comes back must match what went out

@@ -19,3 +19,12 @@ class Transport(Protocol):
     def evaluate(self, site: SiteId, state: StateDict, split: str) -> Metrics:
         """Score a model on a site's own split ('val' or 'test'); only metrics come back."""
         ...
+
+
+class StageDispatch(Protocol):
+    """Optional: a transport whose sites train in parallel hands a whole stage out at once.
+
+    The round loop calls dispatch once per stage, before it collects each site's update with
+    train(site, ...); train() then waits for the reply of that site's dispatched work."""
+
+    def dispatch(self, payloads: dict[SiteId, StateDict], options: TrainOptions) -> None: ...

@@ -1,0 +1,137 @@
+"""The federation's certificates: one certificate authority, a certificate per site and one for the
+server. A site's identity is its certificate's common name; the server's certificate names the host
+names and IP addresses it is reached at (subject alternative names) so clients can check them.
+
+Files in a certificates folder: ca.crt (share it with everyone), ca.key (keep it on the machine that
+issues certificates, never on a site), NAME.crt and NAME.key per issued name. Private keys are
+written with mode 0600 and are never logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from medfed.errors import ConfigError
+
+CA_NAME = "ca"
+SERVER_NAME = "server"
+DEFAULT_SERVER_HOSTS = ("localhost", "127.0.0.1")
+VALID_DAYS = 825
+CA_VALID_DAYS = 3650
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The PEM bytes a process presents: its certificate chain, its key, and the CA it trusts."""
+
+    certificate: bytes
+    key: bytes
+    ca: bytes
+
+
+def init_ca(out: Path, name: str = "medfed federation CA") -> Path:
+    """Create ca.key and ca.crt in out; refuses to overwrite an existing authority."""
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "ca.key").exists() or (out / "ca.crt").exists():
+        raise ConfigError(f"{out} already holds a certificate authority (ca.crt / ca.key); "
+                          "use another folder or remove them first")
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=CA_VALID_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                           critical=True)
+            .sign(key, hashes.SHA256()))
+    _write_key(out / "ca.key", key)
+    (out / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return out / "ca.crt"
+
+
+def issue(out: Path, name: str, hosts: tuple[str, ...] = ()) -> Path:
+    """Issue NAME.crt and NAME.key signed by the CA in out. With hosts (or for the name "server")
+    the certificate is a server certificate for those host names and IPs; otherwise a site's."""
+    _check_name(name)
+    ca_key, ca_cert = _load_ca(out)
+    server = bool(hosts) or name == SERVER_NAME
+    hosts = hosts or (DEFAULT_SERVER_HOSTS if server else ())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+               .issuer_name(ca_cert.subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5))
+               .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+    if hosts:
+        builder = builder.add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]),
+                                        critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    _write_key(out / f"{name}.key", key)
+    (out / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return out / f"{name}.crt"
+
+
+def load_identity(folder: Path, name: str) -> Identity:
+    """NAME.crt, NAME.key and ca.crt from a certificates folder, with a clear error if missing."""
+    paths = [folder / f"{name}.crt", folder / f"{name}.key", folder / "ca.crt"]
+    for path in paths:
+        if not path.is_file():
+            raise ConfigError(f"missing {path}; create it with `medfed certs init` / "
+                              f"`medfed certs issue --name {name}`")
+    cert, key, ca = (p.read_bytes() for p in paths)
+    return Identity(certificate=cert, key=key, ca=ca)
+
+
+def common_name(pem: bytes) -> str:
+    cert = x509.load_pem_x509_certificate(pem)
+    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+def _load_ca(folder: Path):
+    try:
+        key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"no certificate authority in {folder}; run `medfed certs init --out "
+                          f"{folder}` first") from None
+    return key, cert
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """Created with mode 0600 from the start: the key is never readable by others, not even briefly."""
+    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)  # an existing file keeps its old mode through O_CREAT
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _check_name(name: str) -> None:
+    if not name or name == CA_NAME or not all(c.isalnum() or c in "-_." for c in name) \
+            or name.startswith("."):
+        raise ConfigError(f"certificate name '{name}' must be letters, digits, '-', '_' or '.', "
+                          f"and not '{CA_NAME}'")

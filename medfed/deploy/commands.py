@@ -1,0 +1,81 @@
+"""The deployment commands' arguments and what each runs: `medfed certs init|issue`,
+`medfed server`, `medfed client`, `medfed audit verify`. cli.py only adds these parsers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+COMMANDS = ("certs", "server", "client", "audit")
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    certs = commands.add_parser("certs", help="the federation's certificate authority and certificates")
+    what = certs.add_subparsers(dest="certs_command", required=True, parser_class=type(certs))
+    init = what.add_parser("init", help="create the federation's certificate authority")
+    init.add_argument("--out", type=Path, required=True, help="certificates folder")
+    issue = what.add_parser("issue", help="issue a site's or the server's certificate and key")
+    issue.add_argument("--name", required=True, help="a site name (its identity) or 'server'")
+    issue.add_argument("--out", type=Path, required=True, help="the folder that holds the CA")
+    issue.add_argument("--hosts", default="", help="server only: host names / IPs it is reached at, "
+                                                   "comma-separated (default localhost,127.0.0.1)")
+    server = commands.add_parser("server", help="coordinate a deployed federation (gRPC + mTLS)")
+    server.add_argument("--config", type=Path, required=True, help="federation TOML file")
+    server.add_argument("--certs", type=Path, help="folder with ca.crt, server.crt, server.key")
+    server.add_argument("--state", type=Path, required=True, help="state folder (SQLite, audit)")
+    server.add_argument("--address", help="HOST:PORT to listen on (default: [deployment] address)")
+    server.add_argument("--resume", action="store_true", help="continue after the last completed round")
+    server.add_argument("--insecure", action="store_true", help="no TLS; loopback addresses only")
+    client = commands.add_parser("client", help="run one site of a deployed federation")
+    client.add_argument("--server", required=True, help="HOST:PORT of the server")
+    client.add_argument("--site", required=True, help="this site's name (its certificate's name)")
+    client.add_argument("--certs", type=Path, help="folder with ca.crt, SITE.crt, SITE.key")
+    client.add_argument("--insecure", action="store_true", help="no TLS; loopback addresses only")
+    client.add_argument("--retry-for", type=float, default=3600.0,
+                        help="seconds to keep retrying an unreachable server (default 3600)")
+    client.add_argument("--data", type=Path, help="this site's own data, a MedMNIST-format .npz "
+                        "(default: its share of the federation's configured data)")
+    client.add_argument("--max-backoff", type=float, default=30.0,
+                        help="longest wait in seconds between reconnection attempts (default 30)")
+    audit = commands.add_parser("audit", help="check an audit trail")
+    audit_what = audit.add_subparsers(dest="audit_command", required=True, parser_class=type(audit))
+    verify = audit_what.add_parser("verify", help="print ok, or the first broken line (exit 1)")
+    verify.add_argument("file", type=Path)
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Run a deployment command; user mistakes raise MedfedError (cli.py prints them, status 2)."""
+    if args.command == "certs":
+        from medfed.deploy import certs
+
+        if args.certs_command == "init":
+            print(certs.init_ca(args.out))
+        else:
+            hosts = tuple(h.strip() for h in args.hosts.split(",") if h.strip())
+            print(certs.issue(args.out, args.name, hosts))
+        return 0
+    if args.command == "audit":
+        from medfed.deploy.audit import verify
+
+        verdict = verify(args.file)
+        print("ok" if verdict.ok else f"broken at line {verdict.line}: {verdict.reason}")
+        return 0 if verdict.ok else 1
+    _need_certs(args)
+    if args.command == "server":
+        from medfed.deploy.server import ServerArgs, serve
+
+        serve(ServerArgs(args.config, args.certs, args.state, args.address, args.resume,
+                         args.insecure))
+        return 0
+    from medfed.deploy.client import ClientArgs, run_client
+
+    return run_client(ClientArgs(args.server, args.site, args.certs, args.insecure, args.retry_for,
+                                 args.max_backoff, args.data))
+
+
+def _need_certs(args: argparse.Namespace) -> None:
+    if args.certs is None and not args.insecure:
+        sys.stderr.write(f"medfed {args.command}: error: --certs DIR is required "
+                         "(or --insecure on loopback)\n")
+        raise SystemExit(2)

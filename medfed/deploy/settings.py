@@ -1,0 +1,76 @@
+"""A federation file: a run configuration (the keys of `medfed run`) plus a [deployment] table.
+
+    [deployment]
+    address = "127.0.0.1:50051"   # where the server listens (--address overrides it)
+    sites = ["site-a", "site-b"]  # the sites allowed in (default: every site of [data])
+    min_sites_to_start = 3        # the first round starts when this many are connected (default: all)
+    round_deadline = 3600.0       # seconds a round waits for updates; late sites are left out
+    eval_deadline = 600.0         # seconds a site has to score a model
+    start_timeout = 86400.0       # seconds the server waits for min_sites_to_start, then gives up
+    round_retries = 3             # a round without min_sites updates is run again this many times
+
+The round's min_sites (to close a round) is [federation] min_sites, as in simulation.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medfed.config import RunConfig, config_from_dict
+from medfed.errors import ConfigError
+from medfed.registry import unknown_choice
+from medfed.transport.grpc_channel import split_address
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    address: str = "127.0.0.1:50051"
+    sites: tuple[str, ...] = ()
+    min_sites_to_start: int | None = None
+    round_deadline: float = 3600.0
+    eval_deadline: float = 600.0
+    start_timeout: float = 86400.0
+    round_retries: int = 3
+
+    def __post_init__(self) -> None:
+        split_address(self.address)
+        for name in ("round_deadline", "eval_deadline", "start_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"[deployment] {name} must be > 0, got {getattr(self, name)}")
+        if self.min_sites_to_start is not None and self.min_sites_to_start < 1:
+            raise ConfigError(f"[deployment] min_sites_to_start must be >= 1, "
+                              f"got {self.min_sites_to_start}")
+        if self.round_retries < 0:
+            raise ConfigError(f"[deployment] round_retries must be >= 0, got {self.round_retries}")
+
+
+def load_federation(path: Path) -> tuple[RunConfig, DeploymentConfig]:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    deployment = raw.pop("deployment", {})
+    if not isinstance(deployment, dict):
+        raise ConfigError("[deployment] must be a table of keys")
+    return config_from_dict(raw, source=str(path)), deployment_config(deployment)
+
+
+def deployment_config(raw: dict[str, Any]) -> DeploymentConfig:
+    kinds = {"address": str, "sites": list, "min_sites_to_start": int, "round_deadline": float,
+             "eval_deadline": float, "start_timeout": float, "round_retries": int}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in kinds:
+            raise unknown_choice("key in [deployment]", key, list(kinds))
+        kind = kinds[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ConfigError(f"[deployment] {key} must be {kind.__name__}, got {value!r}")
+        values[key] = tuple(str(v) for v in value) if kind is list else value
+    return DeploymentConfig(**values)

@@ -1,0 +1,121 @@
+"""The deployment's Transport: what the round loop calls to have connected sites train and score.
+
+The round loop drives it exactly as it drives the in-process transport, plus one call: dispatch()
+hands a whole stage to its sites at once (they train in parallel, on their own machines); train()
+then waits for one site's answer until the round's deadline. A site that is not connected, breaks
+its connection, misses the deadline or answers with something that is not a model state raises
+TransportError or IncompatibleUpdate: the round loop records it and goes on without that site.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict
+from typing import Any
+
+from medfed.client.trainer import TrainOptions
+from medfed.errors import IncompatibleUpdate, TransportError
+from medfed.transport.codec import decode_state, encode_state
+from medfed.transport.grpc_server import Reply, SiteChannel, SiteRegistry
+from medfed.transport.proto import medfed_pb2 as pb
+from medfed.types import Metrics, SiteId, StateDict, Update
+
+METADATA_ALLOWANCE = 1 << 20  # what an update may add to the model's size (its JSON header)
+
+
+class GrpcTransport:
+    def __init__(self, registry: SiteRegistry, round_seconds: float, eval_seconds: float) -> None:
+        self.registry = registry
+        self.round_seconds = round_seconds
+        self.eval_seconds = eval_seconds
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.round = 0
+        self._deadline = time.monotonic() + round_seconds
+        self._pending: dict[SiteId, tuple[SiteChannel, int, Future]] = {}
+        self._sent: tuple[StateDict, bytes] | None = None
+
+    def begin_round(self, round_index: int) -> None:
+        """The round's deadline starts now: every site's update must be in before it."""
+        self.round = round_index
+        self._deadline = time.monotonic() + self.round_seconds
+        self._pending.clear()
+
+    def dispatch(self, payloads: dict[SiteId, StateDict], options: TrainOptions) -> None:
+        for site, state in payloads.items():
+            try:
+                self._pending[site] = self._send(site, "train", asdict(options), state)
+            except TransportError:
+                pass  # train() finds no pending task and reports the site as not connected
+
+    def train(self, site: SiteId, state: StateDict, options: TrainOptions) -> Update:
+        pending = self._pending.pop(site, None) or self._send(site, "train", asdict(options), state)
+        reply = self._wait(site, pending, self._deadline, "the round's deadline")
+        digest = hashlib.sha256(reply.blob).hexdigest()
+        self.bytes_up += len(reply.blob)
+        meta = reply.meta
+        self.registry.audit("update_received", site=site, round=self.round + 1, bytes=len(reply.blob),
+                            sha256=digest, n_samples=meta.get("n_samples"))
+        try:
+            received = decode_state(reply.blob)
+        except IncompatibleUpdate as exc:
+            raise IncompatibleUpdate(f"malformed update: {exc}") from None
+        return Update(site=site, state=received, n_samples=meta.get("n_samples"),  # type: ignore
+                      n_steps=_count(meta.get("n_steps", 0)), metrics=_metrics(meta.get("metrics")))
+
+    def evaluate(self, site: SiteId, state: StateDict, split: str) -> Metrics:
+        pending = self._send(site, "evaluate", {"split": split}, state)
+        reply = self._wait(site, pending, time.monotonic() + self.eval_seconds, "its deadline")
+        self.bytes_up += len(json.dumps(reply.meta))
+        try:
+            return _metrics(reply.meta.get("metrics"))
+        except IncompatibleUpdate as exc:  # evaluation failures are the site's, recorded as such
+            raise TransportError(f"site {site} answered with bad metrics: {exc}") from None
+
+    def finish(self, reason: str) -> None:
+        self.registry.goodbye_all(reason)
+
+    def _send(self, site: SiteId, kind: str, options: dict[str, Any], state: StateDict
+              ) -> tuple[SiteChannel, int, Future]:
+        channel = self.registry.get(site)
+        if channel is None:
+            raise TransportError(f"site {site} is not connected")
+        blob = self._encode(state)
+        task = pb.Task(task_id=self.registry.next_task_id(), kind=kind, size=len(blob),
+                       options_json=json.dumps(options), round=self.round + 1)
+        future = channel.send(task, blob, limit=len(blob) + METADATA_ALLOWANCE)
+        self.bytes_down += len(blob)
+        return channel, task.task_id, future
+
+    def _wait(self, site: SiteId, pending: tuple[SiteChannel, int, Future], deadline: float,
+              what: str) -> Reply:
+        channel, task_id, future = pending
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            channel.abandon(task_id)
+            raise TransportError(f"site {site} missed {what}") from None
+
+    def _encode(self, state: StateDict) -> bytes:
+        """Once per model: every site of a FedAvg round is sent the same global state."""
+        if self._sent is None or self._sent[0] is not state:
+            self._sent = (state, encode_state(state))
+        return self._sent[1]
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise IncompatibleUpdate(f"step count must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _metrics(value: Any) -> Metrics:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise IncompatibleUpdate("metrics must be a JSON object of numbers")
+    return {str(k): float(v) if isinstance(v, (int, float)) else float("nan") for k, v in value.items()}

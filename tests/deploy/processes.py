@@ -1,0 +1,116 @@
+"""Running medfed server and client processes in tests: on 127.0.0.1, ephemeral ports, every wait
+bounded, every process killed at teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from medfed.deploy import certs
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+SITES = ("site-a", "site-b", "site-c")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_certs(folder: Path, sites: tuple[str, ...] = SITES) -> Path:
+    certs.init_ca(folder)
+    certs.issue(folder, "server")
+    for site in sites:
+        certs.issue(folder, site)
+    return folder
+
+
+def write_federation(path: Path, port: int, rounds: int = 3, epochs: int = 1, batch: int = 16,
+                     min_sites: int = 2, min_sites_to_start: int = 3) -> Path:
+    path.write_text(f"""
+seed = 0
+device = "cpu"
+baselines = false
+
+[data]
+dataset = "synthetic"
+sites = 3
+synthetic_samples = 150
+synthetic_test = 40
+image_size = 16
+
+[federation]
+algorithm = "fedavg"
+rounds = {rounds}
+min_sites = {min_sites}
+
+[training]
+local_epochs = {epochs}
+batch_size = {batch}
+
+[deployment]
+address = "127.0.0.1:{port}"
+min_sites_to_start = {min_sites_to_start}
+round_deadline = 60.0
+eval_deadline = 30.0
+start_timeout = 60.0
+""", encoding="utf-8")
+    return path
+
+
+class Processes:
+    """Started medfed processes, their logs in a folder; kill_all() at teardown."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.running: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = (self.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen([sys.executable, "-m", "medfed", *args], stdout=log,
+                                stderr=subprocess.STDOUT, env=ENV)
+        self.running[name] = proc
+        return proc
+
+    def client(self, name: str, port: int, certs_dir: Path, *extra: str) -> subprocess.Popen:
+        return self.start(name, "client", "--server", f"127.0.0.1:{port}", "--site", name,
+                          "--certs", str(certs_dir), "--max-backoff", "1", *extra)
+
+    def wait(self, name: str, timeout: float) -> int:
+        try:
+            return self.running[name].wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{name} still running after {timeout} s\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                         for p in sorted(self.logs.glob("*.log")))
+
+    def kill_all(self) -> None:
+        for proc in self.running.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def events(audit: Path, kind: str | None = None) -> list[dict]:
+    if not audit.exists():
+        return []
+    lines = [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
+    return [e for e in lines if kind is None or e["event"] == kind]
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, procs: Processes) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{procs.log_text()}")

@@ -1,0 +1,59 @@
+"""The federation file's [deployment] table, the loopback rule of --insecure, and the deployment
+commands' one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medfed.cli import main
+from medfed.deploy.settings import DeploymentConfig, load_federation
+from medfed.errors import ConfigError
+from medfed.transport.grpc_channel import allow_insecure, is_loopback
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_example_federation_loads():
+    config, deployment = load_federation(REPO / "examples" / "federation.toml")
+    assert config.data.sites == 3 and config.federation.rounds >= 2
+    assert deployment.address == "127.0.0.1:50051" and deployment.sites == ("site-a", "site-b", "site-c")
+
+
+@pytest.mark.parametrize("table, message", [
+    ("deadline = 3", "unknown key in \\[deployment\\]"),
+    ("round_deadline = 0", "round_deadline must be > 0"),
+    ('address = "nowhere"', "HOST:PORT"),
+    ('sites = "site-a"', "sites must be list"),
+])
+def test_bad_deployment_keys_are_one_clear_error(tmp_path: Path, table: str, message: str):
+    path = tmp_path / "f.toml"
+    path.write_text(f"[deployment]\n{table}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_federation(path)
+
+
+def test_insecure_only_on_loopback(capsys: pytest.CaptureFixture):
+    assert is_loopback("127.0.0.1:1") and is_loopback("localhost:1") and is_loopback("[::1]:1")
+    assert not is_loopback("10.0.0.5:50051") and not is_loopback("fl.example.org:443")
+    with pytest.raises(ConfigError, match="refused"):
+        allow_insecure("10.0.0.5:50051", "server")
+    allow_insecure("127.0.0.1:50051", "server")
+    assert "WITHOUT TLS" in capsys.readouterr().err
+    assert DeploymentConfig().address.startswith("127.0.0.1:")
+
+
+def test_deployment_commands_fail_with_one_line_and_status_2(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture):
+    assert main(["certs", "issue", "--name", "site-a", "--out", str(tmp_path)]) == 2
+    assert main(["server", "--config", str(tmp_path / "missing.toml"), "--certs", str(tmp_path),
+                 "--state", str(tmp_path / "state")]) == 2
+    assert main(["client", "--server", "10.0.0.5:50051", "--site", "site-a", "--insecure"]) == 2
+    assert main(["audit", "verify", str(tmp_path / "missing.jsonl")]) == 2
+    with pytest.raises(SystemExit) as usage:
+        main(["client", "--server", "127.0.0.1:1", "--site", "site-a"])
+    assert usage.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 5 and all(line.startswith("medfed") for line in lines)
+    assert "certs init" in lines[0] and "not found" in lines[1] and "refused" in lines[2]
