@@ -46,7 +46,17 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--norm": ("norm", str, "batch, group or instance"),
     "--seed": ("seed", int, "random seed"),
     "--device": ("device", str, "auto, cpu, cuda or mps"),
+    # Privacy (medfed/privacy/); the switches --dp-sgd, --client-dp, --secure-aggregation are below.
+    "--noise-multiplier": ("noise_multiplier", float, "DP-SGD noise multiplier sigma"),
+    "--max-grad-norm": ("max_grad_norm", float, "DP-SGD per-sample clipping norm C"),
+    "--target-epsilon": ("target_epsilon", float, "DP-SGD budget per site (derives sigma if not given)"),
+    "--delta": ("delta", float, "the delta of (epsilon, delta)-DP (default 1e-5)"),
+    "--clip": ("clip", float, "client-level DP: clip each site's update to this norm S"),
+    "--noise": ("noise", float, "client-level DP: noise multiplier (std sigma * S on the sum)"),
+    "--threshold": ("threshold", int, "secure aggregation: survivors t needed to unmask"),
 }
+PRIVACY_SWITCHES = {"--dp-sgd": "dp_sgd", "--client-dp": "client_dp",
+                    "--secure-aggregation": "secure_aggregation"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -69,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also train local-only and pooled baselines (on by default)")
     run.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                      help="training-only augmentation (on by default)")
+    for flag in PRIVACY_SWITCHES:
+        run.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                         help=f"privacy: {flag[2:]} (off by default)")
     return parser
 
 
@@ -81,6 +94,9 @@ def run_config(args: argparse.Namespace) -> RunConfig:
             overrides[key] = _parse_list(flag, value, int if key == "sizes" else float) \
                 if key in ("sizes", "proportions") else value
     for key in ("baselines", "augment"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    for key in PRIVACY_SWITCHES.values():
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     return with_overrides(config, overrides)
