@@ -159,7 +159,10 @@ def _secure(states: list[dict], weights: list[int], drop: int) -> dict[str, floa
     start = time.perf_counter()
     request = secagg.unmask_request(masked, book, params)
     responses = [sessions[s].unmask(request) for s in request.survivors]
-    total = secagg.unmask(masked, request, responses, book, params)
+    masked_sum = None
+    for message in masked.values():  # the server streams them as they arrive
+        masked_sum = secagg.add_masked(masked_sum, message)
+    total = secagg.unmask(masked_sum, request, responses, book, params)
     codec.decode(total[:-1]) / int(total[-1:].view(np.int64)[0])
     server = time.perf_counter() - start
     return {"setup": setup, "site": setup + mask, "server": server,

@@ -6,7 +6,7 @@ Opacus' UniformWithReplacementSampler), clips each image's gradient to norm C, a
 to their sum (Opacus' DPOptimizer) and divides by the expected batch size B. The site's own RDP
 accountant (Mironov et al. 2019; Opacus' RDPAccountant) composes every step of every round it
 trains; epsilon at delta is reported with each update. With a target epsilon the site refuses a
-round whose steps would take it past the target (PrivacyBudgetSpent: the round loop records the
+round whose steps would take it past the target (PrivacyBudgetExhausted: the round loop records the
 site as failed and the run goes on with the others); if sigma is not given, it is derived from the
 target for the full plan of rounds x local epochs x 1/q steps (Opacus' get_noise_multiplier).
 
@@ -29,12 +29,8 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
 
 from medfed.client.trainer import SiteTrainer, TrainOptions
-from medfed.errors import ConfigError, TransportError
+from medfed.errors import ConfigError, PrivacyBudgetExhausted
 from medfed.types import Metrics, StateDict, Update
-
-
-class PrivacyBudgetSpent(TransportError):
-    """A site whose epsilon budget is spent trains no more (recorded as a failed site)."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +79,7 @@ class SiteBudget:
         planned = [*self.accountant.history, (self.noise_multiplier, self.rate, steps)]
         after = epsilon_after(planned, self.delta)
         if after > self.target:
-            raise PrivacyBudgetSpent(
+            raise PrivacyBudgetExhausted(
                 f"{site} stops: its privacy budget is spent (epsilon {self.spent():.2f} so far, "
                 f"{after:.2f} after this round > target {self.target:g} at delta {self.delta:g})")
 
@@ -135,7 +131,7 @@ class DPSite:
         rate = self.budget.rate
         try:
             self.budget.check(options.epochs * steps_per_epoch(rate), self.site)
-        except PrivacyBudgetSpent as exc:
+        except PrivacyBudgetExhausted as exc:
             self.stopped = self.stopped or str(exc)
             raise
         model = self.trainer.model

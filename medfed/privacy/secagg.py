@@ -28,6 +28,7 @@ The PRG is AES-256 in counter mode keyed by the 32-byte seed.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -244,8 +245,14 @@ def route_shares(bundles: list[list[EncryptedShare]]) -> dict[SiteId, list[Encry
     return inbox
 
 
-def unmask_request(masked: dict[SiteId, MaskedInput], book: dict[SiteId, KeyAdvert],
+def add_masked(total: np.ndarray | None, message: MaskedInput) -> np.ndarray:
+    """The server's running sum of masked inputs (it streams: one vector, whatever the sites)."""
+    return message.vector.copy() if total is None else total + message.vector
+
+
+def unmask_request(masked: Collection[SiteId], book: dict[SiteId, KeyAdvert],
                    params: Params) -> UnmaskRequest:
+    """Survivors: the sites whose masked inputs arrived; dropped: the others that shared keys."""
     survivors = tuple(s for s in params.sites if s in masked)
     if len(survivors) < params.threshold:
         raise SecureAggregationError(
@@ -255,15 +262,15 @@ def unmask_request(masked: dict[SiteId, MaskedInput], book: dict[SiteId, KeyAdve
     return UnmaskRequest(survivors, dropped)
 
 
-def unmask(masked: dict[SiteId, MaskedInput], request: UnmaskRequest, responses: list[UnmaskResponse],
+def unmask(masked_sum: np.ndarray, request: UnmaskRequest, responses: list[UnmaskResponse],
            book: dict[SiteId, KeyAdvert], params: Params) -> np.ndarray:
-    """The sum over survivors of their unmasked vectors, in Z_{2^64}."""
+    """The sum over survivors of their unmasked vectors, in Z_{2^64}, from the sum of their masked
+    vectors (add_masked)."""
     if len(responses) < params.threshold:
         raise SecureAggregationError(f"only {len(responses)} sites answered the unmask request, "
                                      f"fewer than the threshold t = {params.threshold}")
-    total = np.zeros(params.length, dtype=np.uint64)
+    total = masked_sum.copy()
     for u in request.survivors:
-        total += masked[u].vector
         seed = _rebuild([r.self_mask_shares.get(u) for r in responses], params, u, SEED_BYTES)
         total -= prg(seed, params.length)
     for v in request.dropped:

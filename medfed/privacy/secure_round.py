@@ -148,7 +148,8 @@ class SecureAggregation:
         self.client_dp = client_dp
         self._round = 0
         self._stages: list[list[SiteId]] = []
-        self._masked: dict[SiteId, secagg.MaskedInput] = {}
+        self._masked_sum: np.ndarray | None = None  # streams: one running sum of masked vectors
+        self._delivered: list[SiteId] = []
         self._trained: set[SiteId] = set()
 
     def stages(self, round_index: int, sites: Sequence[SiteId]) -> list[list[SiteId]]:
@@ -167,7 +168,7 @@ class SecureAggregation:
                                     context=f"round {self._round}".encode())
         self.codec = FixedPoint(self.scale, sites=len(sites))
         self.book = self.coordinator.setup(self.params, self.codec)
-        self._masked = {}
+        self._masked_sum, self._delivered = None, []
         self.aggregation_notes = {}
 
     def payload(self, site: SiteId) -> StateDict:
@@ -178,14 +179,16 @@ class SecureAggregation:
         return self.layout.template(sent)
 
     def receive(self, update: Update) -> None:
-        self._masked[update.site] = secagg.MaskedInput(update.site, self.layout.from_state(update.state))
+        message = secagg.MaskedInput(update.site, self.layout.from_state(update.state))
+        self._masked_sum = secagg.add_masked(self._masked_sum, message)
+        self._delivered.append(update.site)
 
     def close_stage(self) -> None:
-        if not self._masked:
+        if self._masked_sum is None:
             return  # nobody delivered: the model stays as it was
-        request = secagg.unmask_request(self._masked, self.book, self.params)
+        request = secagg.unmask_request(self._delivered, self.book, self.params)
         responses = self.coordinator.unmask(request)
-        total = secagg.unmask(self._masked, request, responses, self.book, self.params)
+        total = secagg.unmask(self._masked_sum, request, responses, self.book, self.params)
         weight = int(total[-1:].view(np.int64)[0])
         summed = self.codec.decode(total[:-1])
         if self.client_dp is not None:

@@ -23,7 +23,10 @@ def run_protocol(vectors, threshold, drop=(), drop_before_unmask=()):
     masked = {s: sessions[s].mask(vectors[s]) for s in sites if s not in drop}
     request = secagg.unmask_request(masked, book, params)
     responses = [sessions[s].unmask(request) for s in request.survivors if s not in drop_before_unmask]
-    return secagg.unmask(masked, request, responses, book, params), masked
+    masked_sum = None
+    for message in masked.values():
+        masked_sum = secagg.add_masked(masked_sum, message)
+    return secagg.unmask(masked_sum, request, responses, book, params), masked
 
 
 def ring_vectors(n, length, seed):
