@@ -77,7 +77,7 @@ def bench_auc(args: argparse.Namespace) -> None:
             f.write(json.dumps(row) + "\n")
         reached = f"eps {min(eps.values()):.2f}-{max(eps.values()):.2f}" if eps else "eps -"
         print(f"{label:18s} AUC {outcome.test['auc']:.3f}  acc {outcome.test['accuracy']:.3f}  "
-              f"{reached}  sigma {sorted(set(round(s, 3) for s in sigma.values()))}  "
+              f"{reached}  sigma {sorted({round(s, 3) for s in sigma.values()})}  "
               f"{row['seconds']:.1f} s", flush=True)
 
 

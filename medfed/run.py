@@ -79,7 +79,7 @@ def _report_privacy(console: Console, privacy: dict[str, Any]) -> None:
     if privacy["epsilon"]:
         spent = ", ".join(f"{s} {e:.2f}" for s, e in privacy["epsilon"].items())
         console.print(f"[bold]privacy[/] DP-SGD epsilon spent per site (delta = {delta:g}): {spent}")
-    for site, why in privacy.get("dp_sgd", {}).get("stopped", {}).items():
+    for why in privacy.get("dp_sgd", {}).get("stopped", {}).values():
         console.print(f"[bold red]privacy budget[/] {why}")
     if "client_dp" in privacy:
         console.print(f"[bold]privacy[/] client-level DP: the federation's epsilon "

@@ -96,7 +96,7 @@ class Mechanisms:
             out["secure_aggregation"] = {
                 "threshold": p.threshold or "majority of each round's sites",
                 "fixed_point_scale": p.fixed_point_scale, "ring_bits": RING_BITS,
-                "key_agreement": "X25519 + HKDF-SHA256", "prg": "AES-256-CTR",
+                "key_agreement": "X25519 + HKDF-SHA256", "prg": "ChaCha20",
                 "secret_sharing": "Shamir over GF(2^521 - 1)"}
         return out
 

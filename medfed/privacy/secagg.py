@@ -22,11 +22,12 @@ encrypted (AES-GCM under HKDF(X25519(c_u^SK, c_v^PK))), so the server that route
 them. Keys are fresh per round; `Params.context` binds every derived key to the round.
 
 Simplifications: no signatures (the paper's active-adversary variant), no consistency check round.
-The PRG is AES-256 in counter mode keyed by the 32-byte seed.
+The PRG is the ChaCha20 stream cipher keyed by the 32-byte seed.
 """
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -107,9 +108,16 @@ class UnmaskResponse:
 # ---- primitives ----------------------------------------------------------------------------------
 
 def prg(seed: bytes, length: int) -> np.ndarray:
-    """`length` pseudo-random uint64s: AES-256-CTR keystream under a single-use 32-byte seed."""
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-    return np.frombuffer(encryptor.update(bytes(8 * length)), dtype=np.uint64).copy()
+    """`length` pseudo-random uint64s (read-only): the ChaCha20 keystream under a single-use 32-byte
+    seed (a zero nonce is safe: no seed is used twice)."""
+    encryptor = Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor()
+    return np.frombuffer(encryptor.update(_zeros(8 * length)), dtype=np.uint64)
+
+
+@functools.lru_cache(maxsize=2)
+def _zeros(n: int) -> bytes:
+    """The plaintext the keystream is read from (allocating 8 MB per mask costs more than ChaCha20)."""
+    return bytes(n)
 
 
 def derive(secret: bytes, purpose: bytes, context: bytes) -> bytes:
@@ -193,7 +201,7 @@ class SiteSession:
         if x.dtype != np.uint64 or x.shape != (self.params.length,):
             raise SecureAggregationError(f"a masked input is {self.params.length} uint64 ring "
                                          f"elements, got {x.dtype} {x.shape}")
-        y = x + prg(self._self_seed, self.params.length)
+        y = x + prg(self._self_seed, self.params.length)  # a new array: x stays as it was
         me = self.params.index(self.site)
         for v, advert in self._book.items():
             if v == self.site:

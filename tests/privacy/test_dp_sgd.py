@@ -7,12 +7,17 @@ import pytest
 from opacus.accountants.analysis import rdp as rdp_analysis
 from torch import nn
 
-from medfed.config import (DataConfig, FederationConfig, ModelConfig, PrivacyConfig, RunConfig,
-                           TrainingConfig)
+from medfed.config import DataConfig, FederationConfig, ModelConfig, PrivacyConfig, RunConfig, TrainingConfig
 from medfed.errors import ConfigError
 from medfed.experiment import prepare, train
-from medfed.privacy.dp_sgd import (DPSGDSettings, check_private_model, epsilon_after, noise_for_target,
-                                   sample_rate, steps_per_epoch)
+from medfed.privacy.dp_sgd import (
+    DPSGDSettings,
+    check_private_model,
+    epsilon_after,
+    noise_for_target,
+    sample_rate,
+    steps_per_epoch,
+)
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 

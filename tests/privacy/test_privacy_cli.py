@@ -16,7 +16,7 @@ TINY = ["run", "--sites", "3", "--rounds", "1", "--image-size", "16", "--no-base
 
 def run(tmp_path, capsys, *flags):
     code = main([*TINY, "--out", str(tmp_path), *flags])
-    out, err = capsys.readouterr()
+    _, err = capsys.readouterr()
     summary = json.loads((tmp_path / "summary.json").read_text()) if code == 0 else None
     return code, err, summary
 

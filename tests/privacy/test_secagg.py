@@ -40,7 +40,7 @@ def ring_vectors(n, length, seed):
 @given(st.integers(2, 8), st.integers(1, 40), st.integers(0, 2**31))
 def test_masked_sum_equals_plain_sum(n, length, seed):
     codec, floats, ring = ring_vectors(n, length, seed)
-    total, masked = run_protocol(ring, threshold=max(2, n // 2 + 1))
+    total, _ = run_protocol(ring, threshold=max(2, n // 2 + 1))
     np.testing.assert_array_equal(total, ring_sum(list(ring.values())))  # exact in the ring
     np.testing.assert_allclose(codec.decode(total), np.sum(list(floats.values()), axis=0),
                                atol=n * 0.5 / codec.scale)
@@ -58,7 +58,7 @@ def test_the_server_never_sees_a_site_vector():
 
 @pytest.mark.parametrize("dropped", [0, 1, 4])
 def test_ten_sites_threshold_six_survive_up_to_four_dropouts(dropped):
-    codec, floats, ring = ring_vectors(10, 100, 2)
+    _, _, ring = ring_vectors(10, 100, 2)
     # from the middle: the sign of a pairwise mask depends on the order of the sites
     gone = tuple(list(ring)[1:1 + dropped])
     total, _ = run_protocol(ring, threshold=6, drop=gone)
