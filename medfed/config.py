@@ -15,6 +15,7 @@ Every key is optional; unknown keys and bad values raise ConfigError naming the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -217,6 +218,10 @@ def _check_privacy(config: RunConfig) -> None:
         raise ConfigError("secure_aggregation needs at least 2 sites")
     if p.threshold is not None and p.threshold > config.data.sites:
         raise ConfigError(f"threshold is {p.threshold} but there are only {config.data.sites} sites")
+    sampled = min(config.data.sites, max(fed.min_sites, math.ceil(fed.fraction * config.data.sites)))
+    if p.secure_aggregation and p.threshold is not None and p.threshold > sampled:
+        raise ConfigError(f"threshold is {p.threshold} but a round samples only {sampled} sites "
+                          f"(fraction {fed.fraction}); raise --fraction or lower --threshold")
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from medfed.client.trainer import LocalSite, TrainOptions
+from medfed.errors import TransportError
 from medfed.privacy import secagg
 from medfed.privacy.client_dp import ClientDP
-from medfed.privacy.fixed_point import FixedPoint
+from medfed.privacy.fixed_point import FixedPoint, FixedPointError
 from medfed.types import Metrics, Prediction, SiteId, StateDict, Update
 
 WEIGHT_KEY = "secagg.weight"
@@ -100,7 +101,11 @@ class SecureSite:
         if self.clip is not None:
             norm = float(np.linalg.norm(change))
             change, weight = change * min(1.0, self.clip / norm) if norm else change, 1
-        ring = np.concatenate([self.codec.encode(weight * change), np.array([weight], np.uint64)])
+        try:
+            encoded = self.codec.encode(weight * change)
+        except FixedPointError as exc:  # NaN, or too large: this site's failure, not the run's
+            raise TransportError(f"site {self.site} cannot send its update: {exc}") from None
+        ring = np.concatenate([encoded, np.array([weight], np.uint64)])
         masked = self._session().mask(ring)
         return replace(honest, state=layout.to_state(masked.vector, state), n_samples=1)
 

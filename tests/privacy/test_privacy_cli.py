@@ -62,6 +62,8 @@ def test_all_three_mechanisms_compose(tmp_path, capsys):
     (["--dp-sgd", "--noise-multiplier", "1", "--norm", "batch"], "use --norm group or --norm instance"),
     (["--dp-sgd"], "dp_sgd needs noise_multiplier (sigma) or target_epsilon"),
     (["--secure-aggregation", "--threshold", "4"], "threshold is 4 but there are only 3 sites"),
+    (["--secure-aggregation", "--threshold", "3", "--fraction", "0.5"],
+     "a round samples only 2 sites"),
     (["--secure-aggregation", "--aggregator", "median"], "secure_aggregation replaces the"),
     (["--client-dp", "--algorithm", "scaffold"], "client_dp replaces the"),
     (["--client-dp", "--clip", "0"], "clip must be > 0"),

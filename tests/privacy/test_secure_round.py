@@ -120,6 +120,18 @@ def test_sites_that_drop_after_masking_are_left_out_of_the_sum():
                                    atol=1e-6, rtol=0)
 
 
+def test_a_site_whose_update_cannot_be_encoded_is_a_failed_site():
+    fakes, transport, strategy = federation()
+    broken = fakes["site-1"]
+    honest_train = broken.train
+    broken.train = lambda state, options: Update(
+        "site-1", {k: v * float("nan") for k, v in honest_train(state, options).state.items()}, 10, 3)
+    history = run(strategy, transport, list(fakes))
+    assert "cannot send its update" in history[0].failed["site-1"]
+    expected = plain_mean([f.sent[0] for s, f in fakes.items() if s != "site-1"])
+    torch.testing.assert_close(strategy.global_state["w"].double(), expected["w"], atol=1e-6, rtol=0)
+
+
 def test_too_many_dropouts_fail_the_round_clearly():
     fakes, transport, strategy = federation(n_sites=10, failing=tuple(f"site-{k}" for k in range(5)),
                                             threshold=6)
