@@ -58,12 +58,12 @@ class Mechanisms:
         for k, (site, trainer) in enumerate(trainers.items()):
             if p.dp_sgd and isinstance(trainer, SiteTrainer):
                 seed = int(np.random.SeedSequence([self.config.seed, 4, k]).generate_state(1)[0])
-                trainer = self.dp_sites.setdefault(site, DPSite(
-                    trainer, settings, t.batch_size, self.config.federation.rounds * t.local_epochs,
-                    seed))
+                trainer = DPSite(trainer, settings, t.batch_size,
+                                 self.config.federation.rounds * t.local_epochs, seed)
+                self.dp_sites[site] = trainer
             if p.secure_aggregation:
-                trainer = self.secure_sites.setdefault(
-                    site, SecureSite(trainer, clip=p.clip if p.client_dp else None))
+                trainer = SecureSite(trainer, clip=p.clip if p.client_dp else None)
+                self.secure_sites[site] = trainer
             out[site] = trainer
         return out
 
