@@ -54,8 +54,18 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--harmonize": ("harmonize", str, "per-site intensity harmonization: none, zscore or histogram"),
     "--test-fraction": ("test_fraction", float, "share of each site held out as the test set"),
     "--site-by": ("site_by", str, "chestxray14 pseudo-sites: view, sex or age"),
+    # Privacy (medfed/privacy/); the switches --dp-sgd, --client-dp, --secure-aggregation are below.
+    "--noise-multiplier": ("noise_multiplier", float, "DP-SGD noise multiplier sigma"),
+    "--max-grad-norm": ("max_grad_norm", float, "DP-SGD per-sample clipping norm C"),
+    "--target-epsilon": ("target_epsilon", float, "DP-SGD budget per site (derives sigma if not given)"),
+    "--delta": ("delta", float, "the delta of (epsilon, delta)-DP (default 1e-5)"),
+    "--clip": ("clip", float, "client-level DP: clip each site's update to this norm S"),
+    "--noise": ("noise", float, "client-level DP: noise multiplier (std sigma * S on the sum)"),
+    "--threshold": ("threshold", int, "secure aggregation: survivors t needed to unmask"),
 }
 BOOL_FLAGS = ("baselines", "augment", "allow_phi", "series_volumes")
+PRIVACY_SWITCHES = {"--dp-sgd": "dp_sgd", "--client-dp": "client_dp",
+                    "--secure-aggregation": "secure_aggregation"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -78,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also train local-only and pooled baselines (on by default)")
     run.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                      help="training-only augmentation (on by default)")
+    for flag in PRIVACY_SWITCHES:
+        run.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                         help=f"privacy: {flag[2:]} (off by default)")
     _add_data_flags(run)
     data = commands.add_parser("data", help="look at the data a site holds")
     checks = data.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
@@ -110,6 +123,9 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                 if key in ("sizes", "proportions") else value
     for key in BOOL_FLAGS:
         if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    for key in PRIVACY_SWITCHES.values():
+        if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     return with_overrides(config, overrides)
 

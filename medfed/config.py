@@ -7,6 +7,7 @@ A config file has top-level keys (seed, device, baselines) and four sections:
     [federation]  the algorithm and its rounds
     [training]    each site's local optimisation
     [adversary]   simulated faulty or malicious sites (none by default)
+    [privacy]     differential privacy and secure aggregation (off by default)
 
 Every key is optional; unknown keys and bad values raise ConfigError naming the valid choices.
 """
@@ -14,6 +15,7 @@ Every key is optional; unknown keys and bad values raise ConfigError naming the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -181,6 +183,63 @@ class AdversaryConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """DP-SGD at each site, DP-FedAvg at the server, secure aggregation (medfed/privacy/)."""
+
+    dp_sgd: bool = False  # per-sample clipping and noise at each site (Opacus)
+    noise_multiplier: float | None = None  # DP-SGD's sigma; None with target_epsilon: derived
+    max_grad_norm: float = 1.0  # DP-SGD's per-sample clipping norm C
+    target_epsilon: float | None = None  # a site's budget; it stops training once spent
+    delta: float = 1e-5
+    client_dp: bool = False  # DP-FedAvg: each site's update clipped to `clip`, noise on the sum
+    clip: float = 1.0  # S
+    noise: float = 1.0  # client-level sigma: the sum gets N(0, (sigma S)^2)
+    secure_aggregation: bool = False  # the server learns only the sum of the updates
+    threshold: int | None = None  # t survivors needed to unmask; None: a majority of the round
+    fixed_point_scale: float = 2.0 ** 24  # secure aggregation's resolution
+
+    def __post_init__(self) -> None:
+        if self.dp_sgd and self.noise_multiplier is None and self.target_epsilon is None:
+            raise ConfigError("dp_sgd needs noise_multiplier (sigma) or target_epsilon")
+        for name in ("max_grad_norm", "clip", "noise", "fixed_point_scale"):
+            _positive(name, getattr(self, name))
+        for name in ("noise_multiplier", "target_epsilon"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
+        if self.threshold is not None:
+            _at_least("threshold", self.threshold, 2)
+
+
+# What each privacy mechanism can wrap: the averaging algorithms with the plain mean.
+PRIVATE_AVERAGING = ("fedavg", "fedprox", "fedadam", "fedyogi")
+
+
+def _check_privacy(config: RunConfig) -> None:
+    p, fed = config.privacy, config.federation
+    if p.dp_sgd and config.model.norm == "batch":
+        raise ConfigError("DP-SGD clips each sample's gradient, which BatchNorm mixes across the "
+                          "batch; use --norm group or --norm instance")
+    if p.dp_sgd and fed.algorithm in ("fedprox", "scaffold"):
+        raise ConfigError(f"DP-SGD trains the plain task loss; {fed.algorithm} changes it "
+                          "(use fedavg, fedadam, fedyogi, fednova, fedbn, swt, cwt or ensemble)")
+    for on, what in ((p.client_dp, "client_dp"), (p.secure_aggregation, "secure_aggregation")):
+        if on and (fed.algorithm not in PRIVATE_AVERAGING or fed.aggregator != "mean"):
+            raise ConfigError(f"{what} replaces the sample-weighted mean of "
+                              f"{', '.join(PRIVATE_AVERAGING)}; use one of them with aggregator "
+                              f"\"mean\" (got {fed.algorithm}, {fed.aggregator})")
+    if p.secure_aggregation and config.data.sites < 2:
+        raise ConfigError("secure_aggregation needs at least 2 sites")
+    if p.threshold is not None and p.threshold > config.data.sites:
+        raise ConfigError(f"threshold is {p.threshold} but there are only {config.data.sites} sites")
+    sampled = min(config.data.sites, max(fed.min_sites, math.ceil(fed.fraction * config.data.sites)))
+    if p.secure_aggregation and p.threshold is not None and p.threshold > sampled:
+        raise ConfigError(f"threshold is {p.threshold} but a round samples only {sampled} sites "
+                          f"(fraction {fed.fraction}); raise --fraction or lower --threshold")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     device: str = "auto"
@@ -190,9 +249,11 @@ class RunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         _choice("device", self.device, DEVICES)
+        _check_privacy(self)
         fed, sites = self.federation, self.data.sites
         _check_robustness(fed, sites)
         if self.adversary.attack != "none" and self.adversary.attackers > sites:
@@ -225,6 +286,7 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig,
     "federation": FederationConfig, "training": TrainingConfig,
     "adversary": AdversaryConfig,
+    "privacy": PrivacyConfig,
 }
 
 

@@ -25,3 +25,8 @@ class TransportError(MedfedError):
 
 class NotEnoughSites(MedfedError):
     """Too few sites returned a usable update to close a round."""
+
+
+class PrivacyBudgetExhausted(TransportError):
+    """A site whose privacy budget (target epsilon) is spent trains no more; recorded as a failed
+    site, as any site failure is."""

@@ -25,6 +25,7 @@ from medfed.data.transforms import Preprocess
 from medfed.device import pick_device
 from medfed.evaluation.metrics import compute_metrics
 from medfed.models import ModelSpec, build_model, norm_keys, parameter_keys
+from medfed.privacy.mechanisms import Mechanisms
 from medfed.server.round_loop import RoundObserver, RoundPlan, RoundResult, run_rounds
 from medfed.transport.inprocess import InProcessTransport
 from medfed.errors import DataError, TransportError
@@ -57,6 +58,7 @@ class Outcome:
     transport: InProcessTransport
     seconds: float
     test: Metrics = field(default_factory=dict)
+    privacy: dict = field(default_factory=dict)  # summary.json's `privacy` (privacy/mechanisms.py)
 
 
 def prepare(config: RunConfig) -> Setup:
@@ -93,10 +95,15 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     start = time.perf_counter()
     # Attacks are on the federation only: baselines stay the honest references they are meant to be.
     attack = None if baseline else parse_attack(config.adversary.attack)
-    transport = InProcessTransport(_trainers(setup, sites, attack))
+    # Privacy too: the baselines are the non-private references of what privacy costs.
+    privacy = Mechanisms.build(config, list(sites)) if not baseline else None
+    trainers = _trainers(setup, sites, attack)
+    transport = InProcessTransport(privacy.wrap_sites(trainers) if privacy else trainers)
     ctx = StrategyContext(setup.initial, setup.parameter_keys, setup.norm_keys, list(sites),
-                          config.federation, config.training)
+                          config.federation, config.training,
+                          aggregator_override=privacy.aggregator() if privacy else None)
     strategy = build_strategy(algorithm, ctx)
+    strategy = privacy.wrap_strategy(strategy) if privacy else strategy
     fed = config.federation
     plan = (RoundPlan(fed.rounds, 1.0, fed.min_sites, eval_every=0) if baseline
             else RoundPlan(fed.rounds, fed.fraction, fed.min_sites, fed.eval_every))
@@ -104,6 +111,8 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     history = run_rounds(strategy, transport, list(sites), plan, train_options(config), sampling,
                          observer)
     outcome = Outcome(name, strategy, history, transport, time.perf_counter() - start)
+    if privacy is not None and privacy.active:
+        outcome.privacy = privacy.report()
     outcome.test = score_test(setup, outcome.strategy, list(sites))
     return outcome
 

@@ -51,6 +51,9 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
                           progress.start_run(config.federation.algorithm, rounds))
         baselines = _baselines(setup, progress, rounds, federated) if config.baselines else None
     summary = _summary(setup, federated, baselines)
+    if federated.privacy:
+        summary["privacy"] = federated.privacy
+        _report_privacy(console, federated.privacy)
     summary["total_seconds"] = time.perf_counter() - started
     summary["files"] = _write(out, setup, federated, summary)
     write_json(out / "summary.json", summary)
@@ -73,6 +76,21 @@ def _announce_robustness(console: Console, config: RunConfig, sites: list[str]) 
     if attackers:
         console.print(f"[bold red]simulated attack[/] {config.adversary.attack} by "
                       f"{', '.join(attackers)} (baselines stay honest)")
+
+
+def _report_privacy(console: Console, privacy: dict[str, Any]) -> None:
+    """Epsilon spent per site (DP-SGD), the federation's (client-level DP), who stopped and why."""
+    delta = privacy["delta"]
+    if privacy["epsilon"]:
+        spent = ", ".join(f"{s} {e:.2f}" for s, e in privacy["epsilon"].items())
+        console.print(f"[bold]privacy[/] DP-SGD epsilon spent per site (delta = {delta:g}): {spent}")
+    for why in privacy.get("dp_sgd", {}).get("stopped", {}).values():
+        console.print(f"[bold red]privacy budget[/] {why}")
+    if "client_dp" in privacy:
+        console.print(f"[bold]privacy[/] client-level DP: the federation's epsilon "
+                      f"{privacy['client_dp']['epsilon']:.2f} at delta = {delta:g}")
+    if "secure_aggregation" in privacy:
+        console.print("[bold]privacy[/] secure aggregation: the server saw only masked updates")
 
 
 def _baselines(setup: Setup, progress: RichRoundProgress, rounds: int, federated: Outcome

@@ -29,8 +29,11 @@ class StrategyContext:
     sites: Sequence[SiteId]
     config: FederationConfig
     training: TrainingConfig = TrainingConfig()
+    aggregator_override: AggregatorFactory | None = None  # e.g. DP-FedAvg's (privacy/client_dp.py)
 
     def aggregator(self) -> AggregatorFactory:
+        if self.aggregator_override is not None:
+            return self.aggregator_override
         c = self.config
         return build_aggregator(c.aggregator, RobustSettings(c.byzantine, c.krum_keep, c.norm_bound))
 

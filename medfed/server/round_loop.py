@@ -37,6 +37,7 @@ class RoundResult:
     eval_failed: dict[SiteId, str] = field(default_factory=dict)  # site -> why it could not score
     train_loss: dict[SiteId, float] = field(default_factory=dict)
     update_norm: dict[SiteId, float] = field(default_factory=dict)  # ||x_k - x||: outliers show here
+    epsilon: dict[SiteId, float] = field(default_factory=dict)  # DP-SGD: each site's epsilon so far
     aggregation: dict[str, list[SiteId]] = field(default_factory=dict)  # e.g. Krum's "left_out"
     val: dict[SiteId, Metrics] = field(default_factory=dict)  # each site scores on its own split
     bytes_up: int = 0
@@ -111,7 +112,8 @@ def _run_stage(strategy: Strategy, transport: Transport, stage: list[SiteId], op
             sent = payloads[site]
             update = transport.train(site, sent, options)
             _check_origin(update, site)
-            check_update(update, sent)  # what comes back must match what went out
+            expected = _expected_update(strategy, sent)
+            check_update(update, expected)  # what comes back must match what went out
         except (TransportError, IncompatibleUpdate) as exc:
             result.failed[site] = str(exc)
             observer.site_finished(result.round, site, None)
@@ -119,7 +121,10 @@ def _run_stage(strategy: Strategy, transport: Transport, stage: list[SiteId], op
         strategy.receive(update)
         result.sites.append(site)
         result.train_loss[site] = update.metrics.get("train_loss", float("nan"))
-        result.update_norm[site] = update_norm(update.state, sent)
+        if expected is sent:  # a masked update (secure aggregation) has no norm the server can see
+            result.update_norm[site] = update_norm(update.state, sent)
+        if "epsilon" in update.metrics:
+            result.epsilon[site] = update.metrics["epsilon"]
         observer.site_finished(result.round, site, result.train_loss[site])
     strategy.close_stage()
     for what, sites in strategy.aggregation_notes.items():
@@ -142,6 +147,13 @@ def update_norm(state: StateDict, sent: StateDict) -> float:
     """L2 norm of a site's change to the model it was sent (control variates left aside)."""
     model = {k: v for k, v in state.items() if not k.startswith(CONTROL_PREFIX)}
     return robust.update_norm(model, sent)
+
+
+def _expected_update(strategy: Strategy, sent: StateDict) -> StateDict:
+    """The model sent, or what a strategy that receives other things (secure aggregation's masked
+    vectors: privacy/secure_round.py) says a reply must look like."""
+    template = getattr(strategy, "update_template", None)
+    return template(sent) if template is not None else sent
 
 
 def _check_origin(update: Update, site: SiteId) -> None:

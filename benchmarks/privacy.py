@@ -1,0 +1,190 @@
+"""Privacy benchmarks: what DP costs in test AUC, what DP-SGD costs per epoch, what secure
+aggregation costs per round.
+
+    .venv/bin/python benchmarks/privacy.py auc --rounds 20   # no DP, DP-SGD sigma 1, eps 8, eps 1
+    .venv/bin/python benchmarks/privacy.py epoch             # DP-SGD epoch time against non-DP
+    .venv/bin/python benchmarks/privacy.py secagg            # masking + unmasking against a plain sum
+
+`auc` is `medfed run`'s federated training (no baselines) on PneumoniaMNIST, 5 sites, Dirichlet 0.5,
+proportions 20:25:15:30:22, seed 0 (the setting of the robustness benchmarks), and appends one line
+per run to benchmarks/out/privacy-auc.jsonl. `secagg` times the aggregation path alone on random
+updates of a 1,000,000-parameter model: the plain sample-weighted sum (WeightedMean) against the
+whole protocol (key agreement, share encryption, fixed-point encoding and masking at every site,
+unmasking at the server), with and without a site dropping after masking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medfed.algorithms.aggregate import WeightedMean
+from medfed.config import PrivacyConfig, RunConfig, config_from_dict
+from medfed.experiment import prepare, train, train_options
+from medfed.privacy import secagg
+from medfed.privacy.dp_sgd import DPSite
+from medfed.privacy.fixed_point import FixedPoint
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
+PARAMETERS = 1_000_000
+
+
+def base_config(data_file: Path, rounds: int, seed: int) -> RunConfig:
+    return config_from_dict({
+        "seed": seed, "device": "cpu", "baselines": False,
+        "data": {"dataset": "medmnist", "data_file": str(data_file), "sites": 5,
+                 "partition": "dirichlet", "alpha": 0.5, "proportions": [20, 25, 15, 30, 22]},
+        "federation": {"rounds": rounds, "eval_every": 0},
+    })
+
+
+AUC_RUNS = {
+    "no DP": PrivacyConfig(),
+    "DP-SGD sigma 1.0": PrivacyConfig(dp_sgd=True, noise_multiplier=1.0),
+    "DP-SGD eps 8": PrivacyConfig(dp_sgd=True, target_epsilon=8.0),
+    "DP-SGD eps 1": PrivacyConfig(dp_sgd=True, target_epsilon=1.0),
+}
+
+
+def bench_auc(args: argparse.Namespace) -> None:
+    config = base_config(args.data_file, args.rounds, args.seed)
+    setup = prepare(config)
+    out = REPO / "benchmarks" / "out" / "privacy-auc.jsonl"
+    out.parent.mkdir(exist_ok=True)
+    print(f"sites {({s: len(d.train) for s, d in setup.federation.sites.items()})}, "
+          f"{args.rounds} rounds", flush=True)
+    for label, privacy in AUC_RUNS.items():
+        if args.only and args.only not in label:
+            continue
+        run_config = replace(config, privacy=privacy)
+        start = time.perf_counter()
+        outcome = train(replace(setup, config=run_config), "fedavg", setup.federation.sites, label)
+        eps = outcome.privacy.get("epsilon", {})
+        sigma = outcome.privacy.get("dp_sgd", {}).get("noise_multiplier", {})
+        row = {"run": label, "rounds": args.rounds, "seed": args.seed, "test": outcome.test,
+               "epsilon": eps, "noise_multiplier": sigma, "delta": privacy.delta,
+               "failed": {r.round: r.failed for r in outcome.history if r.failed},
+               "seconds": round(time.perf_counter() - start, 1)}
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        reached = f"eps {min(eps.values()):.2f}-{max(eps.values()):.2f}" if eps else "eps -"
+        print(f"{label:18s} AUC {outcome.test['auc']:.3f}  acc {outcome.test['accuracy']:.3f}  "
+              f"{reached}  sigma {sorted({round(s, 3) for s in sigma.values()})}  "
+              f"{row['seconds']:.1f} s", flush=True)
+
+
+def bench_epoch(args: argparse.Namespace) -> None:
+    """One local epoch at the largest site, alternately plain and DP-SGD (same model and options)."""
+    config = base_config(args.data_file, 1, args.seed)
+    setup = prepare(config)
+    site = max(setup.federation.sites, key=lambda s: len(setup.federation.sites[s].train))
+    one_site = {site: setup.federation.sites[site]}
+    # Two separate site objects: Opacus' per-sample hooks stay on the DP site's model.
+    plain = train(setup, "fedavg", one_site, "plain").transport.trainers[site]
+    dp_config = replace(config, privacy=PrivacyConfig(dp_sgd=True, noise_multiplier=1.0))
+    dp_setup = replace(setup, config=dp_config)
+    private = train(dp_setup, "fedavg", one_site, "dp").transport.trainers[site]
+    if not isinstance(private, DPSite):
+        raise SystemExit("the DP run did not build a DP-SGD site")
+    options = train_options(config)
+    times: dict[str, list[float]] = {"plain": [], "DP-SGD": []}
+    for _ in range(args.repeats):
+        for name, trainer in (("plain", plain), ("DP-SGD", private)):
+            start = time.perf_counter()
+            trainer.train(setup.initial, options)
+            times[name].append(time.perf_counter() - start)
+    plain_s, dp_s = statistics.median(times["plain"]), statistics.median(times["DP-SGD"])
+    print(f"site {site} ({len(setup.federation.sites[site].train)} images), batch "
+          f"{options.batch_size}, {args.repeats} alternating repeats")
+    print(f"plain  {[round(t, 2) for t in times['plain']]}  median {plain_s:.2f} s")
+    print(f"DP-SGD {[round(t, 2) for t in times['DP-SGD']]}  median {dp_s:.2f} s  "
+          f"ratio {dp_s / plain_s:.2f}")
+
+
+def bench_secagg(args: argparse.Namespace) -> None:
+    rng = np.random.default_rng(args.seed)
+    for n in args.sites:
+        states = [{"w": torch.from_numpy(rng.normal(0, 0.01, PARAMETERS).astype(np.float32))}
+                  for _ in range(n)]
+        weights = [int(w) for w in rng.integers(100, 2000, n)]
+        plain = [_plain(states, weights) for _ in range(args.repeats)]
+        secure = [_secure(states, weights, drop=0) for _ in range(args.repeats)]
+        dropped = [_secure(states, weights, drop=1) for _ in range(args.repeats)]
+        p = statistics.median(plain)
+        s = {k: statistics.median(r[k] for r in secure) for k in secure[0]}
+        d = {k: statistics.median(r[k] for r in dropped) for k in dropped[0]}
+        print(f"{n:2d} sites: plain sum {p * 1000:7.1f} ms | secure: per site {s['site'] * 1000:7.1f} ms "
+              f"(setup {s['setup'] * 1000:.1f}), server {s['server'] * 1000:7.1f} ms, all sites + server "
+              f"{(s['all']) * 1000:8.1f} ms | one dropout: server {d['server'] * 1000:7.1f} ms",
+              flush=True)
+
+
+def _plain(states: list[dict], weights: list[int]) -> float:
+    start = time.perf_counter()
+    mean = WeightedMean()
+    for state, w in zip(states, weights):
+        mean.add(state, w)
+    mean.result()
+    return time.perf_counter() - start
+
+
+def _secure(states: list[dict], weights: list[int], drop: int) -> dict[str, float]:
+    """Seconds: setup (rounds 0-1, per site), masking (per site), unmasking (server)."""
+    n = len(states)
+    sites = tuple(f"site-{k}" for k in range(n))
+    params = secagg.Params(sites, n // 2 + 1, PARAMETERS + 1, b"bench")
+    codec = FixedPoint(sites=n)
+    start = time.perf_counter()
+    sessions = {s: secagg.SiteSession(s, params) for s in sites}
+    book = secagg.key_book([sessions[s].advertise() for s in sites], params)
+    inbox = secagg.route_shares([sessions[s].share_keys(book) for s in sites])
+    for s in sites:
+        sessions[s].receive_shares(inbox[s])
+    setup = (time.perf_counter() - start) / n
+    start = time.perf_counter()
+    masked = {}
+    for k, s in enumerate(sites[drop:], start=drop):
+        x = states[k]["w"].to(torch.float64).numpy() * weights[k]
+        ring = np.concatenate([codec.encode(x), np.array([weights[k]], np.uint64)])
+        masked[s] = sessions[s].mask(ring)
+    mask = (time.perf_counter() - start) / (n - drop)
+    start = time.perf_counter()
+    request = secagg.unmask_request(masked, book, params)
+    responses = [sessions[s].unmask(request) for s in request.survivors]
+    masked_sum = None
+    for message in masked.values():  # the server streams them as they arrive
+        masked_sum = secagg.add_masked(masked_sum, message)
+    total = secagg.unmask(masked_sum, request, responses, book, params)
+    codec.decode(total[:-1]) / int(total[-1:].view(np.int64)[0])
+    server = time.perf_counter() - start
+    return {"setup": setup, "site": setup + mask, "server": server,
+            "all": n * setup + (n - drop) * mask + server}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suite", choices=["auc", "epoch", "secagg"])
+    parser.add_argument("--data-file", type=Path, default=DATA)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sites", type=int, nargs="+", default=[5, 10, 20])
+    parser.add_argument("--only", help="auc: run only labels containing this text")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.suite != "secagg" and not args.data_file.is_file():
+        raise SystemExit(f"{args.data_file} not found (PneumoniaMNIST: https://zenodo.org/records/10519652)")
+    {"auc": bench_auc, "epoch": bench_epoch, "secagg": bench_secagg}[args.suite](args)
+
+
+if __name__ == "__main__":
+    main()

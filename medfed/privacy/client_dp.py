@@ -1,0 +1,111 @@
+"""Client-level differential privacy: DP-FedAvg (McMahan et al., "Learning Differentially Private
+Recurrent Language Models", ICLR 2018, Algorithm 1 with the fixed-denominator estimator).
+
+Each site's update Delta_k = x_k - x is clipped to norm S; the server adds N(0, (sigma S)^2) to every
+coordinate of the sum of the m clipped updates of the round and divides by m:
+
+    x <- x + (sum_k clip(Delta_k, S) + N(0, sigma^2 S^2 I)) / m
+
+Adding or removing one site changes the sum by at most S, so each round is a Gaussian mechanism
+with noise multiplier sigma; with sites sampled at rate q = m / N the rounds compose under the RDP
+accountant of the subsampled Gaussian (Mironov et al. 2019; Opacus' RDPAccountant). Sites get equal
+weights: a sample-count weight would let one large site exceed the sensitivity S. medfed samples a
+fixed number of sites per round, not each site independently, so for q < 1 the Poisson-sampling
+accountant is an approximation; with fraction = 1 (q = 1, no amplification) it is exact.
+
+As an aggregator it wraps the FedAvg family (composition, not a subclass); under secure aggregation
+the sites clip their own updates and the server adds the noise to the unmasked sum (secure_round.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from opacus.accountants import RDPAccountant
+
+from medfed.algorithms.aggregate import WeightedMean
+from medfed.algorithms.aggregators import AggregatorFactory, Notes
+from medfed.types import StateDict
+
+
+def float_keys(state: StateDict) -> list[str]:
+    return [k for k, v in state.items() if v.is_floating_point()]
+
+
+def clip_delta(state: StateDict, reference: StateDict, bound: float) -> tuple[StateDict, bool]:
+    """(Delta * min(1, S / ||Delta||) in float64 over the float tensors, whether it was clipped)."""
+    delta = {k: state[k].to(torch.float64) - reference[k].to(torch.float64) for k in float_keys(state)}
+    norm = float(sum(d.square().sum() for d in delta.values())) ** 0.5
+    if norm <= bound:
+        return delta, False
+    return {k: d * (bound / norm) for k, d in delta.items()}, True
+
+
+def gaussian_noise(like: StateDict, std: float, generator: torch.Generator) -> StateDict:
+    """N(0, std^2) per coordinate, float64, from an injected generator."""
+    return {k: torch.randn(v.shape, generator=generator, dtype=torch.float64) * std
+            for k, v in like.items()}
+
+
+@dataclass
+class ClientDP:
+    """DP-FedAvg's settings, its noise source and the federation's accountant (thin state)."""
+
+    clip: float  # S
+    noise_multiplier: float  # sigma
+    sample_rate: float  # q: the share of sites sampled per round (k / N, see server/sampling.py)
+    generator: torch.Generator  # seeded in simulation; a deployment would use a secure source
+    accountant: RDPAccountant = field(default_factory=RDPAccountant)
+
+    @property
+    def std(self) -> float:
+        return self.noise_multiplier * self.clip
+
+    def record_round(self) -> None:
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+
+    def epsilon(self, delta: float) -> float:
+        return self.accountant.get_epsilon(delta) if self.accountant.history else 0.0
+
+    def aggregator(self) -> AggregatorFactory:
+        return lambda reference: ClippedNoisyMean(reference, self)
+
+
+class ClippedNoisyMean:
+    """The aggregator: streams the sum of clipped updates, adds the noise once at result()."""
+
+    streams = True
+
+    def __init__(self, reference: StateDict, dp: ClientDP) -> None:
+        self._reference = reference
+        self._dp = dp
+        self._sum: StateDict = {}
+        self._counters = WeightedMean()  # integer buffers keep their maximum, as in FedAvg
+        self._clipped: list[int] = []
+        self.count = 0
+
+    def add(self, state: StateDict, weight: float) -> None:
+        WeightedMean.check_weight(weight)  # the weight itself is ignored: equal weights (above)
+        delta, clipped = clip_delta(state, self._reference, self._dp.clip)
+        if clipped:
+            self._clipped.append(self.count)
+        for k, d in delta.items():
+            self._sum[k] = self._sum[k] + d if k in self._sum else d
+        counters = {k: v for k, v in state.items() if not v.is_floating_point()}
+        if counters:
+            self._counters.add(counters, 1.0)
+        self.count += 1
+
+    def result(self) -> StateDict:
+        if self.count == 0:
+            raise ValueError("no updates to aggregate")
+        noise = gaussian_noise(self._sum, self._dp.std, self._dp.generator)
+        self._dp.record_round()
+        out = {k: self._reference[k].to(torch.float64) + (s + noise[k]) / self.count
+               for k, s in self._sum.items()}
+        return out | (self._counters.result() if self._counters.count else {})
+
+    def notes(self) -> Notes:
+        return {"clipped": list(self._clipped)} if self._clipped else {}
+

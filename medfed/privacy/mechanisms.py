@@ -1,0 +1,114 @@
+"""The privacy mechanisms a run asks for, put around its sites and its strategy, and what they
+spent (summary.json's `privacy` block).
+
+    sites:    SiteTrainer -> DPSite (DP-SGD) -> SecureSite (masks what it sends)
+    strategy: FedAvg(aggregator = DP-FedAvg's clipped noisy mean)      without secure aggregation
+              SecureAggregation(FedAvg), sites clip, server adds noise  with it
+
+A simulated malicious site (client/attacks.py) is left without DP-SGD: an attacker does not follow
+the protocol's privacy rules (it is still masked under secure aggregation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from medfed.algorithms.aggregators import AggregatorFactory
+from medfed.algorithms.strategy import Strategy
+from medfed.client.trainer import LocalSite, SiteTrainer
+from medfed.config import RunConfig
+from medfed.privacy.client_dp import ClientDP
+from medfed.privacy.dp_sgd import DPSGDSettings, DPSite, steps_per_epoch
+from medfed.privacy.fixed_point import RING_BITS
+from medfed.privacy.secure_round import InProcessCoordinator, SecureAggregation, SecureSite
+from medfed.types import SiteId
+
+
+@dataclass
+class Mechanisms:
+    config: RunConfig
+    sites: list[SiteId]
+    client_dp: ClientDP | None = None
+    dp_sites: dict[SiteId, DPSite] = field(default_factory=dict)
+    secure_sites: dict[SiteId, SecureSite] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        p = self.config.privacy
+        return p.dp_sgd or p.client_dp or p.secure_aggregation
+
+    @classmethod
+    def build(cls, config: RunConfig, sites: list[SiteId]) -> Mechanisms:
+        p, fed = config.privacy, config.federation
+        client_dp = None
+        if p.client_dp:
+            k = min(len(sites), max(fed.min_sites, math.ceil(fed.fraction * len(sites))))
+            seed = int(np.random.SeedSequence([config.seed, 5]).generate_state(1)[0])
+            client_dp = ClientDP(p.clip, p.noise, k / len(sites), torch.Generator().manual_seed(seed))
+        return cls(config, sites, client_dp)
+
+    def wrap_sites(self, trainers: dict[SiteId, LocalSite]) -> dict[SiteId, LocalSite]:
+        p, t = self.config.privacy, self.config.training
+        settings = DPSGDSettings(p.noise_multiplier, p.max_grad_norm, p.target_epsilon, p.delta)
+        out: dict[SiteId, LocalSite] = {}
+        for k, (site, trainer) in enumerate(trainers.items()):
+            if p.dp_sgd and isinstance(trainer, SiteTrainer):
+                seed = int(np.random.SeedSequence([self.config.seed, 4, k]).generate_state(1)[0])
+                trainer = DPSite(trainer, settings, t.batch_size,
+                                 self.config.federation.rounds * t.local_epochs, seed)
+                self.dp_sites[site] = trainer
+            if p.secure_aggregation:
+                trainer = SecureSite(trainer, clip=p.clip if p.client_dp else None)
+                self.secure_sites[site] = trainer
+            out[site] = trainer
+        return out
+
+    def aggregator(self) -> AggregatorFactory | None:
+        """DP-FedAvg's aggregator, unless secure aggregation does its work."""
+        if self.client_dp is None or self.config.privacy.secure_aggregation:
+            return None
+        return self.client_dp.aggregator()
+
+    def wrap_strategy(self, strategy: Strategy) -> Strategy:
+        p = self.config.privacy
+        if not p.secure_aggregation:
+            return strategy
+        return SecureAggregation(strategy, InProcessCoordinator(self.secure_sites), p.threshold,
+                                 p.fixed_point_scale, self.client_dp)
+
+    def report(self) -> dict:
+        """summary.json's `privacy`: epsilon per site, delta, each mechanism's parameters."""
+        p = self.config.privacy
+        out: dict = {"delta": p.delta, "epsilon": {}}
+        if p.dp_sgd:
+            out["epsilon"] = {s: d.budget.spent() for s, d in self.dp_sites.items()}
+            out["dp_sgd"] = self._dp_sgd_report()
+        if self.client_dp is not None:
+            out["client_dp"] = {"clip": p.clip, "noise_multiplier": p.noise,
+                                "sample_rate": self.client_dp.sample_rate,
+                                "rounds": len(self.client_dp.accountant.history),
+                                "epsilon": self.client_dp.epsilon(p.delta)}
+        if p.secure_aggregation:
+            out["secure_aggregation"] = {
+                "threshold": p.threshold or "majority of each round's sites",
+                "fixed_point_scale": p.fixed_point_scale, "ring_bits": RING_BITS,
+                "key_agreement": "X25519 + HKDF-SHA256", "prg": "ChaCha20",
+                "secret_sharing": "Shamir over GF(2^521 - 1)"}
+        return out
+
+    def _dp_sgd_report(self) -> dict:
+        p = self.config.privacy
+        stopped = {s: d.stopped for s, d in self.dp_sites.items() if d.stopped}
+        return {"max_grad_norm": p.max_grad_norm, "target_epsilon": p.target_epsilon,
+                "noise_multiplier": {s: d.budget.noise_multiplier for s, d in self.dp_sites.items()},
+                "sample_rate": {s: d.budget.rate for s, d in self.dp_sites.items()},
+                "steps": {s: sum(h[2] for h in d.budget.accountant.history)
+                          for s, d in self.dp_sites.items()},
+                "steps_per_epoch": {s: steps_per_epoch(d.budget.rate) for s, d in self.dp_sites.items()},
+                "accountant": "RDP (Opacus)", "sampling": "Poisson",
+                "stopped": stopped}
+

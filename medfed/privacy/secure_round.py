@@ -1,0 +1,229 @@
+"""Secure aggregation in the round loop: a site wrapper that masks, a strategy wrapper that unmasks,
+and the in-process coordinator that carries the protocol's other messages (secagg.py).
+
+What travels through the transport as a site's update is its masked vector: the model's floating
+tensors as int64 ring elements (same keys and shapes, dtype int64), plus WEIGHT_KEY. The round loop
+checks it against `update_template(sent)` instead of the model sent. Weighted FedAvg composes: a
+site pre-scales its change by its sample count n_k, the weight n_k travels masked in WEIGHT_KEY, and
+the server divides the unmasked sum by the unmasked total, so it learns neither n_k nor x_k, only
+
+    x <- x + sum_k n_k (x_k - x) / sum_k n_k.
+
+With client-level DP the sites clip their change to S and weigh 1; the server adds N(0, (sigma S)^2)
+to the unmasked sum (client_dp.py). The averaged model then goes through the wrapped strategy as a
+single update (so FedAdam's server step still applies). Integer buffers (BatchNorm's counters) are
+not aggregated: they come back as they were sent. Sample counts and training losses still travel in
+the clear in Update.metrics; the count the server sees is 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from medfed.client.trainer import LocalSite, TrainOptions
+from medfed.errors import TransportError
+from medfed.privacy import secagg
+from medfed.privacy.client_dp import ClientDP
+from medfed.privacy.fixed_point import FixedPoint, FixedPointError
+from medfed.types import Metrics, Prediction, SiteId, StateDict, Update
+
+WEIGHT_KEY = "secagg.weight"
+
+
+class Layout:
+    """The model's floating tensors as one flat vector (sorted by name), and back."""
+
+    def __init__(self, reference: StateDict) -> None:
+        self.keys = sorted(k for k, v in reference.items() if v.is_floating_point())
+        self.shapes = {k: reference[k].shape for k in self.keys}
+        self.length = sum(reference[k].numel() for k in self.keys) + 1  # + the weight
+
+    def flatten(self, state: StateDict) -> np.ndarray:
+        return np.concatenate([state[k].detach().reshape(-1).to(torch.float64).numpy()
+                               for k in self.keys])
+
+    def to_state(self, ring: np.ndarray, sent: StateDict) -> StateDict:
+        """A masked vector as the update a site sends (int64 views of the ring elements)."""
+        out, start = {}, 0
+        signed = ring.view(np.int64)
+        for k in self.keys:
+            n = self.shapes[k].numel()
+            out[k] = torch.from_numpy(signed[start:start + n].copy()).reshape(self.shapes[k])
+            start += n
+        out[WEIGHT_KEY] = torch.from_numpy(signed[start:].copy())
+        return out | {k: v for k, v in sent.items() if k not in self.shapes}
+
+    def from_state(self, state: StateDict) -> np.ndarray:
+        parts = [state[k].reshape(-1).numpy() for k in (*self.keys, WEIGHT_KEY)]
+        return np.concatenate(parts).astype(np.int64).view(np.uint64)
+
+    def template(self, sent: StateDict) -> StateDict:
+        out = {k: torch.empty(self.shapes[k], dtype=torch.int64) for k in self.keys}
+        return out | {WEIGHT_KEY: torch.empty(1, dtype=torch.int64)} \
+            | {k: v for k, v in sent.items() if k not in self.shapes}
+
+
+class SecureSite:
+    """A site (any LocalSite) that sends its change masked: trains, pre-scales, encodes, masks."""
+
+    def __init__(self, trainer: LocalSite, clip: float | None = None) -> None:
+        self.trainer = trainer
+        self.clip = clip  # client-level DP: clip the change to S and weigh 1
+        self.session: secagg.SiteSession | None = None
+        self.codec = FixedPoint()
+
+    @property
+    def site(self) -> str:
+        return self.trainer.site
+
+    def advertise(self, params: secagg.Params, codec: FixedPoint) -> secagg.KeyAdvert:
+        self.session, self.codec = secagg.SiteSession(self.site, params), codec
+        return self.session.advertise()
+
+    def share_keys(self, book: dict[SiteId, secagg.KeyAdvert]) -> list[secagg.EncryptedShare]:
+        return self._session().share_keys(book)
+
+    def receive_shares(self, shares: list[secagg.EncryptedShare]) -> None:
+        self._session().receive_shares(shares)
+
+    def unmask(self, request: secagg.UnmaskRequest) -> secagg.UnmaskResponse:
+        return self._session().unmask(request)
+
+    def train(self, state: StateDict, options: TrainOptions) -> Update:
+        honest = self.trainer.train(state, options)
+        layout = Layout(state)
+        change = layout.flatten(honest.state) - layout.flatten(state)
+        weight = honest.n_samples
+        if self.clip is not None:
+            norm = float(np.linalg.norm(change))
+            change, weight = change * min(1.0, self.clip / norm) if norm else change, 1
+        try:
+            encoded = self.codec.encode(weight * change)
+        except FixedPointError as exc:  # NaN, or too large: this site's failure, not the run's
+            raise TransportError(f"site {self.site} cannot send its update: {exc}") from None
+        ring = np.concatenate([encoded, np.array([weight], np.uint64)])
+        masked = self._session().mask(ring)
+        return replace(honest, state=layout.to_state(masked.vector, state), n_samples=1)
+
+    def evaluate(self, state: StateDict, split: str) -> Metrics:
+        return self.trainer.evaluate(state, split)
+
+    def _session(self) -> secagg.SiteSession:
+        if self.session is None:
+            raise secagg.SecureAggregationError(f"site {self.site} has no secure aggregation round")
+        return self.session
+
+
+class InProcessCoordinator:
+    """Carries rounds 0, 1 and 3 of the protocol between the server and the sites, in process.
+    A deployment carries the same messages over its transport."""
+
+    def __init__(self, sites: dict[SiteId, SecureSite]) -> None:
+        self.sites = sites
+
+    def setup(self, params: secagg.Params, codec: FixedPoint) -> dict[SiteId, secagg.KeyAdvert]:
+        adverts = [self.sites[s].advertise(params, codec) for s in params.sites]
+        book = secagg.key_book(adverts, params)
+        inbox = secagg.route_shares([self.sites[s].share_keys(book) for s in book])
+        for s in book:
+            self.sites[s].receive_shares(inbox.get(s, []))
+        return book
+
+    def unmask(self, request: secagg.UnmaskRequest) -> list[secagg.UnmaskResponse]:
+        return [self.sites[s].unmask(request) for s in request.survivors]
+
+
+class SecureAggregation:
+    """Wraps an averaging strategy: receives masked updates, hands it only their unmasked mean."""
+
+    def __init__(self, inner, coordinator: InProcessCoordinator, threshold: int | None = None,
+                 scale: float = 2.0 ** 24, client_dp: ClientDP | None = None) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.prediction: Prediction = inner.prediction
+        self.train_overrides = inner.train_overrides
+        self.aggregation_notes: dict[str, list[SiteId]] = {}
+        self.coordinator = coordinator
+        self.threshold = threshold
+        self.scale = scale
+        self.client_dp = client_dp
+        self._round = 0
+        self._stages: list[list[SiteId]] = []
+        self._masked_sum: np.ndarray | None = None  # streams: one running sum of masked vectors
+        self._delivered: list[SiteId] = []
+        self._trained: set[SiteId] = set()
+
+    def stages(self, round_index: int, sites: Sequence[SiteId]) -> list[list[SiteId]]:
+        self._round, self._stages = round_index, self.inner.stages(round_index, sites)
+        return self._stages
+
+    def open_stage(self) -> None:
+        sites = tuple(self._stages.pop(0))
+        self.layout = Layout(self.inner.global_state)
+        threshold = self.threshold or len(sites) // 2 + 1
+        if not 2 <= threshold <= len(sites):
+            raise secagg.SecureAggregationError(
+                f"secure aggregation needs between 2 and the {len(sites)} sites of round "
+                f"{self._round + 1} as threshold, got {threshold}; raise --fraction or lower --threshold")
+        self.params = secagg.Params(sites, threshold, self.layout.length,
+                                    context=f"round {self._round}".encode())
+        self.codec = FixedPoint(self.scale, sites=len(sites))
+        self.book = self.coordinator.setup(self.params, self.codec)
+        self._masked_sum, self._delivered = None, []
+        self.aggregation_notes = {}
+
+    def payload(self, site: SiteId) -> StateDict:
+        return self.inner.payload(site)
+
+    def update_template(self, sent: StateDict) -> StateDict:
+        """What a site's reply looks like: its masked vector, not a model."""
+        return self.layout.template(sent)
+
+    def receive(self, update: Update) -> None:
+        message = secagg.MaskedInput(update.site, self.layout.from_state(update.state))
+        self._masked_sum = secagg.add_masked(self._masked_sum, message)
+        self._delivered.append(update.site)
+
+    def close_stage(self) -> None:
+        if self._masked_sum is None:
+            return  # nobody delivered: the model stays as it was
+        request = secagg.unmask_request(self._delivered, self.book, self.params)
+        responses = self.coordinator.unmask(request)
+        total = secagg.unmask(self._masked_sum, request, responses, self.book, self.params)
+        weight = int(total[-1:].view(np.int64)[0])
+        summed = self.codec.decode(total[:-1])
+        if self.client_dp is not None:
+            noise = torch.randn(summed.shape, generator=self.client_dp.generator, dtype=torch.float64)
+            summed = summed + noise.numpy() * self.client_dp.std
+            self.client_dp.record_round()
+        self._apply(summed / weight)
+        self._trained |= set(request.survivors)
+        if request.dropped:
+            self.aggregation_notes = {"dropped_after_masking": list(request.dropped)}
+
+    def _apply(self, mean_change: np.ndarray) -> None:
+        """x + the mean change, handed to the wrapped strategy as its round's only update."""
+        start, averaged = 0, dict(self.inner.global_state)
+        for k in self.layout.keys:
+            n = self.layout.shapes[k].numel()
+            change = torch.from_numpy(mean_change[start:start + n]).reshape(self.layout.shapes[k])
+            averaged[k] = (averaged[k].to(torch.float64) + change).to(averaged[k].dtype)
+            start += n
+        self.inner.open_stage()
+        self.inner.receive(Update(site="secure-aggregate", state=averaged, n_samples=1, n_steps=0))
+        self.inner.close_stage()
+
+    def site_state(self, site: SiteId) -> StateDict:
+        return self.inner.site_state(site)
+
+    @property
+    def global_state(self) -> StateDict:
+        return self.inner.global_state
+
+    @property
+    def trained_sites(self) -> list[SiteId]:
+        return sorted(self._trained)
