@@ -291,7 +291,9 @@ SECTIONS: dict[str, type] = {
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read a TOML file into a validated RunConfig."""
+    """Read a TOML file into a validated RunConfig. A federation file's [deployment] table (read
+    by `medfed server`, medfed/deploy/settings.py) is left aside, so the same file runs in
+    simulation: `medfed run --config examples/federation.toml`."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -299,6 +301,7 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"config file not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    raw.pop("deployment", None)
     return config_from_dict(raw, source=str(path))
 
 

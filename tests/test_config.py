@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -354,3 +355,9 @@ def test_impossible_federation_settings_are_refused_before_any_work():
         RunConfig(federation=FederationConfig(min_sites=6))
     with pytest.raises(ConfigError, match="needs --rounds >= 5"):
         RunConfig(federation=FederationConfig(algorithm="swt", rounds=3))
+
+
+def test_a_federation_file_runs_in_simulation_its_deployment_table_left_aside():
+    example = Path(__file__).resolve().parents[1] / "examples" / "federation.toml"
+    config = load_config(example)
+    assert config.data.sites == 3 and config.federation.rounds == 3
