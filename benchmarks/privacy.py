@@ -130,7 +130,7 @@ def bench_secagg(args: argparse.Namespace) -> None:
 def _plain(states: list[dict], weights: list[int]) -> float:
     start = time.perf_counter()
     mean = WeightedMean()
-    for state, w in zip(states, weights):
+    for state, w in zip(states, weights, strict=True):
         mean.add(state, w)
     mean.result()
     return time.perf_counter() - start

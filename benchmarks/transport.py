@@ -110,7 +110,7 @@ def overhead(args: argparse.Namespace) -> dict:
     return {"sites": args.sites, "rounds": args.rounds,
             "simulation_median_per_run": [round(s, 3) for s in sims],
             "deployment_median_per_run": [round(s, 3) for s in deps],
-            "ratio_per_run": [round(d / s, 3) for s, d in zip(sims, deps)],
+            "ratio_per_run": [round(d / s, 3) for s, d in zip(sims, deps, strict=True)],
             "ratio": round(dep_median / sim_median, 3)}
 
 

@@ -290,17 +290,23 @@ SECTIONS: dict[str, type] = {
 }
 
 
+def read_toml(path: str | Path, what: str = "config file", error: type[Exception] = ConfigError
+              ) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file is one `error` naming it."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path} is not valid TOML: {exc}") from None
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read a TOML file into a validated RunConfig. A federation file's [deployment] table (read
     by `medfed server`, medfed/deploy/settings.py) is left aside, so the same file runs in
     simulation: `medfed run --config examples/federation.toml`."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    raw = read_toml(path)
     raw.pop("deployment", None)
     return config_from_dict(raw, source=str(path))
 

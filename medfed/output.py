@@ -25,7 +25,7 @@ def prepare_out_dir(path: str | Path) -> Path:
 
 def write_json(path: Path, data: Any) -> None:
     """JSON without NaN (not valid JSON): undefined metrics are written as null."""
-    path.write_text(json.dumps(_finite(data), indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(finite(data), indent=2) + "\n", encoding="utf-8")
 
 
 def write_config(out: Path, config: RunConfig) -> None:
@@ -35,7 +35,7 @@ def write_config(out: Path, config: RunConfig) -> None:
 def write_rounds(out: Path, history: list[RoundResult]) -> None:
     with (out / "rounds.jsonl").open("w", encoding="utf-8") as f:
         for result in history:
-            f.write(json.dumps(_finite(asdict(result))) + "\n")
+            f.write(json.dumps(finite(asdict(result))) + "\n")
 
 
 def write_models(out: Path, models: dict[SiteId | None, StateDict], metadata: dict[str, Any]
@@ -50,11 +50,12 @@ def write_models(out: Path, models: dict[SiteId | None, StateDict], metadata: di
     return written
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
+    """The value with every NaN or infinite float as None: JSON has no NaN (undefined metrics)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value

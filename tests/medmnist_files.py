@@ -21,7 +21,7 @@ def write_medmnist(path: Path, image_shape: tuple[int, ...], label_columns: int,
     """An .npz with MedMNIST's official keys; every class (every finding) occurs in every split."""
     rng = np.random.default_rng(seed)
     arrays = {}
-    for split, n in zip(("train", "val", "test"), sizes):
+    for split, n in zip(("train", "val", "test"), sizes, strict=True):
         arrays[f"{split}_images"] = rng.integers(0, 256, (n, *image_shape), dtype=np.uint8)
         if label_columns == 1:
             labels = (np.arange(n) % n_classes).reshape(n, 1)

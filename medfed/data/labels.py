@@ -15,12 +15,12 @@ A label that is already one of `classes` maps to itself; any other unmapped labe
 from __future__ import annotations
 
 import csv
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from medfed.config import read_toml
 from medfed.errors import DataError
 
 KEY_COLUMNS = ("file", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
@@ -78,12 +78,7 @@ class LabelMap:
 
 def load_label_map(path: str | Path) -> LabelMap:
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"label map not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid TOML: {exc}") from None
+    raw = read_toml(path, what="label map", error=DataError)
     unknown = set(raw) - {"classes", "map", "sites"}
     if unknown:
         raise DataError(f"{path}: unknown key '{sorted(unknown)[0]}'; valid: classes, map, sites")

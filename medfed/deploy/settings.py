@@ -14,12 +14,11 @@ The round's min_sites (to close a round) is [federation] min_sites, as in simula
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medfed.config import RunConfig, config_from_dict
+from medfed.config import RunConfig, config_from_dict, read_toml
 from medfed.errors import ConfigError
 from medfed.registry import unknown_choice
 from medfed.transport.grpc_channel import split_address
@@ -48,12 +47,7 @@ class DeploymentConfig:
 
 
 def load_federation(path: Path) -> tuple[RunConfig, DeploymentConfig]:
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    raw = read_toml(path)
     deployment = raw.pop("deployment", {})
     if not isinstance(deployment, dict):
         raise ConfigError("[deployment] must be a table of keys")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from medfed.errors import ConfigError
+from medfed.output import finite
 from medfed.server.round_loop import RoundResult
 from medfed.transport.codec import decode_state, encode_state
 from medfed.types import StateDict
@@ -83,7 +84,7 @@ class StateStore:
         name = f"checkpoints/round-{result.round + 1:05d}.safetensors"
         atomic_write(self.folder / name, blob)
         rows = [("INSERT INTO rounds VALUES (?, ?, ?, ?, ?)",
-                 (result.round, _now(), json.dumps(_finite(asdict(result))), name, digest))]
+                 (result.round, _now(), json.dumps(finite(asdict(result))), name, digest))]
         rows += [("INSERT INTO metrics VALUES (?, ?, ?, ?)", (result.round, site, key, value))
                  for site, scores in result.val.items() for key, value in scores.items()
                  if isinstance(value, (int, float)) and math.isfinite(value)]
@@ -139,16 +140,6 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _now() -> str:

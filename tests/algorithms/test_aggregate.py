@@ -97,7 +97,7 @@ def test_an_integer_counter_is_not_averaged():
 def test_streaming_weighted_mean_equals_weighted_mean(sw):
     states, weights = sw
     mean = WeightedMean()
-    for state, weight in zip(states, weights):
+    for state, weight in zip(states, weights, strict=True):
         mean.add(state, weight)
     assert mean.count == len(states)
     streamed, batch = mean.result(), weighted_mean(states, weights)

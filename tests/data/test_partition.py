@@ -45,14 +45,14 @@ def assert_exact_cover(parts: list[np.ndarray], n: int) -> None:
 def test_same_seed_gives_the_same_split(scheme):
     a, b = split(scheme, 7), split(scheme, 7)
     assert len(a) == len(b) == 4
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.parametrize("scheme", ["iid", "quantity", "dirichlet"])
 def test_different_seed_gives_a_different_split(scheme):
     a, b = split(scheme, 7), split(scheme, 8)
-    assert any(not np.array_equal(x, y) for x, y in zip(a, b))
+    assert any(not np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_each_site_index_is_sorted():

@@ -87,7 +87,7 @@ class Processes:
         try:
             return self.running[name].wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"{name} still running after {timeout} s\n{self.log_text()}")
+            raise AssertionError(f"{name} still running after {timeout} s\n{self.log_text()}") from None
 
     def log_text(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
