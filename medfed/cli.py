@@ -80,18 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="medfed", description="Federated learning for medical imaging.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     run = commands.add_parser("run", help="one experiment in simulation, with baselines")
-    run.add_argument("--config", type=Path, help="a TOML config file (see README)")
-    run.add_argument("--out", type=Path, help="output folder (default runs/<time>)")
-    for flag, (_, kind, text) in RUN_FLAGS.items():
-        run.add_argument(flag, type=kind, help=text)
+    _add_run_flags(run)
     run.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None,
                      help="also train local-only and pooled baselines (on by default)")
-    run.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                     help="training-only augmentation (on by default)")
-    for flag in PRIVACY_SWITCHES:
-        run.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                         help=f"privacy: {flag[2:]} (off by default)")
-    _add_data_flags(run)
+    compare = commands.add_parser("compare", help="algorithms against local-only and pooled "
+                                                  "baselines over seeds, with statistics")
+    compare.add_argument("--algorithms", required=True,
+                         help="comma-separated, e.g. fedavg,fedprox,fedbn")
+    compare.add_argument("--seeds", type=int, default=3, help="seeds: --seed, --seed + 1, ... (3)")
+    compare.add_argument("--bootstrap", type=int, default=1000,
+                         help="bootstrap resamples of the test set for intervals (1000)")
+    compare.add_argument("--target-sensitivity", type=float,
+                         help="operating point: the highest threshold reaching this validation "
+                              "sensitivity (default: Youden's J)")
+    _add_run_flags(compare)
     data = commands.add_parser("data", help="look at the data a site holds")
     checks = data.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
     check = checks.add_parser("check", help="per-site data report: counts, labels, intensities, "
@@ -103,6 +105,38 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "names) to this JSON file")
     deploy_commands.add_parsers(commands)  # certs, server, client, audit (deployment)
     return parser
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a simulation (`run` and `compare`): every config key, see RUN_FLAGS."""
+    parser.add_argument("--config", type=Path, help="a TOML config file (see README)")
+    parser.add_argument("--out", type=Path, help="output folder (default runs/<time>)")
+    for flag, (_, kind, text) in RUN_FLAGS.items():
+        parser.add_argument(flag, type=kind, help=text)
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="training-only augmentation (on by default)")
+    for flag in PRIVACY_SWITCHES:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                            help=f"privacy: {flag[2:]} (off by default)")
+    _add_data_flags(parser)
+
+
+def compare_options(args: argparse.Namespace, config: RunConfig):
+    """`medfed compare`'s own flags, checked against the config before anything trains."""
+    from medfed.compare import CompareOptions  # after the flags: torch loads only for valid input
+
+    algorithms = tuple(a.strip() for a in args.algorithms.split(",") if a.strip())
+    if not algorithms:
+        raise MedfedError("--algorithms needs at least one algorithm, e.g. fedavg,fedprox")
+    for algorithm in algorithms:  # each must be valid with the rest of the config (swt rounds ...)
+        with_overrides(config, {"algorithm": algorithm})
+    if args.seeds < 1 or args.bootstrap < 100:
+        raise MedfedError(f"--seeds must be >= 1 and --bootstrap >= 100, got {args.seeds} and "
+                          f"{args.bootstrap}")
+    target = args.target_sensitivity
+    if target is not None and not 0 < target <= 1:
+        raise MedfedError(f"--target-sensitivity must be in (0, 1], got {target}")
+    return CompareOptions(algorithms, args.seeds, args.bootstrap, target)
 
 
 def _add_data_flags(parser: argparse.ArgumentParser, allow_phi: bool = True) -> None:
@@ -121,7 +155,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         if value is not None:
             overrides[key] = _parse_list(flag, value, int if key == "sizes" else float) \
                 if key in ("sizes", "proportions") else value
-    for key in BOOL_FLAGS:
+    for key in BOOL_FLAGS:  # `compare` has no --baselines: it always trains them
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     for key in PRIVACY_SWITCHES.values():
@@ -164,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
             from medfed.run import execute_run
 
             execute_run(config, args.out or _fresh_run_dir())
+        elif args.command == "compare":
+            config = run_config(args)
+            options = compare_options(args, config)
+            from medfed.compare import execute_compare
+
+            execute_compare(config, options, args.out or _fresh_run_dir())
         elif args.command == "data":
             from medfed.data.check import check_command
 

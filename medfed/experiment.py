@@ -119,14 +119,37 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
 
 def score_test(setup: Setup, strategy: Strategy, sites: list[SiteId]) -> Metrics:
     """The held-out test set, predicted as the strategy predicts (see types.Prediction)."""
+    probs, loss = predict_test(setup, strategy, sites)
     test = setup.federation.source.test
-    if strategy.prediction is Prediction.SITE and _test_sites(setup, sites) is not None:
-        probs, loss = _predict_by_site(setup, strategy, sites)
-    else:
-        states = ([strategy.global_state] if strategy.prediction is Prediction.GLOBAL
-                  else [strategy.site_state(s) for s in members(strategy, sites)])
-        probs, loss = setup.predictor.predict_mean(states, test)
     return {**compute_metrics(setup.federation.source.task, test.y, probs), "loss": loss}
+
+
+def predict_test(setup: Setup, strategy: Strategy, sites: list[SiteId]) -> tuple[np.ndarray, float]:
+    """(probabilities on the held-out test set, mean loss), as the strategy predicts."""
+    if strategy.prediction is Prediction.SITE and _test_sites(setup, sites) is not None:
+        return _predict_by_site(setup, strategy, sites)
+    return setup.predictor.predict_mean(_prediction_states(strategy, sites),
+                                        setup.federation.source.test)
+
+
+def predict_validation(setup: Setup, strategy: Strategy, sites: dict[SiteId, SiteData]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, labels) of every site's validation split, each scored with the model the
+    site would use; in deployment only these scores and labels would leave a site, never images."""
+    probs, labels = [], []
+    for site, data in sites.items():
+        states = ([strategy.site_state(site)] if strategy.prediction is Prediction.SITE
+                  else _prediction_states(strategy, list(sites)))
+        p, _ = setup.predictor.predict_mean(states, data.val)
+        probs.append(p)
+        labels.append(data.val.y)
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def _prediction_states(strategy: Strategy, sites: list[SiteId]) -> list[StateDict]:
+    if strategy.prediction is Prediction.GLOBAL:
+        return [strategy.global_state]
+    return [strategy.site_state(s) for s in members(strategy, sites)]
 
 
 def members(strategy: Strategy, sites: list[SiteId]) -> list[SiteId]:

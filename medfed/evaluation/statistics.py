@@ -198,3 +198,30 @@ def rates_at(y: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float,
     sensitivity = float(called[positives].mean()) if positives.any() else float("nan")
     specificity = float((~called[negatives]).mean()) if negatives.any() else float("nan")
     return sensitivity, specificity
+
+
+BOOTSTRAP_METRICS = ("auc", "accuracy", "precision", "recall", "f1", "sensitivity", "specificity")
+
+
+def bootstrap_binary_metrics(y: np.ndarray, score: np.ndarray, rng: np.random.Generator,
+                             n_boot: int = 1000, threshold: float = 0.5, level: float = 0.95
+                             ) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of every binary metric at once (the same resamples for all):
+    the threshold metrics are computed from vectorized confusion counts, AUC by ranks."""
+    index = bootstrap_indices(y, n_boot, rng)  # (B, n)
+    truth, called = y[index] == 1, score[index] >= threshold
+    tp = (truth & called).sum(1)
+    fp = (~truth & called).sum(1)
+    fn = (truth & ~called).sum(1)
+    tn = (~truth & ~called).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = tp / (tp + fn)
+        values = {
+            "auc": np.array([auc(y[i], score[i]) for i in index]),
+            "accuracy": (tp + tn) / index.shape[1], "precision": precision, "recall": recall,
+            "f1": np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0),
+            "sensitivity": recall, "specificity": tn / (tn + fp),
+        }
+    q = [(1 - level) / 2, (1 + level) / 2]
+    return {k: [float(x) for x in np.quantile(v, q)] for k, v in values.items()}

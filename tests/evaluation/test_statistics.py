@@ -161,3 +161,22 @@ def test_operating_points_chosen_on_validation_data():
     assert s.rates_at(y_val, score_val, 0.4) == (1.0, pytest.approx(2 / 3))
     with pytest.raises(ValueError, match="target sensitivity"):
         s.threshold_for_sensitivity(y_val, score_val, 0)
+
+
+def test_vectorized_bootstrap_metrics_match_scikit_learn_on_each_resample():
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 2, 60)
+    score = np.clip(y * 0.3 + rng.random(60) * 0.7, 0, 1)
+    intervals = s.bootstrap_binary_metrics(y, score, np.random.default_rng(7), n_boot=300)
+    index = s.bootstrap_indices(y, 300, np.random.default_rng(7))  # the same resamples
+    reference = {
+        "auc": [roc_auc_score(y[i], score[i]) for i in index],
+        "accuracy": [accuracy_score(y[i], score[i] >= 0.5) for i in index],
+        "precision": [precision_score(y[i], score[i] >= 0.5, zero_division=0) for i in index],
+        "sensitivity": [recall_score(y[i], score[i] >= 0.5) for i in index],
+        "specificity": [recall_score(1 - y[i], score[i] < 0.5) for i in index],
+        "f1": [f1_score(y[i], score[i] >= 0.5, zero_division=0) for i in index],
+    }
+    for name, values in reference.items():
+        np.testing.assert_allclose(intervals[name], np.quantile(values, [0.025, 0.975]), atol=1e-12)

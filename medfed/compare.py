@@ -1,0 +1,330 @@
+"""`medfed compare`: several algorithms beside the local-only and pooled baselines, on the same
+partition, for several seeds, with the statistics a clinical reader needs.
+
+For each seed, every configuration ("fedavg", ..., "pooled", "local:<site>") is scored on:
+- the held-out test set: the clinical metrics, with percentile-bootstrap 95 % intervals over the
+  test images (binary tasks);
+- each site's own test split when sites are natural ("site_mean" is their mean, the figure FLamby
+  publishes; the worst site and the best-worst gap say whether it is fair to every site);
+- calibration (expected calibration error and the reliability curve) and an operating point
+  chosen on the sites' validation scores (Youden's J, or a target sensitivity), with the test
+  sensitivity and specificity at that threshold.
+Paired tests put each federated model against the pooled model and the best single site (chosen
+by its own validation AUC, not by the test set): DeLong's test on the same test images per seed,
+and a paired t-test of test AUC across seeds. The cross-site matrix scores every local model at
+every site.
+
+Across seeds each metric has `mean`, `sd` and `ci95`: the t-interval of the mean over seeds, or,
+with one seed, the bootstrap interval over test images (for "site_mean": the t-interval over sites).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from scipy import stats
+
+from medfed.config import RunConfig
+from medfed.evaluation import statistics as st
+from medfed.evaluation.metrics import METRIC_KEYS, compute_metrics
+from medfed.experiment import (
+    POOLED,
+    Setup,
+    members,
+    pooled_site,
+    predict_test,
+    predict_validation,
+    prepare,
+    train,
+)
+from medfed.output import prepare_out_dir, write_config, write_json
+from medfed.progress import RichRoundProgress
+from medfed.types import Metrics, Prediction, SiteId, StateDict, Task
+
+LOCAL = "local:"
+SUMMARY_KEYS = (*METRIC_KEYS, "loss")
+
+
+@dataclass
+class Scored:
+    """One configuration of one seed, scored."""
+
+    name: str
+    test: Metrics
+    test_probs: np.ndarray  # kept in memory for the paired tests; never written
+    site_test: dict[SiteId, Metrics] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # calibration, operating point, CIs
+    val_auc: float = float("nan")
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    algorithms: tuple[str, ...]
+    seeds: int = 3
+    n_boot: int = 1000
+    target_sensitivity: float | None = None  # None: Youden's J
+
+
+@dataclass
+class SeedResult:
+    scored: dict[str, Scored]
+    cross_site: list[list[float]] | None
+    test_labels: np.ndarray  # the test set of this seed (synthetic data differs by seed)
+
+
+def run_seed(config: RunConfig, options: CompareOptions, observe: Callable[[str, int], Any]
+             ) -> SeedResult:
+    """Every configuration of one seed, and the cross-site AUC matrix."""
+    setup = prepare(config)
+    sites = setup.federation.sites
+    scored: dict[str, Scored] = {}
+    for algorithm in options.algorithms:
+        outcome = train(setup, algorithm, sites, algorithm, observe(algorithm, config.seed))
+        predict = _strategy_predict(setup, outcome.strategy, list(sites))
+        test_probs, _ = predict_test(setup, outcome.strategy, list(sites))
+        val = predict_validation(setup, outcome.strategy, sites)
+        scored[algorithm] = _score(setup, algorithm, test_probs, predict, val, options)
+    local = train(setup, "ensemble", sites, "local", observe("local-only", config.seed), baseline=True)
+    for site, data in sites.items():
+        state = local.strategy.site_state(site)
+        predict = _state_predict(setup, state)
+        val = (setup.predictor.predict(state, data.val)[0], data.val.y)  # its own validation split
+        scored[LOCAL + site] = _score(setup, LOCAL + site, predict(None, None), predict, val, options)
+    pooled = train(setup, "fedavg", pooled_site(setup.federation), POOLED,
+                   observe("pooled", config.seed), baseline=True)
+    predict = _state_predict(setup, pooled.strategy.global_state)
+    val = predict_validation(setup, pooled.strategy, sites)
+    scored[POOLED] = _score(setup, POOLED, predict(None, None), predict, val, options)
+    return SeedResult(scored, _cross_site(setup, local.strategy), setup.federation.source.test.y)
+
+
+Predict = Callable[[SiteId | None, Any], np.ndarray]  # (site, samples or None for the test set)
+
+
+def _state_predict(setup: Setup, state: StateDict) -> Predict:
+    test = setup.federation.source.test
+    return lambda site, samples: setup.predictor.predict(state, test if samples is None else samples)[0]
+
+
+def _strategy_predict(setup: Setup, strategy: Any, sites: list[SiteId]) -> Predict:
+    """A site's patients scored as the strategy would score them: the global model, the site's
+    own model (FedBN), or the mean of the site models (the ensemble)."""
+    def predict(site: SiteId | None, samples: Any) -> np.ndarray:
+        if strategy.prediction is Prediction.SITE and site is not None:
+            states = [strategy.site_state(site)]
+        elif strategy.prediction is Prediction.GLOBAL:
+            states = [strategy.global_state]
+        else:
+            states = [strategy.site_state(s) for s in members(strategy, sites)]
+        return setup.predictor.predict_mean(states, samples)[0]
+    return predict
+
+
+def _score(setup: Setup, name: str, test_probs: np.ndarray, predict: Predict,
+           val: tuple[np.ndarray, np.ndarray], options: CompareOptions) -> Scored:
+    source = setup.federation.source
+    task = source.task
+    scored = Scored(name, compute_metrics(task, source.test.y, test_probs), test_probs)
+    for site, data in setup.federation.sites.items():
+        if data.test is not None and len(data.test):
+            scored.site_test[site] = compute_metrics(task, data.test.y, predict(site, data.test))
+    if task is Task.BINARY:
+        _binary_extras(scored, source.test.y, val, options, setup.config.seed)
+    return scored
+
+
+def _binary_extras(scored: Scored, y: np.ndarray, val: tuple[np.ndarray, np.ndarray],
+                   options: CompareOptions, seed: int) -> None:
+    score = scored.test_probs[:, -1]
+    rng = np.random.default_rng([seed, 7])
+    if len(np.unique(y)) == 2:
+        scored.extra["ci95"] = st.bootstrap_binary_metrics(y, score, rng, options.n_boot)
+    curve = st.reliability(y, score)
+    scored.extra["ece"] = curve.ece
+    scored.extra["reliability"] = {"mean_predicted": curve.mean_predicted.tolist(),
+                                   "observed_rate": curve.observed_rate.tolist(),
+                                   "counts": curve.counts.tolist()}
+    val_score, val_y = val[0][:, -1], val[1]
+    if len(np.unique(val_y)) == 2:
+        scored.val_auc = st.auc(val_y, val_score)
+        threshold = (st.youden_threshold(val_y, val_score) if options.target_sensitivity is None
+                     else st.threshold_for_sensitivity(val_y, val_score, options.target_sensitivity))
+        sensitivity, specificity = st.rates_at(y, score, threshold)
+        scored.extra["operating_point"] = {"threshold": threshold, "sensitivity": sensitivity,
+                                           "specificity": specificity}
+
+
+def _cross_site(setup: Setup, local: Any) -> list[list[float]] | None:
+    """AUC of each site's local model (rows) at each site (columns), on the column site's own test
+    split when sites are natural, else on its validation split."""
+    if setup.federation.source.task is not Task.BINARY:
+        return None
+    sites = setup.federation.sites
+    matrix = []
+    for site in sites:
+        state = local.site_state(site)
+        row = []
+        for data in sites.values():
+            samples = data.test if data.test is not None and len(data.test) else data.val
+            probs, _ = setup.predictor.predict(state, samples)
+            row.append(st.auc(samples.y, probs[:, -1]))
+        matrix.append(row)
+    return matrix
+
+
+def summarize(per_seed: list[dict[str, Scored]], options: CompareOptions) -> dict[str, Any]:
+    """compare.json's "configurations": every configuration's metrics over seeds."""
+    out = {}
+    for name in per_seed[0]:
+        runs = [seed[name] for seed in per_seed]
+        entry = {"test": {k: _over_seeds([r.test.get(k, math.nan) for r in runs],
+                                         runs[0].extra.get("ci95", {}).get(k), bounded=k != "loss")
+                          for k in SUMMARY_KEYS}}
+        if runs[0].site_test:
+            entry |= _site_summary(runs)
+        entry |= _binary_summary(runs)
+        entry["per_seed"] = [_seed_record(r) for r in runs]
+        out[name] = entry
+    return out
+
+
+def _site_summary(runs: list[Scored]) -> dict[str, Any]:
+    means = {k: [float(np.nanmean([m.get(k, math.nan) for m in r.site_test.values()])) for r in runs]
+             for k in METRIC_KEYS}  # sites score metrics, not the loss
+    one_seed = len(runs) == 1
+    site_mean = {k: _over_seeds(v, _t_interval([m.get(k, math.nan) for m in runs[0].site_test.values()],
+                                               k != "loss") if one_seed else None, bounded=k != "loss")
+                 for k, v in means.items()}
+    aucs = [[m.get("auc", math.nan) for m in r.site_test.values()] for r in runs]
+    return {"site_mean": site_mean,
+            "worst_site_auc": _over_seeds([float(np.nanmin(a)) for a in aucs]),
+            "site_gap_auc": _over_seeds([float(np.nanmax(a) - np.nanmin(a)) for a in aucs])}
+
+
+def _binary_summary(runs: list[Scored]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "ece" in runs[0].extra:
+        out["ece"] = _over_seeds([r.extra["ece"] for r in runs])
+    if all("operating_point" in r.extra for r in runs):
+        out["operating_point"] = {k: _over_seeds([r.extra["operating_point"][k] for r in runs])
+                                  for k in ("threshold", "sensitivity", "specificity")}
+    return out
+
+
+def _seed_record(run: Scored) -> dict[str, Any]:
+    record: dict[str, Any] = {"test": run.test, "validation_auc": run.val_auc}
+    if run.site_test:
+        record["sites"] = run.site_test
+    return record | {k: v for k, v in run.extra.items()}
+
+
+def _over_seeds(values: list[float], single: list[float] | None = None, bounded: bool = True
+                ) -> dict[str, Any]:
+    """mean, sd and ci95 of one metric over seeds; bounded metrics (in [0, 1]) keep their CI there."""
+    arr = np.asarray(values, dtype=np.float64)
+    sd = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    interval = _t_interval(values, bounded) if len(arr) > 1 else single
+    return {"mean": float(arr.mean()), "sd": sd, "ci95": interval}
+
+
+def _t_interval(values: list[float], bounded: bool = True) -> list[float] | None:
+    arr = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
+    if len(arr) < 2:
+        return None
+    half = float(stats.t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr)))
+    low, high = float(arr.mean() - half), float(arr.mean() + half)
+    return [max(low, 0.0), min(high, 1.0)] if bounded else [low, high]
+
+
+def paired_tests(results: list[SeedResult], algorithms: tuple[str, ...]) -> dict[str, Any]:
+    """Each federated model against the pooled model and the best single site (by validation)."""
+    out = {}
+    for algorithm in algorithms:
+        for label, pick in (("pooled", lambda seed: POOLED), ("best_local", _best_local)):
+            delong, a_auc, b_auc = [], [], []
+            for result in results:
+                seed = result.scored
+                a, b = seed[algorithm], seed[pick(seed)]
+                test = st.delong_test(result.test_labels, a.test_probs[:, -1], b.test_probs[:, -1])
+                delong.append({"against": b.name, **vars(test)})
+                a_auc.append(a.test["auc"])
+                b_auc.append(b.test["auc"])
+            entry: dict[str, Any] = {"delong": delong}
+            if len(results) > 1:
+                entry["t_test"] = vars(st.paired_t_test(np.array(a_auc), np.array(b_auc)))
+            out[f"{algorithm} vs {label}"] = entry
+    return out
+
+
+def _best_local(seed: dict[str, Scored]) -> str:
+    locals_ = [s for s in seed.values() if s.name.startswith(LOCAL)]
+    best = max(locals_, key=lambda s: -math.inf if math.isnan(s.val_auc) else s.val_auc)
+    return best.name
+
+
+def seed_configs(config: RunConfig, seeds: int) -> list[RunConfig]:
+    """config.seed, config.seed + 1, ...: each its own partition, initial model and training."""
+    return [replace(config, seed=config.seed + i) for i in range(seeds)]
+
+
+def execute_compare(config: RunConfig, options: CompareOptions, out_dir: str | Path,
+                    console: Console | None = None) -> dict[str, Any]:
+    """Run every seed, write compare.json and config.toml, print the table; returns compare.json."""
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    configs = seed_configs(config, options.seeds)
+    prepare(configs[0])  # a bad data path or config fails before any folder is made
+    out = prepare_out_dir(out_dir)
+    write_config(out, config)
+    with RichRoundProgress(console) as progress:
+        observe = lambda name, seed: progress.start_run(f"{name} (seed {seed})",  # noqa: E731
+                                                         config.federation.rounds)
+        results = [run_seed(c, options, observe) for c in configs]
+    result = _result(config, options, results, time.perf_counter() - started)
+    write_json(out / "compare.json", result)
+    Console().print(_table(result, f"test set, mean ± sd over {options.seeds} seed(s) - {out}"))
+    return result
+
+
+def _result(config: RunConfig, options: CompareOptions, results: list[SeedResult],
+            seconds: float) -> dict[str, Any]:
+    per_seed = [r.scored for r in results]
+    result: dict[str, Any] = {
+        "algorithms": list(options.algorithms),
+        "seeds": [config.seed + i for i in range(options.seeds)],
+        "configurations": summarize(per_seed, options), "wall_seconds": seconds,
+        "operating_point_rule": ("youden" if options.target_sensitivity is None
+                                 else f"sensitivity >= {options.target_sensitivity}"),
+    }
+    if results[0].cross_site is not None:  # binary tasks
+        result["paired"] = paired_tests(results, options.algorithms)
+        result["cross_site"] = {"sites": [n[len(LOCAL):] for n in per_seed[0] if n.startswith(LOCAL)],
+                                "auc": [r.cross_site for r in results]}
+    return result
+
+
+def _table(result: dict[str, Any], title: str) -> Table:
+    keys = ("auc", "accuracy", "sensitivity", "specificity", "f1")
+    table = Table(title=title)
+    table.add_column("model")
+    for key in keys:
+        table.add_column(key, justify="right")
+    table.add_column("site mean auc", justify="right")
+    for name, entry in result["configurations"].items():
+        cells = [_mean_sd(entry["test"][k]) for k in keys]
+        cells.append(_mean_sd(entry["site_mean"]["auc"]) if "site_mean" in entry else "-")
+        table.add_row(name, *cells)
+    return table
+
+
+def _mean_sd(summary: dict[str, Any]) -> str:
+    mean, sd = summary["mean"], summary["sd"]
+    return "-" if math.isnan(mean) else f"{mean:.3f} ± {sd:.3f}"
