@@ -30,11 +30,14 @@ from medfed.config import RunConfig, to_toml
 from medfed.deploy.audit import AuditLog
 from medfed.deploy.certs import SERVER_NAME, load_identity
 from medfed.deploy.handshakes import HandshakeWatch
+from medfed.deploy.secure_exchange import GrpcCoordinator
 from medfed.deploy.settings import DeploymentConfig, load_federation
 from medfed.deploy.state import StateStore, atomic_write
 from medfed.errors import ConfigError, NotEnoughSites
 from medfed.experiment import Setup, prepare, score_test, train_options
 from medfed.output import write_json
+from medfed.privacy.mechanisms import Mechanisms
+from medfed.privacy.secagg import SecureAggregationError
 from medfed.server.round_loop import RoundPlan, RoundResult, run_rounds
 from medfed.server.sampling import sample_sites
 from medfed.transport.codec import encode_state
@@ -127,7 +130,7 @@ def _run_federation(fed: Federation) -> dict[str, Any]:
         try:
             run_rounds(strategy, fed.transport, fed.sites, _plan(fed.config, done),
                        train_options(fed.config), _sampling(fed, done), DeployObserver(fed, strategy))
-        except NotEnoughSites as exc:
+        except (NotEnoughSites, SecureAggregationError) as exc:  # the round is not recorded
             attempts += 1
             fed.audit.record("round_failed", round=fed.store.completed_rounds() + 1, reason=str(exc),
                              attempt=attempts)
@@ -157,7 +160,12 @@ def _strategy(fed: Federation) -> Strategy:
     s = fed.setup
     ctx = StrategyContext(initial, s.parameter_keys, s.norm_keys, fed.sites, fed.config.federation,
                           fed.config.training)
-    return build_strategy(fed.config.federation.algorithm, ctx)
+    strategy = build_strategy(fed.config.federation.algorithm, ctx)
+    if not fed.config.privacy.secure_aggregation:
+        return strategy
+    # The simulation's SecureAggregation; its key and unmask messages travel over the sessions.
+    privacy = Mechanisms.build(fed.config, fed.sites)
+    return privacy.wrap_strategy(strategy, GrpcCoordinator(fed.transport))
 
 
 def _plan(config: RunConfig, done: int) -> RoundPlan:
