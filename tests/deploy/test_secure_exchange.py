@@ -119,3 +119,13 @@ def test_fewer_survivors_than_the_threshold_fail_the_round_clearly(serve):
         for fake in fakes:
             fake.stop()
     assert not [e for e, _ in audit if e == "unmask_requested"]
+
+
+def test_a_site_refuses_a_threshold_below_its_configuration():
+    site = SecureSite(TrainingSite("site-0", 0, 10))
+    params = {"sites": SITES, "threshold": 1, "length": 5, "context": ""}
+    with pytest.raises(SecureAggregationError, match="threshold"):
+        secure_exchange.answer(site, CONFIG, secure_exchange.ADVERTISE, {"params": params})
+    params["threshold"] = 3  # stricter than configured is fine
+    reply = secure_exchange.answer(site, CONFIG, secure_exchange.ADVERTISE, {"params": params})
+    assert reply["advert"]["site"] == "site-0"

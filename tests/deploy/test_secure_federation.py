@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 from pathlib import Path
 
 import torch
@@ -13,7 +14,15 @@ from safetensors.torch import load_file
 
 from medfed.deploy.settings import load_federation
 from medfed.experiment import prepare, train
-from tests.deploy.processes import SITES, Processes, events, free_port, make_certs, wait_until, write_federation
+from tests.deploy.processes import (
+    SITES,
+    Processes,
+    events,
+    free_port,
+    make_certs,
+    wait_until,
+    write_federation,
+)
 
 SECURE = """
 [privacy]
@@ -83,3 +92,27 @@ def test_a_site_killed_after_the_key_exchange_is_unmasked_from_the_survivors_sha
     assert closed[0]["aggregation"] == {"dropped_after_masking": ["site-c"]}
     assert events(audit, "unmask_requested")[0]["dropped"] == ["site-c"]
     assert events(audit, "dropouts_unmasked")[0]["sites"] == ["site-c"]
+
+
+def test_fewer_survivors_than_the_threshold_fail_the_round_with_one_error_and_no_checkpoint(
+        tmp_path: Path, procs: Processes):
+    port = free_port()
+    certs = make_certs(tmp_path / "certs")
+    config = secure_federation(tmp_path / "federation.toml", port, rounds=1, epochs=8, batch=4)
+    config.write_text(config.read_text().replace("threshold = 2", "threshold = 3")
+                      + "round_retries = 0\n", encoding="utf-8")
+    state = start(procs, tmp_path, config, certs, port)
+    audit = state / "audit.jsonl"
+    wait_until(lambda: bool(events(audit, "secagg_keys_shared")), 90, "the key exchange", procs)
+    procs.running["site-c"].send_signal(signal.SIGKILL)
+    assert procs.wait("server", 120) == 2, procs.log_text()
+    failed = events(audit, "round_failed")
+    assert len(failed) == 1 and failed[0]["round"] == 1
+    assert "fewer than the threshold t = 3" in failed[0]["reason"]
+    assert not events(audit, "round_closed") and not events(audit, "unmask_requested")
+    assert not (state / "model.safetensors").exists()
+    with sqlite3.connect(state / "medfed.sqlite") as db:  # no checkpoint of the failed round
+        assert db.execute("SELECT COUNT(*) FROM rounds").fetchone() == (0,)
+    errors = [line for line in (tmp_path / "logs" / "server.log").read_text().splitlines()
+              if "error" in line.lower()]
+    assert len(errors) == 1 and "threshold t = 3" in errors[0]
