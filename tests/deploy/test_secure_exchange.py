@@ -123,9 +123,10 @@ def test_fewer_survivors_than_the_threshold_fail_the_round_clearly(serve):
 
 def test_a_site_refuses_a_threshold_below_its_configuration():
     site = SecureSite(TrainingSite("site-0", 0, 10))
-    params = {"sites": SITES, "threshold": 1, "length": 5, "context": ""}
-    with pytest.raises(SecureAggregationError, match="threshold"):
-        secure_exchange.answer(site, CONFIG, secure_exchange.ADVERTISE, {"params": params})
+    params = {"sites": SITES, "threshold": 2, "length": 5, "context": ""}
+    strict = RunConfig(privacy=PrivacyConfig(secure_aggregation=True, threshold=3))
+    with pytest.raises(SecureAggregationError, match="refuses threshold 2, below 3"):
+        secure_exchange.answer(site, strict, secure_exchange.ADVERTISE, {"params": params})
     params["threshold"] = 3  # stricter than configured is fine
     reply = secure_exchange.answer(site, CONFIG, secure_exchange.ADVERTISE, {"params": params})
     assert reply["advert"]["site"] == "site-0"
