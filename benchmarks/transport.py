@@ -200,7 +200,7 @@ def secure(args: argparse.Namespace) -> dict:
     return {"sites": args.sites, "rounds": args.rounds,
             "plain_median_per_run": [round(s, 3) for s in plains],
             "secure_median_per_run": [round(s, 3) for s in secures],
-            "ratio_per_run": [round(b / a, 3) for a, b in zip(plains, secures)],
+            "ratio_per_run": [round(b / a, 3) for a, b in zip(plains, secures, strict=True)],
             "ratio": round(statistics.median(secures) / statistics.median(plains), 3)}
 
 
