@@ -6,7 +6,10 @@ checkpoints the global model and records the round in SQLite (deploy/state.py) a
 trail (deploy/audit.py). A round that does not reach min_sites is not recorded: it is run again from
 the last checkpoint. `--resume` continues a stopped or crashed server from its last completed round.
 When the configured rounds are done it writes summary.json (the keys of `medfed run`) into its
-state folder, says goodbye to the sites and exits 0.
+state folder, says goodbye to the sites and exits 0. With `[privacy] secure_aggregation`, the
+strategy is the simulation's SecureAggregation, whose key and unmask messages travel over the
+sites' sessions (deploy/secure_exchange.py); a round with fewer than t survivors fails like one
+without min_sites: it is not recorded.
 """
 
 from __future__ import annotations

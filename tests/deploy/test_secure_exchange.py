@@ -65,10 +65,12 @@ def serve():
         server.stop(0).wait(5)
 
 
-def answering(site: SecureSite):
+def answering(site: SecureSite, silent_at_unmask: bool = False):
     """A site's gRPC answers: JSON for the protocol's tasks, its masked update for training."""
 
     def answer(task: pb.Task, blob: bytes) -> list[pb.SiteMessage]:
+        if silent_at_unmask and task.kind == secure_exchange.UNMASK:  # gone after masking
+            return [pb.SiteMessage(result=pb.Result(task_id=task.task_id, error="gone"))]
         if task.kind in secure_exchange.KINDS:
             reply = secure_exchange.answer(site, CONFIG, task.kind, json.loads(blob))
             return result(task, b"", meta=reply)
@@ -81,11 +83,11 @@ def answering(site: SecureSite):
     return answer
 
 
-def federation(serve, failing=()):
+def federation(serve, failing=(), silent=()):
     registry, port, audit = serve(SITES)
     honest = {s: TrainingSite(s, k, 10 * (k + 1), s in failing) for k, s in enumerate(SITES)}
     fakes = [FakeSite(grpc.insecure_channel(f"127.0.0.1:{port}", options=CLIENT_OPTIONS), s,
-                      answering(SecureSite(honest[s]))) for s in SITES]
+                      answering(SecureSite(honest[s]), s in silent)) for s in SITES]
     assert registry.wait_for(len(SITES), timeout=10)
     transport = Recording(registry, round_seconds=20.0, eval_seconds=5.0)
     transport.received = []
@@ -130,6 +132,22 @@ def test_one_round_over_grpc_gives_the_plain_weighted_mean(serve):
     for key in ("w", "b"):
         torch.testing.assert_close(strategy.global_state[key].double(), expected[key],
                                    atol=1e-6, rtol=0)
+
+
+def test_a_site_gone_after_sending_its_masked_input_is_unmasked_by_the_others(serve):
+    honest, fakes, transport, strategy, audit = federation(serve, silent=("site-2",))
+    try:
+        run(strategy, transport)
+    finally:
+        for fake in fakes:
+            fake.stop()
+    expected = plain_mean([honest[s].sent[0] for s in SITES])  # its input counts: it arrived
+    for key in ("w", "b"):
+        torch.testing.assert_close(strategy.global_state[key].double(), expected[key],
+                                   atol=1e-6, rtol=0)
+    answered = [f for e, f in audit if e == "unmask_answered"]
+    assert answered[0]["sites"] == ["site-0", "site-1"]
+    assert [f["site"] for e, f in audit if e == "secagg_no_answer"] == ["site-2"]
 
 
 def test_fewer_survivors_than_the_threshold_fail_the_round_clearly(serve):
