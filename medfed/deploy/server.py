@@ -19,7 +19,7 @@ import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,10 @@ class Federation:
     store: StateStore
     audit: AuditLog
     transport: GrpcTransport
+    privacy: Mechanisms = field(init=False)  # one per run: client DP's accountant spans its rounds
+
+    def __post_init__(self) -> None:
+        self.privacy = Mechanisms.build(self.config, self.sites)
 
 
 def serve(args: ServerArgs) -> dict[str, Any]:
@@ -167,8 +171,7 @@ def _strategy(fed: Federation) -> Strategy:
     if not fed.config.privacy.secure_aggregation:
         return strategy
     # The simulation's SecureAggregation; its key and unmask messages travel over the sessions.
-    privacy = Mechanisms.build(fed.config, fed.sites)
-    return privacy.wrap_strategy(strategy, GrpcCoordinator(fed.transport))
+    return fed.privacy.wrap_strategy(strategy, GrpcCoordinator(fed.transport))
 
 
 def _plan(config: RunConfig, done: int) -> RoundPlan:
@@ -233,6 +236,8 @@ def _finish(fed: Federation, strategy: Strategy, seconds: float) -> dict[str, An
         "bytes_down": sum(h["bytes_down"] for h in history),
         "failed_updates": {h["round"]: h["failed"] for h in history if h["failed"]},
     }
+    if config.privacy.secure_aggregation:
+        summary["privacy"] = fed.privacy.report()
     out = fed.store.folder
     summary["files"] = ["summary.json", "rounds.jsonl", "model.safetensors", "audit.jsonl",
                         "medfed.sqlite"]

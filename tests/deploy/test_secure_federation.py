@@ -73,7 +73,7 @@ def test_three_sites_two_secure_rounds_same_model_as_the_simulation(tmp_path: Pa
     for key, value in simulated.items():  # fixed point at 2^24 over 3 sites: ~1e-7 per weight
         torch.testing.assert_close(deployed[key], value, rtol=1e-4, atol=1e-5)
     summary = json.loads((state / "summary.json").read_text())
-    assert summary["rounds"] == 2
+    assert summary["rounds"] == 2 and summary["privacy"]["secure_aggregation"]["threshold"] == 2
 
 
 def test_a_site_killed_after_the_key_exchange_is_unmasked_from_the_survivors_shares(
