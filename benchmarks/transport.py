@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/transport.py overhead [--sites 3] [--rounds 4] [--runs 1]
     .venv/bin/python benchmarks/transport.py throughput [--repeats 5]
+    .venv/bin/python benchmarks/transport.py secure [--sites 3] [--rounds 4] [--runs 1]
 
 overhead: the same FedAvg workload (the built-in synthetic data, the default CNN, 1 local epoch,
 validation on every site every round, no baselines) run twice: in simulation (medfed.experiment.train,
@@ -12,6 +13,10 @@ with --runs N, N alternating pairs and the ratio of the medians of their medians
 process runs one torch thread. The deployed sites train in parallel on their own processes, so with
 several sites on a machine with several cores the deployment may be faster than the simulation;
 --sites 1 isolates the transport's cost.
+
+secure: the same workload deployed twice, plain and with secure aggregation (`[privacy]
+secure_aggregation = true`, the default threshold), alternating --runs times: the median round
+time of each, and the ratio secure / plain of the medians of their medians.
 
 throughput: a ResNet-18 state (medfed's 2D resnet18, about 45 MB of float32) sent by the server to
 one site process over mutual TLS on loopback and sent back (the site echoes the bytes as its
@@ -183,18 +188,35 @@ def throughput(args: argparse.Namespace) -> dict:
             "mb_per_s_best": round(2 * megabytes / best, 1)}
 
 
+def secure(args: argparse.Namespace) -> dict:
+    """--runs pairs of deployed runs, plain and secure aggregation alternating."""
+    raw = workload(args.sites, args.rounds)
+    masked = {**raw, "privacy": {"secure_aggregation": True}}
+    plains, secures = [], []
+    for _ in range(args.runs):
+        for config, out in ((raw, plains), (masked, secures)):
+            with tempfile.TemporaryDirectory() as tmp:
+                out.append(statistics.median(deployed_rounds(config, Path(tmp), args.port)))
+    return {"sites": args.sites, "rounds": args.rounds,
+            "plain_median_per_run": [round(s, 3) for s in plains],
+            "secure_median_per_run": [round(s, 3) for s in secures],
+            "ratio_per_run": [round(b / a, 3) for a, b in zip(plains, secures, strict=True)],
+            "ratio": round(statistics.median(secures) / statistics.median(plains), 3)}
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "_echo":
         return echo_site(int(sys.argv[2]), Path(sys.argv[3]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["overhead", "throughput"])
+    parser.add_argument("what", choices=["overhead", "throughput", "secure"])
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5, help="throughput: round trips")
     parser.add_argument("--runs", type=int, default=1, help="overhead: alternating pairs of runs")
     parser.add_argument("--port", type=int, default=50961)
     args = parser.parse_args()
-    print(json.dumps(overhead(args) if args.what == "overhead" else throughput(args), indent=1))
+    run = {"overhead": overhead, "throughput": throughput, "secure": secure}[args.what]
+    print(json.dumps(run(args), indent=1))
 
 
 if __name__ == "__main__":

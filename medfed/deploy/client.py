@@ -24,12 +24,14 @@ from typing import Any
 
 import grpc
 
-from medfed.client.trainer import SiteTrainer, TrainOptions
+from medfed.client.trainer import LocalSite, TrainOptions
 from medfed.config import config_from_dict
 from medfed.data.dataset import label_counts
+from medfed.deploy import secure_exchange
 from medfed.deploy.certs import load_identity
 from medfed.errors import ConfigError
 from medfed.experiment import prepare, site_trainer
+from medfed.privacy.secure_round import SecureSite
 from medfed.transport import chunks
 from medfed.transport.codec import decode_state, encode_state
 from medfed.transport.grpc_channel import CLIENT_OPTIONS, allow_insecure, channel_credentials
@@ -69,13 +71,21 @@ class SiteWorker:
             raise ConfigError(f"site '{site}' is not in this federation's data; valid: {', '.join(names)}")
         k = 0 if data_file is not None else names.index(site)
         data = replace(setup.federation.sites[names[k]], site=site)
-        self.trainer: SiteTrainer = site_trainer(setup, k, data)
+        self.config = config
+        self.trainer: LocalSite = site_trainer(setup, k, data)
+        p = config.privacy
+        if p.secure_aggregation:  # the same SecureSite as the simulation: it masks what it sends
+            self.trainer = SecureSite(self.trainer, clip=p.clip if p.client_dp else None)
         source = setup.federation.source
         self.info = {"site": site, "n_train": len(data.train), "n_val": len(data.val),
                      "label_counts": label_counts(source.task, data.train.y, source.num_outputs)}
 
     def run(self, task: pb.Task, blob: bytes) -> tuple[dict[str, Any], bytes]:
         """(metadata, update bytes) for one task."""
+        if task.kind in secure_exchange.KINDS:
+            if not isinstance(self.trainer, SecureSite):
+                raise ValueError("this federation does not use secure aggregation")
+            return secure_exchange.answer(self.trainer, self.config, task.kind, json.loads(blob)), b""
         state = decode_state(blob)
         options = json.loads(task.options_json or "{}")
         if task.kind == "evaluate":

@@ -6,7 +6,10 @@ checkpoints the global model and records the round in SQLite (deploy/state.py) a
 trail (deploy/audit.py). A round that does not reach min_sites is not recorded: it is run again from
 the last checkpoint. `--resume` continues a stopped or crashed server from its last completed round.
 When the configured rounds are done it writes summary.json (the keys of `medfed run`) into its
-state folder, says goodbye to the sites and exits 0.
+state folder, says goodbye to the sites and exits 0. With `[privacy] secure_aggregation`, the
+strategy is the simulation's SecureAggregation, whose key and unmask messages travel over the
+sites' sessions (deploy/secure_exchange.py); a round with fewer than t survivors fails like one
+without min_sites: it is not recorded.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +33,14 @@ from medfed.config import RunConfig, to_toml
 from medfed.deploy.audit import AuditLog
 from medfed.deploy.certs import SERVER_NAME, load_identity
 from medfed.deploy.handshakes import HandshakeWatch
+from medfed.deploy.secure_exchange import GrpcCoordinator
 from medfed.deploy.settings import DeploymentConfig, load_federation
 from medfed.deploy.state import StateStore, atomic_write
 from medfed.errors import ConfigError, NotEnoughSites
 from medfed.experiment import Setup, prepare, score_test, train_options
 from medfed.output import write_json
+from medfed.privacy.mechanisms import Mechanisms
+from medfed.privacy.secagg import SecureAggregationError
 from medfed.server.round_loop import RoundPlan, RoundResult, run_rounds
 from medfed.server.sampling import sample_sites
 from medfed.transport.codec import encode_state
@@ -69,6 +75,10 @@ class Federation:
     store: StateStore
     audit: AuditLog
     transport: GrpcTransport
+    privacy: Mechanisms = field(init=False)  # one per run: client DP's accountant spans its rounds
+
+    def __post_init__(self) -> None:
+        self.privacy = Mechanisms.build(self.config, self.sites)
 
 
 def serve(args: ServerArgs) -> dict[str, Any]:
@@ -127,7 +137,7 @@ def _run_federation(fed: Federation) -> dict[str, Any]:
         try:
             run_rounds(strategy, fed.transport, fed.sites, _plan(fed.config, done),
                        train_options(fed.config), _sampling(fed, done), DeployObserver(fed, strategy))
-        except NotEnoughSites as exc:
+        except (NotEnoughSites, SecureAggregationError) as exc:  # the round is not recorded
             attempts += 1
             fed.audit.record("round_failed", round=fed.store.completed_rounds() + 1, reason=str(exc),
                              attempt=attempts)
@@ -157,7 +167,11 @@ def _strategy(fed: Federation) -> Strategy:
     s = fed.setup
     ctx = StrategyContext(initial, s.parameter_keys, s.norm_keys, fed.sites, fed.config.federation,
                           fed.config.training)
-    return build_strategy(fed.config.federation.algorithm, ctx)
+    strategy = build_strategy(fed.config.federation.algorithm, ctx)
+    if not fed.config.privacy.secure_aggregation:
+        return strategy
+    # The simulation's SecureAggregation; its key and unmask messages travel over the sessions.
+    return fed.privacy.wrap_strategy(strategy, GrpcCoordinator(fed.transport))
 
 
 def _plan(config: RunConfig, done: int) -> RoundPlan:
@@ -222,6 +236,8 @@ def _finish(fed: Federation, strategy: Strategy, seconds: float) -> dict[str, An
         "bytes_down": sum(h["bytes_down"] for h in history),
         "failed_updates": {h["round"]: h["failed"] for h in history if h["failed"]},
     }
+    if config.privacy.secure_aggregation:
+        summary["privacy"] = fed.privacy.report()
     out = fed.store.folder
     summary["files"] = ["summary.json", "rounds.jsonl", "model.safetensors", "audit.jsonl",
                         "medfed.sqlite"]

@@ -24,7 +24,12 @@ from medfed.config import RunConfig
 from medfed.privacy.client_dp import ClientDP
 from medfed.privacy.dp_sgd import DPSGDSettings, DPSite, steps_per_epoch
 from medfed.privacy.fixed_point import RING_BITS
-from medfed.privacy.secure_round import InProcessCoordinator, SecureAggregation, SecureSite
+from medfed.privacy.secure_round import (
+    Coordinator,
+    InProcessCoordinator,
+    SecureAggregation,
+    SecureSite,
+)
 from medfed.types import SiteId
 
 
@@ -73,12 +78,14 @@ class Mechanisms:
             return None
         return self.client_dp.aggregator()
 
-    def wrap_strategy(self, strategy: Strategy) -> Strategy:
+    def wrap_strategy(self, strategy: Strategy, coordinator: Coordinator | None = None) -> Strategy:
+        """coordinator: how the protocol's key and unmask messages travel (default: in process, to
+        the sites wrap_sites made; a deployment passes its gRPC one)."""
         p = self.config.privacy
         if not p.secure_aggregation:
             return strategy
-        return SecureAggregation(strategy, InProcessCoordinator(self.secure_sites), p.threshold,
-                                 p.fixed_point_scale, self.client_dp)
+        return SecureAggregation(strategy, coordinator or InProcessCoordinator(self.secure_sites),
+                                 p.threshold, p.fixed_point_scale, self.client_dp)
 
     def report(self) -> dict:
         """summary.json's `privacy`: epsilon per site, delta, each mechanism's parameters."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -118,9 +119,22 @@ class SecureSite:
         return self.session
 
 
+class Coordinator(Protocol):
+    """Carries rounds 0, 1 and 3 of the protocol (keys, shares, unmasking) between the server and
+    the sites: in process (InProcessCoordinator) or over gRPC (deploy/secure_exchange.py). Round 2,
+    the masked inputs, travels as the sites' updates through the round loop's transport."""
+
+    def setup(self, params: secagg.Params, codec: FixedPoint) -> dict[SiteId, secagg.KeyAdvert]:
+        """Rounds 0 and 1: the key book of the sites that advertised keys and shared them."""
+        ...
+
+    def unmask(self, request: secagg.UnmaskRequest) -> list[secagg.UnmaskResponse]:
+        """Round 3: the answers of the survivors that answered."""
+        ...
+
+
 class InProcessCoordinator:
-    """Carries rounds 0, 1 and 3 of the protocol between the server and the sites, in process.
-    A deployment carries the same messages over its transport."""
+    """The Coordinator of a simulation: calls each SecureSite directly."""
 
     def __init__(self, sites: dict[SiteId, SecureSite]) -> None:
         self.sites = sites
@@ -140,7 +154,7 @@ class InProcessCoordinator:
 class SecureAggregation:
     """Wraps an averaging strategy: receives masked updates, hands it only their unmasked mean."""
 
-    def __init__(self, inner, coordinator: InProcessCoordinator, threshold: int | None = None,
+    def __init__(self, inner, coordinator: Coordinator, threshold: int | None = None,
                  scale: float = 2.0 ** 24, client_dp: ClientDP | None = None) -> None:
         self.inner = inner
         self.name = inner.name

@@ -35,6 +35,8 @@ class GrpcTransport:
         self.bytes_up = 0
         self.bytes_down = 0
         self.round = 0
+        self.masked = False  # secure aggregation: updates are masked inputs, audited as such
+        self.key_holders: set[SiteId] | None = None  # ... from the sites of the stage's key book
         self._deadline = time.monotonic() + round_seconds
         self._pending: dict[SiteId, tuple[SiteChannel, int, Future]] = {}
         self._sent: tuple[StateDict, bytes] | None = None
@@ -58,7 +60,8 @@ class GrpcTransport:
         digest = hashlib.sha256(reply.blob).hexdigest()
         self.bytes_up += len(reply.blob)
         meta = reply.meta
-        self.registry.audit("update_received", site=site, round=self.round + 1, bytes=len(reply.blob),
+        event = "masked_input_received" if self.masked else "update_received"
+        self.registry.audit(event, site=site, round=self.round + 1, bytes=len(reply.blob),
                             sha256=digest, n_samples=meta.get("n_samples"))
         try:
             received = decode_state(reply.blob)
@@ -79,12 +82,38 @@ class GrpcTransport:
     def finish(self, reason: str) -> None:
         self.registry.goodbye_all(reason)
 
+    def exchange(self, kind: str, bodies: dict[SiteId, dict[str, Any]]
+                 ) -> dict[SiteId, dict[str, Any] | TransportError]:
+        """A small JSON message to each site at once (secure aggregation's keys and shares); each
+        site's JSON answer, or why it gave none before the round's deadline."""
+        pending: dict[SiteId, tuple[SiteChannel, int, Future] | TransportError] = {}
+        for site, body in bodies.items():
+            try:
+                pending[site] = self._send_blob(site, kind, {}, json.dumps(body).encode())
+            except TransportError as exc:
+                pending[site] = exc
+        answers: dict[SiteId, dict[str, Any] | TransportError] = {}
+        for site, sent in pending.items():
+            try:
+                if isinstance(sent, TransportError):
+                    raise sent
+                answers[site] = self._wait(site, sent, self._deadline, "the round's deadline").meta
+            except TransportError as exc:
+                answers[site] = exc
+        return answers
+
     def _send(self, site: SiteId, kind: str, options: dict[str, Any], state: StateDict
               ) -> tuple[SiteChannel, int, Future]:
+        return self._send_blob(site, kind, options, self._encode(state))
+
+    def _send_blob(self, site: SiteId, kind: str, options: dict[str, Any], blob: bytes
+                   ) -> tuple[SiteChannel, int, Future]:
+        if kind == "train" and self.key_holders is not None and site not in self.key_holders:
+            raise TransportError(f"site {site} holds no keys of this round's secure aggregation "
+                                 "(it did not advertise or share them)")
         channel = self.registry.get(site)
         if channel is None:
             raise TransportError(f"site {site} is not connected")
-        blob = self._encode(state)
         task = pb.Task(task_id=self.registry.next_task_id(), kind=kind, size=len(blob),
                        options_json=json.dumps(options), round=self.round + 1)
         future = channel.send(task, blob, limit=len(blob) + METADATA_ALLOWANCE)

@@ -1,0 +1,172 @@
+"""The gRPC coordinator and the sites' answers, over a real gRPC server in this process: sites that
+mask with the simulation's SecureSite answer the server's secure aggregation tasks, and the test
+inspects what the server received."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from medfed.algorithms.fedavg import FedAvg
+from medfed.client.trainer import TrainOptions
+from medfed.config import PrivacyConfig, RunConfig
+from medfed.deploy import secure_exchange
+from medfed.deploy.secure_exchange import GrpcCoordinator
+from medfed.errors import TransportError
+from medfed.privacy.secagg import SecureAggregationError
+from medfed.privacy.secure_round import WEIGHT_KEY, SecureAggregation, SecureSite
+from medfed.server.round_loop import RoundPlan, run_rounds
+from medfed.transport.codec import decode_state, encode_state
+from medfed.transport.grpc_channel import CLIENT_OPTIONS, SERVER_OPTIONS
+from medfed.transport.grpc_server import FederationServicer, SiteRegistry
+from medfed.transport.grpc_transport import GrpcTransport
+from medfed.transport.proto import medfed_pb2 as pb
+from tests.privacy.test_secure_round import FakeSite as TrainingSite
+from tests.privacy.test_secure_round import initial, plain_mean
+from tests.transport.test_grpc import FakeSite, Rounds, result
+
+SITES = ["site-0", "site-1", "site-2"]
+CONFIG = RunConfig(privacy=PrivacyConfig(secure_aggregation=True, threshold=2))
+
+
+class Recording(GrpcTransport):
+    """Keeps every update exactly as the server received it over gRPC."""
+
+    received: list
+
+    def train(self, site, state, options):
+        update = super().train(site, state, options)
+        self.received.append(update)
+        return update
+
+
+@pytest.fixture
+def serve():
+    """A real gRPC server on 127.0.0.1 (no TLS: the TLS tests are in test_federation.py)."""
+    servers = []
+
+    def start(sites):
+        audit = []
+        registry = SiteRegistry(sites, lambda event, **fields: audit.append((event, fields)))
+        server = grpc.server(ThreadPoolExecutor(len(sites) + 8), options=SERVER_OPTIONS)
+        server.add_generic_rpc_handlers((FederationServicer(registry, pb.Welcome(), True).handler(),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return registry, port, audit
+
+    yield start
+    for server in servers:
+        server.stop(0).wait(5)
+
+
+def answering(site: SecureSite, silent_at_unmask: bool = False):
+    """A site's gRPC answers: JSON for the protocol's tasks, its masked update for training."""
+
+    def answer(task: pb.Task, blob: bytes) -> list[pb.SiteMessage]:
+        if silent_at_unmask and task.kind == secure_exchange.UNMASK:  # gone after masking
+            return [pb.SiteMessage(result=pb.Result(task_id=task.task_id, error="gone"))]
+        if task.kind in secure_exchange.KINDS:
+            reply = secure_exchange.answer(site, CONFIG, task.kind, json.loads(blob))
+            return result(task, b"", meta=reply)
+        try:
+            update = site.train(decode_state(blob), TrainOptions())
+        except TransportError as exc:  # the site reports its failure, as medfed client does
+            return [pb.SiteMessage(result=pb.Result(task_id=task.task_id, error=str(exc)))]
+        return result(task, encode_state(update.state), meta={"n_samples": 1, "n_steps": 1})
+
+    return answer
+
+
+def federation(serve, failing=(), silent=()):
+    registry, port, audit = serve(SITES)
+    honest = {s: TrainingSite(s, k, 10 * (k + 1), s in failing) for k, s in enumerate(SITES)}
+    fakes = [FakeSite(grpc.insecure_channel(f"127.0.0.1:{port}", options=CLIENT_OPTIONS), s,
+                      answering(SecureSite(honest[s]), s in silent)) for s in SITES]
+    assert registry.wait_for(len(SITES), timeout=10)
+    transport = Recording(registry, round_seconds=20.0, eval_seconds=5.0)
+    transport.received = []
+    strategy = SecureAggregation(FedAvg(initial()), GrpcCoordinator(transport), threshold=2)
+    return honest, fakes, transport, strategy, audit
+
+
+def run(strategy, transport, rounds=1):
+    return run_rounds(strategy, transport, SITES, RoundPlan(rounds, eval_every=0), TrainOptions(),
+                      np.random.default_rng(0), Rounds(transport))
+
+
+def test_the_server_receives_masked_inputs_over_grpc_and_unmasks_their_weighted_mean(serve):
+    honest, fakes, transport, strategy, audit = federation(serve)
+    try:
+        run(strategy, transport, rounds=2)
+    finally:
+        for fake in fakes:
+            fake.stop()
+    assert len(transport.received) == 6
+    for i, got in enumerate(transport.received):
+        sent = honest[got.site].sent[i // 3]
+        assert got.n_samples == 1 and got.state[WEIGHT_KEY].dtype == torch.int64
+        for key in ("w", "b"):
+            assert got.state[key].dtype == torch.int64  # ring elements, not weights
+            change = (sent.state[key] - initial()[key]).double() * sent.n_samples
+            assert (got.state[key].double() / 2 ** 24 - change).abs().min() > 1.0
+            assert (got.state[key].double() - sent.state[key].double()).abs().min() > 1.0
+    events = [e for e, _ in audit]
+    assert events.count("masked_input_received") == 6 and "update_received" not in events
+    assert events.count("secagg_keys_shared") == 2 and events.count("unmask_requested") == 2
+
+
+def test_one_round_over_grpc_gives_the_plain_weighted_mean(serve):
+    honest, fakes, transport, strategy, _ = federation(serve)
+    try:
+        run(strategy, transport)
+    finally:
+        for fake in fakes:
+            fake.stop()
+    expected = plain_mean([honest[s].sent[0] for s in SITES])
+    for key in ("w", "b"):
+        torch.testing.assert_close(strategy.global_state[key].double(), expected[key],
+                                   atol=1e-6, rtol=0)
+
+
+def test_a_site_gone_after_sending_its_masked_input_is_unmasked_by_the_others(serve):
+    honest, fakes, transport, strategy, audit = federation(serve, silent=("site-2",))
+    try:
+        run(strategy, transport)
+    finally:
+        for fake in fakes:
+            fake.stop()
+    expected = plain_mean([honest[s].sent[0] for s in SITES])  # its input counts: it arrived
+    for key in ("w", "b"):
+        torch.testing.assert_close(strategy.global_state[key].double(), expected[key],
+                                   atol=1e-6, rtol=0)
+    answered = [f for e, f in audit if e == "unmask_answered"]
+    assert answered[0]["sites"] == ["site-0", "site-1"]
+    assert [f["site"] for e, f in audit if e == "secagg_no_answer"] == ["site-2"]
+
+
+def test_fewer_survivors_than_the_threshold_fail_the_round_clearly(serve):
+    _, fakes, transport, strategy, audit = federation(serve, failing=("site-1", "site-2"))
+    try:
+        with pytest.raises(SecureAggregationError, match="fewer than the threshold t = 2"):
+            run(strategy, transport)
+    finally:
+        for fake in fakes:
+            fake.stop()
+    assert not [e for e, _ in audit if e == "unmask_requested"]
+
+
+def test_a_site_refuses_a_threshold_below_its_configuration():
+    site = SecureSite(TrainingSite("site-0", 0, 10))
+    params = {"sites": SITES, "threshold": 2, "length": 5, "context": ""}
+    strict = RunConfig(privacy=PrivacyConfig(secure_aggregation=True, threshold=3))
+    with pytest.raises(SecureAggregationError, match="refuses threshold 2, below 3"):
+        secure_exchange.answer(site, strict, secure_exchange.ADVERTISE, {"params": params})
+    params["threshold"] = 3  # stricter than configured is fine
+    reply = secure_exchange.answer(site, CONFIG, secure_exchange.ADVERTISE, {"params": params})
+    assert reply["advert"]["site"] == "site-0"
