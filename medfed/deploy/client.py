@@ -31,6 +31,7 @@ from medfed.deploy import secure_exchange
 from medfed.deploy.certs import load_identity
 from medfed.errors import ConfigError
 from medfed.experiment import prepare, site_trainer
+from medfed.privacy.mechanisms import Mechanisms
 from medfed.privacy.secure_round import SecureSite
 from medfed.transport import chunks
 from medfed.transport.codec import decode_state, encode_state
@@ -72,10 +73,11 @@ class SiteWorker:
         k = 0 if data_file is not None else names.index(site)
         data = replace(setup.federation.sites[names[k]], site=site)
         self.config = config
-        self.trainer: LocalSite = site_trainer(setup, k, data)
-        p = config.privacy
-        if p.secure_aggregation:  # the same SecureSite as the simulation: it masks what it sends
-            self.trainer = SecureSite(self.trainer, clip=p.clip if p.client_dp else None)
+        # The simulation's privacy wrappers: DP-SGD (Opacus) around the trainer, then the
+        # SecureSite that masks what it sends; epsilon travels in each update's metrics.
+        privacy = Mechanisms.build(config, names)
+        self.trainer: LocalSite = privacy.wrap_sites({site: site_trainer(setup, k, data)},
+                                                     first_index=k)[site]
         source = setup.federation.source
         self.info = {"site": site, "n_train": len(data.train), "n_val": len(data.val),
                      "label_counts": label_counts(source.task, data.train.y, source.num_outputs)}

@@ -160,13 +160,23 @@ def _wait_for_sites(fed: Federation, need: int) -> None:
                              f"min_sites_to_start is {need}")
 
 
+def _last_epsilon(history: list[dict]) -> dict[str, float]:
+    """Each site's epsilon as its last update reported it (DP-SGD's accountant lives at the site)."""
+    spent: dict[str, float] = {}
+    for record in history:
+        spent |= record.get("epsilon") or {}
+    return spent
+
+
 def _strategy(fed: Federation) -> Strategy:
     """The strategy, from the initial model or from the last completed round's checkpoint."""
     checkpoint = fed.store.last_checkpoint()
     initial = checkpoint[1] if checkpoint else fed.setup.initial
     s = fed.setup
+    # Client-level DP (DP-FedAvg): without secure aggregation the server's aggregator clips and
+    # adds the noise; with it, SecureAggregation does (sites clip, the server noises the sum).
     ctx = StrategyContext(initial, s.parameter_keys, s.norm_keys, fed.sites, fed.config.federation,
-                          fed.config.training)
+                          fed.config.training, aggregator_override=fed.privacy.aggregator())
     strategy = build_strategy(fed.config.federation.algorithm, ctx)
     if not fed.config.privacy.secure_aggregation:
         return strategy
@@ -236,8 +246,10 @@ def _finish(fed: Federation, strategy: Strategy, seconds: float) -> dict[str, An
         "bytes_down": sum(h["bytes_down"] for h in history),
         "failed_updates": {h["round"]: h["failed"] for h in history if h["failed"]},
     }
-    if config.privacy.secure_aggregation:
+    if fed.privacy.active:
         summary["privacy"] = fed.privacy.report()
+        if config.privacy.dp_sgd:  # the sites' accountants are at the sites: their last reports
+            summary["privacy"]["epsilon"] = _last_epsilon(history)
     out = fed.store.folder
     summary["files"] = ["summary.json", "rounds.jsonl", "model.safetensors", "audit.jsonl",
                         "medfed.sqlite"]

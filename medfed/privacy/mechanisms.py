@@ -56,11 +56,15 @@ class Mechanisms:
             client_dp = ClientDP(p.clip, p.noise, k / len(sites), torch.Generator().manual_seed(seed))
         return cls(config, sites, client_dp)
 
-    def wrap_sites(self, trainers: dict[SiteId, LocalSite]) -> dict[SiteId, LocalSite]:
+    def wrap_sites(self, trainers: dict[SiteId, LocalSite], first_index: int = 0
+                   ) -> dict[SiteId, LocalSite]:
+        """DP-SGD and secure-aggregation masking around each site's trainer. first_index: the
+        site's position in the federation (a deployed client wraps only its own site, and its DP
+        noise must be seeded as that site's, not as the first one's)."""
         p, t = self.config.privacy, self.config.training
         settings = DPSGDSettings(p.noise_multiplier, p.max_grad_norm, p.target_epsilon, p.delta)
         out: dict[SiteId, LocalSite] = {}
-        for k, (site, trainer) in enumerate(trainers.items()):
+        for k, (site, trainer) in enumerate(trainers.items(), start=first_index):
             if p.dp_sgd and isinstance(trainer, SiteTrainer):
                 seed = int(np.random.SeedSequence([self.config.seed, 4, k]).generate_state(1)[0])
                 trainer = DPSite(trainer, settings, t.batch_size,

@@ -11,7 +11,7 @@ import pytest
 from medfed.config import config_from_dict, to_toml
 from medfed.deploy.client import SiteWorker
 from medfed.errors import ConfigError
-from medfed.experiment import prepare
+from medfed.experiment import prepare, train
 from medfed.transport.codec import decode_state, encode_state
 from medfed.transport.proto import medfed_pb2 as pb
 
@@ -46,3 +46,17 @@ def test_a_site_with_its_own_data_file_trains_on_all_of_it(medmnist_npz):
     assert worker.info["site"] == "hospital-x"
     assert worker.info["n_train"] + worker.info["n_val"] == len(arrays["train_labels"]) + len(
         arrays["val_labels"])
+
+
+def test_a_dp_sgd_site_trains_privately_as_in_the_simulation_and_reports_its_epsilon():
+    raw = {**TINY, "baselines": False, "federation": {"rounds": 1},
+           "privacy": {"dp_sgd": True, "noise_multiplier": 1.0, "max_grad_norm": 1.0}}
+    config = config_from_dict(raw)
+    setup = prepare(config)
+    simulated = train(setup, "fedavg", setup.federation.sites, "fedavg")
+    eps_sim = simulated.history[0].epsilon
+    for site in ("site-a", "site-c"):  # each with its own sampling rate, so its own epsilon
+        worker = SiteWorker(to_toml(config), site)
+        meta, _ = worker.run(pb.Task(kind="train", options_json=json.dumps({"epochs": 1})),
+                             encode_state(setup.initial))
+        assert meta["metrics"]["epsilon"] == pytest.approx(eps_sim[site])
