@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="operating point: the highest threshold reaching this validation "
                               "sensitivity (default: Youden's J)")
     _add_run_flags(compare)
+    report = commands.add_parser("report", help="rebuild DIR/report.html from a run or compare "
+                                                "folder's saved results")
+    report.add_argument("dir", type=Path, help="a `medfed run` or `medfed compare` --out folder")
     data = commands.add_parser("data", help="look at the data a site holds")
     checks = data.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
     check = checks.add_parser("check", help="per-site data report: counts, labels, intensities, "
@@ -204,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
             from medfed.compare import execute_compare
 
             execute_compare(config, options, args.out or _fresh_run_dir())
+        elif args.command == "report":
+            from medfed.report.build import build_report
+
+            print(build_report(args.dir))
         elif args.command == "data":
             from medfed.data.check import check_command
 
