@@ -306,11 +306,11 @@ def execute_compare(config: RunConfig, options: CompareOptions, out_dir: str | P
                                                          config.federation.rounds)
         results = [run_seed(c, options, observe, explain=k == 0) for k, c in enumerate(configs)]
     result = _result(config, options, results, time.perf_counter() - started)
-    result["files"] = _write_report_inputs(out, configs, results, result)
+    result["files"] = [*_write_report_inputs(out, configs, results, result), "report.html"]
     write_json(out / "compare.json", result)
     from medfed.report.build import build_report
 
-    build_report(out)
+    build_report(out)  # from the files just written, as `medfed report DIR` rebuilds it
     Console().print(_table(result, f"test set, mean ± sd over {options.seeds} seed(s) - {out}"))
     return result
 

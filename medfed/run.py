@@ -60,12 +60,11 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
         _report_privacy(console, federated.privacy)
     summary["total_seconds"] = time.perf_counter() - started
     summary["files"] = _write(out, setup, federated, summary)
-    summary["files"] += _write_report_inputs(out, setup, federated, probs, summary)
+    summary["files"] += [*_write_report_inputs(out, setup, federated, probs, summary), "report.html"]
     write_json(out / "summary.json", summary)
     from medfed.report.build import build_report
 
-    build_report(out)
-    summary["files"].append("report.html")
+    build_report(out)  # from the files just written, as `medfed report DIR` rebuilds it
     Console().print(results_table(_table_rows(summary), f"held-out test set ({len(fed.source.test)} "
                                                         f"images) - results in {out}"))
     return summary

@@ -112,9 +112,7 @@ def _data_section(data: dict[str, Any], class_names: list[str], note: str = "") 
                     "computed at each site, only these totals leave it." + note)
     rows = []
     for site, entry in data.items():
-        counts = entry.get("label_counts", {})
-        labels = ", ".join(f"{k}: {v}" for k, v in counts.items()) if isinstance(counts, dict) \
-            else str(counts)
+        labels = _label_counts(entry.get("label_counts", {}), class_names)
         rows.append([site, str(entry.get("n_train", "-")), str(entry.get("n_val", "-")),
                      str(entry.get("n_test", "-") or "-"), labels])
     section.table(["site", "training", "validation", "own test split", "training labels"], rows)
@@ -125,6 +123,13 @@ def _data_section(data: dict[str, Any], class_names: list[str], note: str = "") 
     else:
         section.text("No intensity histogram: the data are tabular (no pixel intensities).")
     return section
+
+
+def _label_counts(counts: Any, class_names: list[str]) -> str:
+    if isinstance(counts, dict):
+        return ", ".join(f"{k}: {v}" for k, v in counts.items())
+    names = class_names if len(class_names) == len(counts) else [str(k) for k in range(len(counts))]
+    return ", ".join(f"{n}: {c}" for n, c in zip(names, counts, strict=True))
 
 
 def _learning_section(histories: dict[str, list[dict[str, Any]]]) -> Section:

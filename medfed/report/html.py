@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass, field
 from html import escape
+
+NUMERIC = re.compile(r"^(-?[\d.]+( ± [\d.]+)?( s| MB| min)?|\[.*\]|< 0\.001|-)$")
 
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -12,8 +15,8 @@ body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; mar
 h1 { border-bottom: 3px solid #2c5d8f; padding-bottom: .3em; }
 h2 { color: #2c5d8f; margin-top: 2em; border-bottom: 1px solid #c9d3df; }
 table { border-collapse: collapse; margin: .8em 0; font-size: .92em; }
-th, td { border: 1px solid #c9d3df; padding: .3em .6em; text-align: right; }
-th { background: #eef2f7; } td:first-child, th:first-child { text-align: left; }
+th, td { border: 1px solid #c9d3df; padding: .3em .6em; text-align: left; vertical-align: top; }
+th { background: #eef2f7; } td.num { text-align: right; white-space: nowrap; }
 figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #e3e8ee; }
 figcaption, .note { color: #4a5566; font-size: .92em; }
 .caption { background: #f6f8fb; border-left: 4px solid #2c5d8f; padding: .5em .8em; margin: .6em 0; }
@@ -44,7 +47,7 @@ class Section:
 
     def table(self, header: list[str], rows: list[list[str]]) -> Section:
         head = "".join(f"<th>{escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+        body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
         self.parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         return self
 
@@ -52,6 +55,11 @@ class Section:
         body = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in items)
         self.parts.append(f'<dl class="facts">{body}</dl>')
         return self
+
+
+def _cell(text: str) -> str:
+    numeric = bool(NUMERIC.match(text))  # numbers, intervals and p-values line up on the right
+    return f'<td class="num">{escape(text)}</td>' if numeric else f"<td>{escape(text)}</td>"
 
 
 def page(title: str, sections: list[Section]) -> str:
