@@ -127,22 +127,47 @@ def test_gradcam_maps_have_the_image_shape_and_are_finite(run_dir):
         assert list(f["labels"][:4]) == [1, 1, 0, 0]
 
 
+def console_errors(page, shot) -> list[str]:
+    """Chromium renders page into the PNG shot; the console messages it logged (errors)."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={shot.parent / 'profile'}", "--enable-logging=stderr", "--v=0",
+             f"--screenshot={shot}", "--window-size=1400,4000"]
+    done = subprocess.run([CHROMIUM, *flags, page.as_uri()], capture_output=True, text=True,
+                          timeout=120)
+    return [line for line in done.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (make browser installs "
                                              "Debian's chromium when run as root with apt-get)")
 def test_a_headless_browser_renders_the_report(compare_dir, tmp_path):
     from PIL import Image
 
     shot = tmp_path / "report.png"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-             f"--screenshot={shot}", "--window-size=1400,4000"]
-    done = subprocess.run([CHROMIUM, *flags, (compare_dir / "report.html").as_uri()],
-                          capture_output=True, text=True, timeout=120)
-    console = [line for line in done.stderr.splitlines()
-               if "CONSOLE" in line or "Uncaught" in line]
-    assert not console, console
+    assert not console_errors(compare_dir / "report.html", shot)
+    broken = tmp_path / "broken.html"  # the check itself sees a console error when there is one
+    broken.write_text("<html><body><p>x</p><script>undefined_function();</script></body></html>")
+    assert console_errors(broken, tmp_path / "broken.png")
     pixels = Image.open(shot).convert("RGB")
     counts = Counter(pixels.getdata())
     top = counts.most_common(1)[0][1] / (pixels.width * pixels.height)
     assert top < 0.97 and len(counts) > 100, f"a (near-)blank page: {top:.1%} one colour"
+
+
+@pytest.mark.parametrize("kind", ["rgb", "3d"])
+def test_multiclass_and_3d_runs_get_a_report_too(kind, medmnist_npz, tmp_path):
+    """Binary-only panels say why they are absent (RetinaMNIST's 5 grades); 3D Grad-CAM keeps the
+    middle slice, with the image's shape."""
+    path, _ = medmnist_npz(kind, side=12, sizes=(40, 12, 20))
+    out = tmp_path / "out"
+    assert main(["run", "--dataset", "medmnist", "--data-file", str(path), "--sites", "2",
+                 "--partition", "iid", "--rounds", "1", "--device", "cpu", "--no-augment",
+                 "--out", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert headings(html) == list(SECTIONS)
+    assert_self_contained(html)
+    if kind == "rgb":
+        assert "needs a binary (disease / no disease) task" in html
+    with np.load(out / "gradcam.npz") as f:
+        assert f["images"].shape == f["maps"].shape == (4, 12, 12)  # iid: one group, 4 images
+        assert np.isfinite(f["maps"]).all()
