@@ -171,3 +171,26 @@ def test_multiclass_and_3d_runs_get_a_report_too(kind, medmnist_npz, tmp_path):
     with np.load(out / "gradcam.npz") as f:
         assert f["images"].shape == f["maps"].shape == (4, 12, 12)  # iid: one group, 4 images
         assert np.isfinite(f["maps"]).all()
+
+
+def test_tensorboard_event_files_hold_the_round_metrics(tiny, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    assert main(["run", *tiny, "--rounds", "1", "--no-baselines", "--tensorboard",
+                 "--out", str(out)]) == 0
+    events = EventAccumulator(str(out / "tensorboard" / "fedavg"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"val_auc/site-a", "train_loss/site-c", "traffic/bytes_up"} <= set(tags)
+    assert [e.step for e in events.Scalars("val_auc/site-b")] == [0]
+
+
+def test_tensorboard_without_the_package_is_one_line_before_training(tiny, tmp_path, monkeypatch,
+                                                                      capsys):
+    monkeypatch.setitem(__import__("sys").modules, "tensorboard", None)  # import fails
+    out = tmp_path / "out"
+    assert main(["compare", "--algorithms", "fedavg", *tiny, "--tensorboard", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install tensorboard" in err and not out.exists()
