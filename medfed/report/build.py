@@ -156,10 +156,11 @@ def _roc_section(labels: np.ndarray, scores: dict[str, np.ndarray], note: str) -
     return section.figure(figures.roc_curves(labels, scores), "ROC curves on the held-out test set.")
 
 
-def _calibration_figure(section: Section, labels: np.ndarray, scores: dict[str, np.ndarray]) -> None:
+def _calibration_figure(section: Section, labels: np.ndarray, scores: dict[str, np.ndarray],
+                        note: str = "") -> None:
     section.caption("A well-calibrated model that says 30 % is right about 30 % of the time: its "
                     "points lie on the diagonal. Points below it mean the model overstates risk.")
-    section.figure(figures.reliability_curves(labels, scores), "Reliability curves (10 bins).")
+    section.figure(figures.reliability_curves(labels, scores), f"Reliability curves (10 bins){note}.")
 
 
 def _gradcam_section(folder: Path, class_names: list[str], skipped: str | None, model_note: str
@@ -329,7 +330,7 @@ def _compare_sections(folder: Path) -> tuple[str, list[Section]]:
         ("rounds", f"{result.get('rounds', '-')} x {result.get('local_epochs', '-')} local epoch(s)"),
         ("seeds", ", ".join(str(s) for s in result["seeds"])),
         ("held-out test set", f"{result.get('n_test', '-')} images"),
-        ("operating point rule", result.get("operating_point_rule", "-")),
+        ("operating point rule", _rule(result.get("operating_point_rule"))),
         ("wall time", _seconds(result.get("wall_seconds"))),
     ])
     overview.caption("Does federation beat training at one hospital, how close does it come to "
@@ -362,7 +363,7 @@ def _compare_sections(folder: Path) -> tuple[str, list[Section]]:
     sections.append(cross)
     calibration = Section("Calibration")
     if scores:
-        _calibration_figure(calibration, labels, scores)
+        _calibration_figure(calibration, labels, scores, f", seed {seed}; the table: all seeds")
         calibration.table(["model", "ECE mean ± sd"],
                           [[n, _mean_sd(e.get("ece"))] for n, e in result["configurations"].items()])
     else:
@@ -377,6 +378,12 @@ def _compare_sections(folder: Path) -> tuple[str, list[Section]]:
         ("seeds", str(len(result["seeds"])))]))
     return f"medfed report: {result.get('dataset', 'comparison')}, " \
            f"{', '.join(result['algorithms'])} vs baselines", sections
+
+
+def _rule(rule: str | None) -> str:
+    if rule == "youden":
+        return "Youden's J: the threshold maximizing sensitivity + specificity"
+    return rule or "-"
 
 
 def _compare_results(result: dict[str, Any]) -> Section:
@@ -409,7 +416,9 @@ def _compare_paired(result: dict[str, Any], task: str) -> Section:
     for name, entry in paired.items():
         t_p = _p(entry["t_test"]["p_value"]) if "t_test" in entry else "-"
         for k, test in enumerate(entry["delong"]):
-            rows.append([f"{name} ({test['against']}), seed {result['seeds'][k]}",
+            against = "" if test["against"] == "pooled" else f" ({test['against']})"
+            rows.append([f"{name.replace('best_local', 'best single site')}{against}, "
+                         f"seed {result['seeds'][k]}",
                          _num(test["difference"]), _ci([test["low"], test["high"]]),
                          _p(test["p_value"]), t_p if k == 0 else ""])
     return section.table(["comparison", "AUC difference", "95% CI", "DeLong p", "t-test p"], rows)
@@ -423,7 +432,7 @@ def _compare_operating(result: dict[str, Any], task: str) -> Section:
             for n, e in result["configurations"].items() if "operating_point" in e]
     if not rows:
         return section.text(f"No operating point: it is chosen for binary tasks (this one is {task}).")
-    section.caption(f"The threshold is chosen on validation data ({result.get('operating_point_rule')}"
+    section.caption(f"The threshold is chosen on validation data ({_rule(result.get('operating_point_rule'))}"
                     "), never on the test set; then sensitivity and specificity are measured on the "
                     "test images at that threshold.")
     return section.table(["model", "threshold", "test sensitivity", "test specificity"], rows)

@@ -17,6 +17,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from medfed.evaluation import statistics as st  # noqa: E402
 
 DPI = 100
+HEAT_FLOOR = 0.4  # Grad-CAM values below this (of the image's maximum) are left uncoloured
 
 
 def _png(fig: Any) -> bytes:
@@ -53,8 +54,8 @@ def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> bytes:
                 x, y = zip(*points, strict=True)
                 label = site if len(histories) == 1 else f"{algorithm} {site}"
                 auc_ax.plot(x, y, marker="o", label=label)
-        losses = [(r["round"], float(np.mean(list(r["train_loss"].values()))))
-                  for r in rounds if r.get("train_loss")]
+        losses = [(r["round"], float(np.mean(known))) for r in rounds
+                  if (known := [v for v in r.get("train_loss", {}).values() if v is not None])]
         if losses:
             x, y = zip(*losses, strict=True)
             loss_ax.plot(x, y, marker="o", label=algorithm)
@@ -152,7 +153,9 @@ def gradcam_grid(panels: dict[str, np.ndarray], class_names: list[str]) -> bytes
             axes[row, 2 * k].imshow(image, cmap="gray", vmin=0, vmax=1)
             axes[row, 2 * k].set_title(f"{group}\ntruth: {label}", fontsize=7)
             axes[row, 2 * k + 1].imshow(image, cmap="gray", vmin=0, vmax=1)
-            axes[row, 2 * k + 1].imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            # only the regions that mattered are coloured; the rest of the image stays readable
+            axes[row, 2 * k + 1].imshow(np.ma.masked_less(heat, HEAT_FLOOR), cmap="jet", alpha=0.5,
+                                        vmin=0, vmax=1)
             axes[row, 2 * k + 1].set_title(f"model: p = {float(panels['probs'][i]):.2f}", fontsize=7)
     return _png(fig)
 
