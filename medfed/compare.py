@@ -87,8 +87,8 @@ class SeedResult:
 
 def run_seed(config: RunConfig, options: CompareOptions, observe: Callable[[str, int], Any],
              explain: bool = False) -> SeedResult:
-    """Every configuration of one seed, and the cross-site AUC matrix; with `explain`, the first
-    algorithm's Grad-CAM panels too."""
+    """Every configuration of one seed, and the cross-site AUC matrix; with `explain`, the
+    Grad-CAM panels of the first algorithm that has a single model to explain."""
     setup = prepare(config)
     sites = setup.federation.sites
     scored: dict[str, Scored] = {}
@@ -97,8 +97,8 @@ def run_seed(config: RunConfig, options: CompareOptions, observe: Callable[[str,
     for algorithm in options.algorithms:
         outcome = train(setup, algorithm, sites, algorithm, observe(algorithm, config.seed))
         histories[algorithm] = outcome.history
-        if explain and gradcam is None:
-            gradcam = gradcam_panels(setup, outcome.strategy)
+        if explain and (gradcam is None or "skipped" in gradcam):  # the ensemble has no one model
+            gradcam = gradcam_panels(setup, outcome.strategy) | {"algorithm": np.array(algorithm)}
         predict = _strategy_predict(setup, outcome.strategy, list(sites))
         test_probs, _ = predict_test(setup, outcome.strategy, list(sites))
         val = predict_validation(setup, outcome.strategy, sites)

@@ -194,3 +194,13 @@ def test_tensorboard_without_the_package_is_one_line_before_training(tiny, tmp_p
     assert main(["compare", "--algorithms", "fedavg", *tiny, "--tensorboard", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install tensorboard" in err and not out.exists()
+
+
+def test_compare_explains_the_first_algorithm_with_a_single_model(tiny, tmp_path):
+    """The ensemble has no single model: Grad-CAM falls to the next algorithm, and says which."""
+    out = tmp_path / "out"
+    assert main(["compare", "--algorithms", "ensemble,fedavg", "--seeds", "1", "--bootstrap", "100",
+                 *tiny, "--rounds", "1", "--out", str(out)]) == 0
+    with np.load(out / "gradcam.npz") as f:
+        assert str(f["algorithm"]) == "fedavg"
+    assert "Computed with the final fedavg model of seed 0." in (out / "report.html").read_text()

@@ -171,6 +171,8 @@ def _gradcam_section(folder: Path, class_names: list[str], skipped: str | None, 
         return section.text(f"No Grad-CAM panels: {skipped or 'gradcam.npz was not saved'}.")
     with np.load(path) as f:
         panels = {k: f[k] for k in f.files}
+    if "algorithm" in panels:  # compare: the first algorithm with a single model to explain
+        model_note = model_note.format(algorithm=str(panels["algorithm"]))
     section.caption("Each pair shows a test image and, on the right, the regions that pushed the "
                     "model towards its answer (red = strongest). It shows what the model used, not "
                     "proof that it is right: check that red falls on anatomy, not on labels, "
@@ -225,7 +227,7 @@ def _run_sections(folder: Path) -> tuple[str, list[Section]]:
         ("sites", f"{len(sites)} ({summary.get('partition', '-')}): {', '.join(sites)}"),
         ("rounds", f"{summary['rounds']} x {summary.get('local_epochs', '-')} local epoch(s)"),
         ("seed", str(summary.get("seed", "-"))),
-        ("held-out test set", f"{summary.get('n_test', '-')} images"),
+        ("held-out test set", f"{summary.get('n_test', '-')} cases"),
         ("wall time", _seconds(summary.get("total_seconds"))),
     ])
     overview.caption("One federated training run (`medfed run`) beside its baselines: each site "
@@ -329,7 +331,7 @@ def _compare_sections(folder: Path) -> tuple[str, list[Section]]:
         ("sites", f"{len(sites)} ({result.get('partition', '-')}): {', '.join(sites)}"),
         ("rounds", f"{result.get('rounds', '-')} x {result.get('local_epochs', '-')} local epoch(s)"),
         ("seeds", ", ".join(str(s) for s in result["seeds"])),
-        ("held-out test set", f"{result.get('n_test', '-')} images"),
+        ("held-out test set", f"{result.get('n_test', '-')} cases"),
         ("operating point rule", _rule(result.get("operating_point_rule"))),
         ("wall time", _seconds(result.get("wall_seconds"))),
     ])
@@ -371,7 +373,7 @@ def _compare_sections(folder: Path) -> tuple[str, list[Section]]:
     sections.append(calibration)
     sections.append(_compare_operating(result, task))
     sections.append(_gradcam_section(folder, classes, result.get("gradcam_skipped"),
-                                     f"Computed with the final {result['algorithms'][0]} model of "
+                                     "Computed with the final {algorithm} model of "
                                      f"seed {seed}."))
     sections.append(_traffic_section(histories, [
         ("whole comparison", _seconds(result.get("wall_seconds"))),
