@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.medfed-installed
 
-.PHONY: demo test install clean proto
+.PHONY: demo test install clean proto browser
 
 install: $(STAMP)
 
@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/medfed run --out runs/demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The report's browser test renders report.html in headless Chromium: install Debian's chromium when
+# we are root with apt-get; never fail (without it that test is skipped, saying why).
+browser:
+	command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) || true
 
 clean:
 	rm -rf runs .pytest_cache

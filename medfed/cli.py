@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="operating point: the highest threshold reaching this validation "
                               "sensitivity (default: Youden's J)")
     _add_run_flags(compare)
+    report = commands.add_parser("report", help="rebuild DIR/report.html from a run or compare "
+                                                "folder's saved results")
+    report.add_argument("dir", type=Path, help="a `medfed run` or `medfed compare` --out folder")
     data = commands.add_parser("data", help="look at the data a site holds")
     checks = data.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
     check = checks.add_parser("check", help="per-site data report: counts, labels, intensities, "
@@ -111,6 +114,9 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of a simulation (`run` and `compare`): every config key, see RUN_FLAGS."""
     parser.add_argument("--config", type=Path, help="a TOML config file (see README)")
     parser.add_argument("--out", type=Path, help="output folder (default runs/<time>)")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write the round metrics as TensorBoard event files under "
+                             "OUT/tensorboard/ (needs: pip install tensorboard)")
     for flag, (_, kind, text) in RUN_FLAGS.items():
         parser.add_argument(flag, type=kind, help=text)
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
@@ -190,20 +196,45 @@ def _fresh_run_dir() -> Path:
     return path
 
 
+def _check_tensorboard(args: argparse.Namespace) -> None:
+    """--tensorboard without the package fails in one line before anything trains."""
+    if args.tensorboard:
+        from medfed.report.tensorboard import require_tensorboard
+
+        require_tensorboard()
+
+
+def _tensorboard(args: argparse.Namespace, out: Path) -> None:
+    if args.tensorboard:
+        from medfed.report.tensorboard import write_tensorboard
+
+        write_tensorboard(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
             config = run_config(args)  # flags are checked before torch and MONAI load (seconds)
+            _check_tensorboard(args)
             from medfed.run import execute_run
 
-            execute_run(config, args.out or _fresh_run_dir())
+            out = args.out or _fresh_run_dir()
+            execute_run(config, out)
+            _tensorboard(args, out)
         elif args.command == "compare":
             config = run_config(args)
             options = compare_options(args, config)
+            _check_tensorboard(args)
             from medfed.compare import execute_compare
 
-            execute_compare(config, options, args.out or _fresh_run_dir())
+            out = args.out or _fresh_run_dir()
+            execute_compare(config, options, out)
+            _tensorboard(args, out)
+        elif args.command == "report":
+            from medfed.report.build import build_report
+
+            print(build_report(args.dir))
         elif args.command == "data":
             from medfed.data.check import check_command
 

@@ -45,7 +45,8 @@ from medfed.experiment import (
     prepare,
     train,
 )
-from medfed.output import prepare_out_dir, write_config, write_json
+from medfed.output import prepare_out_dir, write_config, write_json, write_rounds
+from medfed.report.artifacts import data_summary, gradcam_panels, write_gradcam, write_predictions
 from medfed.progress import RichRoundProgress
 from medfed.types import Metrics, Prediction, SiteId, StateDict, Task
 
@@ -78,16 +79,26 @@ class SeedResult:
     scored: dict[str, Scored]
     cross_site: list[list[float]] | None
     test_labels: np.ndarray  # the test set of this seed (synthetic data differs by seed)
+    histories: dict[str, list[Any]] = field(default_factory=dict)  # algorithm -> RoundResults
+    data: dict[str, Any] = field(default_factory=dict)  # data summary per site (the report's)
+    gradcam: dict[str, Any] | None = None  # the first algorithm's Grad-CAM panels (first seed)
+    about: dict[str, Any] = field(default_factory=dict)  # dataset, task, sites ... (the header)
 
 
-def run_seed(config: RunConfig, options: CompareOptions, observe: Callable[[str, int], Any]
-             ) -> SeedResult:
-    """Every configuration of one seed, and the cross-site AUC matrix."""
+def run_seed(config: RunConfig, options: CompareOptions, observe: Callable[[str, int], Any],
+             explain: bool = False) -> SeedResult:
+    """Every configuration of one seed, and the cross-site AUC matrix; with `explain`, the
+    Grad-CAM panels of the first algorithm that has a single model to explain."""
     setup = prepare(config)
     sites = setup.federation.sites
     scored: dict[str, Scored] = {}
+    histories: dict[str, list[Any]] = {}
+    gradcam = None
     for algorithm in options.algorithms:
         outcome = train(setup, algorithm, sites, algorithm, observe(algorithm, config.seed))
+        histories[algorithm] = outcome.history
+        if explain and (gradcam is None or "skipped" in gradcam):  # the ensemble has no one model
+            gradcam = gradcam_panels(setup, outcome.strategy) | {"algorithm": np.array(algorithm)}
         predict = _strategy_predict(setup, outcome.strategy, list(sites))
         test_probs, _ = predict_test(setup, outcome.strategy, list(sites))
         val = predict_validation(setup, outcome.strategy, sites)
@@ -103,7 +114,13 @@ def run_seed(config: RunConfig, options: CompareOptions, observe: Callable[[str,
     predict = _state_predict(setup, pooled.strategy.global_state)
     val = predict_validation(setup, pooled.strategy, sites)
     scored[POOLED] = _score(setup, POOLED, predict(None, None), predict, val, options)
-    return SeedResult(scored, _cross_site(setup, local.strategy), setup.federation.source.test.y)
+    source = setup.federation.source
+    about = {"dataset": source.name, "task": str(source.task), "class_names": list(source.class_names),
+             "partition": setup.federation.partition, "sites": list(sites), "model": config.model.model,
+             "rounds": config.federation.rounds, "local_epochs": config.training.local_epochs,
+             "n_test": len(source.test)}
+    return SeedResult(scored, _cross_site(setup, local.strategy), source.test.y, histories,
+                      data_summary(setup), gradcam, about)
 
 
 Predict = Callable[[SiteId | None, Any], np.ndarray]  # (site, samples or None for the test set)
@@ -287,20 +304,47 @@ def execute_compare(config: RunConfig, options: CompareOptions, out_dir: str | P
     with RichRoundProgress(console) as progress:
         observe = lambda name, seed: progress.start_run(f"{name} (seed {seed})",  # noqa: E731
                                                          config.federation.rounds)
-        results = [run_seed(c, options, observe) for c in configs]
+        results = [run_seed(c, options, observe, explain=k == 0) for k, c in enumerate(configs)]
     result = _result(config, options, results, time.perf_counter() - started)
+    result["files"] = [*_write_report_inputs(out, configs, results, result), "report.html"]
     write_json(out / "compare.json", result)
+    from medfed.report.build import build_report
+
+    build_report(out)  # from the files just written, as `medfed report DIR` rebuilds it
     Console().print(_table(result, f"test set, mean ± sd over {options.seeds} seed(s) - {out}"))
     return result
+
+
+def _write_report_inputs(out: Path, configs: list[RunConfig], results: list[SeedResult],
+                         result: dict[str, Any]) -> list[str]:
+    """rounds/<algorithm>-seed<k>.jsonl, predictions/seed<k>.npz and gradcam.npz (first seed)."""
+    files = []
+    for config, seed in zip(configs, results, strict=True):
+        for algorithm, history in seed.histories.items():
+            name = f"rounds/{algorithm}-seed{config.seed}.jsonl"
+            write_rounds(out, history, name)
+            files.append(name)
+        name = f"predictions/seed{config.seed}.npz"
+        write_predictions(out / name, seed.test_labels,
+                          {n: s.test_probs for n, s in seed.scored.items()})
+        files.append(name)
+    skipped = write_gradcam(out / "gradcam.npz", results[0].gradcam or {"skipped": "not computed"})
+    if skipped:
+        result["gradcam_skipped"] = skipped
+    else:
+        files.append("gradcam.npz")
+    return files
 
 
 def _result(config: RunConfig, options: CompareOptions, results: list[SeedResult],
             seconds: float) -> dict[str, Any]:
     per_seed = [r.scored for r in results]
     result: dict[str, Any] = {
+        **results[0].about,
         "algorithms": list(options.algorithms),
         "seeds": [config.seed + i for i in range(options.seeds)],
         "configurations": summarize(per_seed, options), "wall_seconds": seconds,
+        "data_summary": results[0].data,  # the first seed's partition (each seed draws its own)
         "operating_point_rule": ("youden" if options.target_sensitivity is None
                                  else f"sensitivity >= {options.target_sensitivity}"),
     }

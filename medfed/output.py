@@ -32,8 +32,11 @@ def write_config(out: Path, config: RunConfig) -> None:
     (out / "config.toml").write_text(to_toml(config), encoding="utf-8")
 
 
-def write_rounds(out: Path, history: list[RoundResult]) -> None:
-    with (out / "rounds.jsonl").open("w", encoding="utf-8") as f:
+def write_rounds(out: Path, history: list[RoundResult], name: str = "rounds.jsonl") -> None:
+    """One JSON line per round; `name` may lie in a subfolder (compare's rounds/<algorithm>-seed<k>)."""
+    path = out / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
         for result in history:
             f.write(json.dumps(finite(asdict(result))) + "\n")
 

@@ -16,6 +16,7 @@ from medfed.experiment import (
     attacker_sites,
     members,
     pooled_site,
+    predict_test,
     prepare,
     score_local_models,
     site_report,
@@ -23,6 +24,7 @@ from medfed.experiment import (
 )
 from medfed.output import prepare_out_dir, write_config, write_json, write_models, write_rounds
 from medfed.progress import RichRoundProgress, results_table
+from medfed.report.artifacts import data_summary, gradcam_panels, write_gradcam, write_predictions
 from medfed.types import Prediction
 
 LOCAL = "ensemble"  # the local-only baseline is the ensemble's training: every site on its own
@@ -49,14 +51,20 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
         rounds = config.federation.rounds
         federated = train(setup, config.federation.algorithm, fed.sites, config.federation.algorithm,
                           progress.start_run(config.federation.algorithm, rounds))
-        baselines = _baselines(setup, progress, rounds, federated) if config.baselines else None
+        baselines, probs = (_baselines(setup, progress, rounds, federated) if config.baselines
+                            else (None, {}))
     summary = _summary(setup, federated, baselines)
+    summary["data_summary"] = data_summary(setup)  # aggregates computed at each site
     if federated.privacy:
         summary["privacy"] = federated.privacy
         _report_privacy(console, federated.privacy)
     summary["total_seconds"] = time.perf_counter() - started
     summary["files"] = _write(out, setup, federated, summary)
+    summary["files"] += [*_write_report_inputs(out, setup, federated, probs, summary), "report.html"]
     write_json(out / "summary.json", summary)
+    from medfed.report.build import build_report
+
+    build_report(out)  # from the files just written, as `medfed report DIR` rebuilds it
     Console().print(results_table(_table_rows(summary), f"held-out test set ({len(fed.source.test)} "
                                                         f"images) - results in {out}"))
     return summary
@@ -94,16 +102,34 @@ def _report_privacy(console: Console, privacy: dict[str, Any]) -> None:
 
 
 def _baselines(setup: Setup, progress: RichRoundProgress, rounds: int, federated: Outcome
-               ) -> dict[str, Any]:
-    """Local-only (each site alone) and pooled (all training data in one place), same budget."""
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Local-only (each site alone) and pooled (all training data in one place), same budget;
+    with their test probabilities ("pooled", "local:<site>") for predictions.npz."""
     sites = setup.federation.sites
     full_budget = setup.config.federation.fraction == 1
     local = federated if federated.name == LOCAL and full_budget else train(
         setup, LOCAL, sites, "local", progress.start_run("local-only", rounds), baseline=True)
     pooled = train(setup, "fedavg", pooled_site(setup.federation), "pooled",
                    progress.start_run("pooled", rounds), baseline=True)
-    return {"pooled": {"test": pooled.test, "wall_seconds": pooled.seconds},
-            "local": {s: {"test": m} for s, m in score_local_models(setup, local).items()}}
+    test = setup.federation.source.test
+    probs = {"pooled": setup.predictor.predict(pooled.strategy.global_state, test)[0]}
+    probs |= {f"local:{s}": setup.predictor.predict(local.strategy.site_state(s), test)[0]
+              for s in local.transport.trainers}
+    return ({"pooled": {"test": pooled.test, "wall_seconds": pooled.seconds},
+             "local": {s: {"test": m} for s, m in score_local_models(setup, local).items()}}, probs)
+
+
+def _write_report_inputs(out: Path, setup: Setup, federated: Outcome, baseline_probs: dict[str, Any],
+                         summary: dict[str, Any]) -> list[str]:
+    """predictions.npz (test labels, every model's probabilities) and gradcam.npz."""
+    sites = list(setup.federation.sites)
+    probs = {"federated": predict_test(setup, federated.strategy, sites)[0], **baseline_probs}
+    write_predictions(out / "predictions.npz", setup.federation.source.test.y, probs)
+    skipped = write_gradcam(out / "gradcam.npz", gradcam_panels(setup, federated.strategy))
+    if skipped:
+        summary["gradcam_skipped"] = skipped
+        return ["predictions.npz"]
+    return ["predictions.npz", "gradcam.npz"]
 
 
 def _summary(setup: Setup, federated: Outcome, baselines: dict[str, Any] | None) -> dict[str, Any]:
