@@ -27,21 +27,20 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from medfed.config import DataConfig
 from medfed.data import deid
 from medfed.data.dataset import DataSource
-from medfed.data.labels import LabelTable, encode_labels, load_label_map, read_labels
+from medfed.data.labels import LabelTable, read_labels
 from medfed.data.scan import (
     DEFAULT_SIZE_2D,
     DEFAULT_SIZE_3D,
     Record,
     Scan,
     Skipped,
-    build_source,
     files_under,
+    labelled_source,
     require_dir,
     resize,
     site_of,
 )
 from medfed.errors import DataError
-from medfed.types import Task
 
 GREY = ("MONOCHROME1", "MONOCHROME2")
 
@@ -192,11 +191,4 @@ def load_dicom(config: DataConfig, seed: int) -> DataSource:
                         "relative to --data-dir)")
     scan = scan_dicom(config.data_dir, config.labels, config.image_size, config.series_volumes)
     deid.require_deidentified(scan.phi, str(scan.data_dir), config.allow_phi)
-    records = scan.labelled()
-    if not records:
-        raise DataError(f"no readable DICOM image under {scan.data_dir} has a label in {config.labels} "
-                        f"({len(scan.records)} readable, {len(scan.skipped)} skipped)")
-    label_map = load_label_map(config.label_map) if config.label_map else None
-    classes, y = encode_labels([r.site for r in records], [str(r.label) for r in records], label_map)
-    task = Task.BINARY if len(classes) == 2 else Task.MULTICLASS
-    return build_source("dicom", task, classes, records, y, config.test_fraction, seed, scan.skipped)
+    return labelled_source("dicom", "DICOM image", scan, config, seed)

@@ -16,20 +16,19 @@ import numpy as np
 
 from medfed.config import DataConfig
 from medfed.data.dataset import DataSource
-from medfed.data.labels import encode_labels, load_label_map, read_labels
+from medfed.data.labels import read_labels
 from medfed.data.scan import (
     DEFAULT_SIZE_3D,
     Record,
     Scan,
     Skipped,
-    build_source,
     files_under,
+    labelled_source,
     require_dir,
     resize,
     site_of,
 )
 from medfed.errors import DataError
-from medfed.types import Task
 
 SUFFIXES = (".nii", ".nii.gz")
 PERCENTILES = (0.5, 99.5)
@@ -85,11 +84,4 @@ def load_nifti(config: DataConfig, seed: int) -> DataSource:
         raise DataError("--dataset nifti needs --labels FILE.csv (columns file,label; paths relative "
                         "to --data-dir)")
     scan = scan_nifti(config.data_dir, config.labels, config.image_size)
-    records = scan.labelled()
-    if not records:
-        raise DataError(f"no readable NIfTI volume under {scan.data_dir} has a label in "
-                        f"{config.labels} ({len(scan.records)} readable, {len(scan.skipped)} skipped)")
-    label_map = load_label_map(config.label_map) if config.label_map else None
-    classes, y = encode_labels([r.site for r in records], [str(r.label) for r in records], label_map)
-    task = Task.BINARY if len(classes) == 2 else Task.MULTICLASS
-    return build_source("nifti", task, classes, records, y, config.test_fraction, seed, scan.skipped)
+    return labelled_source("nifti", "NIfTI volume", scan, config, seed)

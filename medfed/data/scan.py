@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from monai.transforms import Resize
 
+from medfed.config import DataConfig
 from medfed.data.dataset import DataSource, Samples
+from medfed.data.labels import encode_labels, load_label_map
 from medfed.errors import DataError
 from medfed.types import Task
 
@@ -109,6 +111,19 @@ def holdout(strata: np.ndarray, groups: np.ndarray, units: np.ndarray, fraction:
             chosen = rng.permutation(members)[:n_test]
             is_test |= np.isin(units, chosen)
     return is_test
+
+
+def labelled_source(name: str, what: str, scan: Scan, config: DataConfig, seed: int) -> DataSource:
+    """A scan's labelled records as a DataSource, labels mapped by config.label_map; `what` names
+    the files in the error when none of them is usable (e.g. "DICOM image")."""
+    records = scan.labelled()
+    if not records:
+        raise DataError(f"no readable {what} under {scan.data_dir} has a label in {config.labels} "
+                        f"({len(scan.records)} readable, {len(scan.skipped)} skipped)")
+    label_map = load_label_map(config.label_map) if config.label_map else None
+    classes, y = encode_labels([r.site for r in records], [str(r.label) for r in records], label_map)
+    task = Task.BINARY if len(classes) == 2 else Task.MULTICLASS
+    return build_source(name, task, classes, records, y, config.test_fraction, seed, scan.skipped)
 
 
 def build_source(name: str, task: Task, classes: tuple[str, ...], records: list[Record],
