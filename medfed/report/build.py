@@ -237,33 +237,12 @@ def _run_sections(folder: Path) -> tuple[str, list[Section]]:
     sections = [overview, _reading(), _data_section(data, classes), _learning_section(histories)]
     sections.append(_roc_section(labels, scores, "") if scores else _binary_only("ROC curves", task))
     sections.append(_run_results(summary, labels, scores))
-    paired = Section("Paired tests")
-    if scores and "federated" in scores:
-        paired.caption("Is the federated model's AUC different from each baseline's on the same "
-                       "test images? DeLong's test; a single run has no seeds for a t-test.")
-        rows = _delong_rows(labels, scores, "federated")
-        paired.table(["comparison", "AUC difference", "95% CI", "DeLong p", "t-test p"], rows)
-    else:
-        paired.text("No paired test: it needs a binary task and the baselines' predictions.")
-    sections.append(paired)
+    sections.append(_run_paired(labels, scores))
     sections.append(Section("Cross-site performance").text(
         "A single run does not score each local model at every site; `medfed compare` draws this "
         "matrix."))
-    calibration = Section("Calibration")
-    if scores:
-        _calibration_figure(calibration, labels, scores)
-    else:
-        calibration.text(f"Reliability curves need a binary task (this one is {task}).")
-    sections.append(calibration)
-    operating = Section("Operating point")
-    test = summary.get("test", {})
-    operating.caption("At the default threshold (probability 0.5): how many diseased cases are "
-                      "caught and how many healthy ones are cleared. `medfed compare` chooses the "
-                      "threshold on validation data instead.")
-    operating.table(["model", "threshold", "sensitivity", "specificity"],
-                    [["federated", "0.5", _num(test.get("sensitivity")),
-                      _num(test.get("specificity"))]])
-    sections.append(operating)
+    sections.append(_run_calibration(labels, scores, task))
+    sections.append(_run_operating(summary.get("test", {})))
     sections.append(_gradcam_section(folder, classes, summary.get("gradcam_skipped"),
                                      "Computed with the final federated model."))
     sections.append(_traffic_section(histories, [
@@ -272,6 +251,39 @@ def _run_sections(folder: Path) -> tuple[str, list[Section]]:
         ("federated training", _seconds(summary.get("wall_seconds"))),
         ("whole run (with baselines)", _seconds(summary.get("total_seconds")))]))
     return f"medfed report: {summary['dataset']}, {summary['algorithm']}", sections
+
+
+def _run_paired(labels: np.ndarray | None, scores: dict[str, np.ndarray]) -> Section:
+    paired = Section("Paired tests")
+    if scores and "federated" in scores:
+        paired.caption("Is the federated model's AUC different from each baseline's on the same "
+                       "test images? DeLong's test; a single run has no seeds for a t-test.")
+        rows = _delong_rows(labels, scores, "federated")
+        paired.table(["comparison", "AUC difference", "95% CI", "DeLong p", "t-test p"], rows)
+    else:
+        paired.text("No paired test: it needs a binary task and the baselines' predictions.")
+    return paired
+
+
+def _run_calibration(labels: np.ndarray | None, scores: dict[str, np.ndarray], task: str
+                     ) -> Section:
+    calibration = Section("Calibration")
+    if scores:
+        _calibration_figure(calibration, labels, scores)
+    else:
+        calibration.text(f"Reliability curves need a binary task (this one is {task}).")
+    return calibration
+
+
+def _run_operating(test: dict[str, Any]) -> Section:
+    operating = Section("Operating point")
+    operating.caption("At the default threshold (probability 0.5): how many diseased cases are "
+                      "caught and how many healthy ones are cleared. `medfed compare` chooses the "
+                      "threshold on validation data instead.")
+    operating.table(["model", "threshold", "sensitivity", "specificity"],
+                    [["federated", "0.5", _num(test.get("sensitivity")),
+                      _num(test.get("specificity"))]])
+    return operating
 
 
 def _run_results(summary: dict[str, Any], labels: np.ndarray | None, scores: dict[str, np.ndarray]
@@ -346,6 +358,20 @@ def _compare_sections(folder: Path) -> tuple[str, list[Section]]:
                     else _binary_only("ROC curves", task))
     sections.append(_compare_results(result))
     sections.append(_compare_paired(result, task))
+    sections.append(_compare_cross_site(result, task))
+    sections.append(_compare_calibration(result, labels, scores, task, seed))
+    sections.append(_compare_operating(result, task))
+    sections.append(_gradcam_section(folder, classes, result.get("gradcam_skipped"),
+                                     "Computed with the final {algorithm} model of "
+                                     f"seed {seed}."))
+    sections.append(_traffic_section(histories, [
+        ("whole comparison", _seconds(result.get("wall_seconds"))),
+        ("seeds", str(len(result["seeds"])))]))
+    return f"medfed report: {result.get('dataset', 'comparison')}, " \
+           f"{', '.join(result['algorithms'])} vs baselines", sections
+
+
+def _compare_cross_site(result: dict[str, Any], task: str) -> Section:
     cross = Section("Cross-site performance")
     if result.get("cross_site"):
         matrix = np.array([[math.nan if v is None else v for v in row] for seed_matrix in
@@ -362,7 +388,11 @@ def _compare_sections(folder: Path) -> tuple[str, list[Section]]:
     else:
         cross.text(f"Not drawn: the cross-site matrix is computed for binary tasks (this one is "
                    f"{task}).")
-    sections.append(cross)
+    return cross
+
+
+def _compare_calibration(result: dict[str, Any], labels: np.ndarray | None,
+                         scores: dict[str, np.ndarray], task: str, seed: int) -> Section:
     calibration = Section("Calibration")
     if scores:
         _calibration_figure(calibration, labels, scores, f", seed {seed}; the table: all seeds")
@@ -370,16 +400,7 @@ def _compare_sections(folder: Path) -> tuple[str, list[Section]]:
                           [[n, _mean_sd(e.get("ece"))] for n, e in result["configurations"].items()])
     else:
         calibration.text(f"Reliability curves need a binary task (this one is {task}).")
-    sections.append(calibration)
-    sections.append(_compare_operating(result, task))
-    sections.append(_gradcam_section(folder, classes, result.get("gradcam_skipped"),
-                                     "Computed with the final {algorithm} model of "
-                                     f"seed {seed}."))
-    sections.append(_traffic_section(histories, [
-        ("whole comparison", _seconds(result.get("wall_seconds"))),
-        ("seeds", str(len(result["seeds"])))]))
-    return f"medfed report: {result.get('dataset', 'comparison')}, " \
-           f"{', '.join(result['algorithms'])} vs baselines", sections
+    return calibration
 
 
 def _rule(rule: str | None) -> str:
