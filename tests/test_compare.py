@@ -134,3 +134,16 @@ def test_a_bad_compare_flag_is_one_line(tmp_path, capsys, args, fragment):
     code, _, err = run_cli(["compare", *args, "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_local_baselines_reuse_the_ensembles_models_only_for_an_honest_full_federation(tmp_path):
+    from medfed.compare import _ensemble_is_local_baseline
+    from medfed.config import AdversaryConfig, FederationConfig, PrivacyConfig, RunConfig
+
+    trained = {"ensemble": object()}
+    assert _ensemble_is_local_baseline(RunConfig(), trained)
+    assert not _ensemble_is_local_baseline(RunConfig(), {"fedavg": object()})
+    assert not _ensemble_is_local_baseline(RunConfig(federation=FederationConfig(fraction=0.5)), trained)
+    assert not _ensemble_is_local_baseline(
+        RunConfig(adversary=AdversaryConfig(attack="sign-flip")), trained)
+    assert not _ensemble_is_local_baseline(RunConfig(privacy=PrivacyConfig(client_dp=True)), trained)

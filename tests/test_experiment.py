@@ -161,3 +161,12 @@ def test_an_ensemble_is_made_of_the_sites_that_trained():
     probs = setup.predictor.predict(outcome.strategy.site_state(trained), test)[0]
     expected = compute_metrics(Task.BINARY, test.y, probs)
     assert outcome.test["auc"] == pytest.approx(expected["auc"], nan_ok=True)
+
+
+def test_with_every_site_every_round_the_ensembles_site_models_are_the_local_baselines():
+    # medfed compare reuses the ensemble's site models as the local-only baselines on this ground.
+    setup = prepare(tiny(data={"augment": True}))  # augmentation draws from the sites' generators
+    ensemble = train(setup, "ensemble", setup.federation.sites, "ensemble")
+    local = train(setup, "ensemble", setup.federation.sites, "local", baseline=True)
+    for site in setup.federation.sites:
+        assert states_equal(ensemble.strategy.site_state(site), local.strategy.site_state(site))
