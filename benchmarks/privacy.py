@@ -4,13 +4,18 @@ aggregation costs per round.
     .venv/bin/python benchmarks/privacy.py auc --rounds 20   # no DP, DP-SGD sigma 1, eps 8, eps 1
     .venv/bin/python benchmarks/privacy.py epoch             # DP-SGD epoch time against non-DP
     .venv/bin/python benchmarks/privacy.py secagg            # masking + unmasking against a plain sum
+    .venv/bin/python benchmarks/privacy.py round             # whole secure rounds against plain ones
 
 `auc` is `medfed run`'s federated training (no baselines) on PneumoniaMNIST, 5 sites, Dirichlet 0.5,
 proportions 20:25:15:30:22, seed 0 (the setting of the robustness benchmarks), and appends one line
 per run to benchmarks/out/privacy-auc.jsonl. `secagg` times the aggregation path alone on random
 updates of a 1,000,000-parameter model: the plain sample-weighted sum (WeightedMean) against the
 whole protocol (key agreement, share encryption, fixed-point encoding and masking at every site,
-unmasking at the server), with and without a site dropping after masking.
+unmasking at the server), with and without a site dropping after masking. `round` times whole
+simulated FedAvg rounds (every site's local epoch, encoding, masking, unmasking) of `cnn --width 60`
+(975,362 parameters) on PneumoniaMNIST split over 5, 10 and 20 sites (Dirichlet 0.5), plain and
+secure alternately; the sites train one after another in this process, so the ratio is of the
+total work of a round, not of a deployment's latency.
 """
 
 from __future__ import annotations
@@ -169,9 +174,36 @@ def _secure(states: list[dict], weights: list[int], drop: int) -> dict[str, floa
             "all": n * setup + (n - drop) * mask + server}
 
 
+def bench_round(args: argparse.Namespace) -> None:
+    for n in args.sites:
+        config = base_config(args.data_file, args.rounds, args.seed)
+        config = replace(config, data=replace(config.data, sites=n, proportions=()),
+                         model=replace(config.model, width=args.width))
+        setup = prepare(config)
+        params = sum(v.numel() for k, v in setup.initial.items() if k in setup.parameter_keys)
+        runs: dict[str, list] = {"plain": [], "secure": []}
+        for _ in range(args.repeats):
+            for name, privacy in (("plain", PrivacyConfig()),
+                                  ("secure", PrivacyConfig(secure_aggregation=True))):
+                run_setup = replace(setup, config=replace(config, privacy=privacy))
+                runs[name].append(train(run_setup, "fedavg", setup.federation.sites, name))
+        seconds = {k: [r.seconds for o in v for r in o.history] for k, v in runs.items()}
+        plain, secure = statistics.median(seconds["plain"]), statistics.median(seconds["secure"])
+        auc = {k: v[0].test["auc"] for k, v in runs.items()}
+        up = {k: v[0].history[0].bytes_up / 1e6 for k, v in runs.items()}
+        print(f"{n:2d} sites, {params:,} parameters: plain {_list(seconds['plain'])} s, secure "
+              f"{_list(seconds['secure'])} s; medians {plain:.2f} / {secure:.2f} s, ratio "
+              f"{secure / plain:.2f}; test AUC {auc['plain']:.3f} / {auc['secure']:.3f}; "
+              f"bytes up per round {up['plain']:.1f} / {up['secure']:.1f} MB", flush=True)
+
+
+def _list(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=["auc", "epoch", "secagg"])
+    parser.add_argument("suite", choices=["auc", "epoch", "secagg", "round"])
     parser.add_argument("--data-file", type=Path, default=DATA)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -179,11 +211,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sites", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--only", help="auc: run only labels containing this text")
+    parser.add_argument("--width", type=int, default=60, help="round: the cnn's width (60: ~1M parameters)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.suite != "secagg" and not args.data_file.is_file():
         raise SystemExit(f"{args.data_file} not found (PneumoniaMNIST: https://zenodo.org/records/10519652)")
-    {"auc": bench_auc, "epoch": bench_epoch, "secagg": bench_secagg}[args.suite](args)
+    suites = {"auc": bench_auc, "epoch": bench_epoch, "secagg": bench_secagg, "round": bench_round}
+    suites[args.suite](args)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--momentum": ("momentum", float, "SGD momentum"),
     "--model": ("model", str, "cnn, resnet18, resnet50, densenet121, mlp, logistic"),
     "--norm": ("norm", str, "batch, group or instance"),
+    "--width": ("width", int, "cnn: channels of its first stage (default 16, ~70k parameters; 60: ~1M)"),
     "--seed": ("seed", int, "random seed"),
     "--device": ("device", str, "auto, cpu, cuda or mps"),
     # data a site holds (dicom, nifti, chestxray14)

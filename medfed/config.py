@@ -103,10 +103,14 @@ class ModelConfig:
     # statistics but predicts with their average, which fails at the site whose scanner differs
     # most (benchmarks/RESULTS.md). "batch" stays available, and FedBN is built for it.
     norm: str = "instance"
+    width: int = 16  # cnn: channels of the first of its three stages (16: ~70k parameters; 60: ~1M)
 
     def __post_init__(self) -> None:
         _choice("model", self.model, MODELS)
         _choice("norm", self.norm, NORMS)
+        _at_least("width", self.width, 1)
+        if self.width != 16 and self.model != "cnn":
+            raise ConfigError(f"width applies to --model cnn only, not {self.model}")
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ def prepare(config: RunConfig) -> Setup:
     size = config.data.image_size
     spatial = (size,) * source.spatial_dims if size and source.spatial_dims else None
     spec = ModelSpec(source.spatial_dims, source.in_channels, source.num_outputs, config.model.norm,
-                     input_size=spatial or tuple(source.pool.x.shape[2:]))
+                     input_size=spatial or tuple(source.pool.x.shape[2:]), width=config.model.width)
     model = build_model(config.model.model, spec, config.seed)
     preprocess = Preprocess(source.max_value if source.spatial_dims else None, spatial)
     device = pick_device(config.device)

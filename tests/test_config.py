@@ -156,6 +156,8 @@ def test_a_bad_device_names_every_valid_one():
     ({"training": {"batch_size": 0}}, "batch_size must be >= 1"),
     ({"training": {"momentum": -1}}, "momentum and weight_decay must be >= 0"),
     ({"seed": -1}, "seed must be >= 0"),
+    ({"model": {"width": 0}}, "width must be >= 1"),
+    ({"model": {"model": "mlp", "width": 32}}, "width applies to --model cnn only, not mlp"),
 ])
 def test_a_bad_value_is_a_config_error_saying_what_is_valid(raw, fragment):
     with pytest.raises(ConfigError) as info:

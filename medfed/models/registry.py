@@ -23,6 +23,7 @@ class ModelSpec:
     num_outputs: int
     norm: str = "batch"
     input_size: tuple[int, ...] = ()  # spatial size (H, W) or (D, H, W); checked when given
+    width: int = 16  # cnn only: channels of its first stage (the model's capacity)
 
 
 Builder = Callable[[ModelSpec], nn.Module]
@@ -48,7 +49,8 @@ def _resnet(factory: Callable[..., nn.Module]) -> Builder:
 
 
 MODELS: Registry[Builder] = Registry("model", {
-    "cnn": _for(IMAGES, "cnn", lambda s: SmallCNN(s.spatial_dims, s.in_channels, s.num_outputs, s.norm)),
+    "cnn": _for(IMAGES, "cnn", lambda s: SmallCNN(s.spatial_dims, s.in_channels, s.num_outputs, s.norm,
+                                                        s.width)),
     "resnet18": _for(IMAGES, "resnet18", _resnet(nets.resnet18)),
     "resnet50": _for(IMAGES, "resnet50", _resnet(nets.resnet50)),
     "densenet121": _for(IMAGES, "densenet121", lambda s: nets.DenseNet121(

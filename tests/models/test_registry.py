@@ -150,3 +150,12 @@ def test_instance_norm_on_a_map_shrunk_to_one_pixel_is_a_config_error():
     # DenseNet-121 brings 32 px down to 1x1, where instance norm has nothing to normalize.
     with pytest.raises(ConfigError, match="--image-size 64"):
         build_model("densenet121", ModelSpec(2, 1, 2, norm="instance", input_size=(32, 32)), seed=0)
+
+
+@pytest.mark.parametrize("width,parameters", [(16, 70_018), (60, 975_362)])
+def test_the_cnns_width_sets_its_capacity(width, parameters):
+    # width 60 is the ~1M-parameter model of the secure-aggregation round benchmark.
+    model = build_model("cnn", ModelSpec(2, 1, 2, norm="instance", width=width), seed=0)
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    assert forward(model, torch.rand(2, 1, 28, 28)).shape == (2, 2)
+    assert model.features[0].conv.out_channels == width
