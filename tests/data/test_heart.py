@@ -11,7 +11,14 @@ import pytest
 
 from medfed.cli import main
 from medfed.config import DataConfig
-from medfed.data.heart import FEATURES, HOSPITALS, load_heart_disease, read_hospital
+from medfed.data.heart import (
+    CATEGORICAL,
+    FEATURE_NAMES,
+    FEATURES,
+    HOSPITALS,
+    load_heart_disease,
+    read_hospital,
+)
 from medfed.errors import ConfigError, DataError
 
 ROW = "63,1,1,145,233,1,2,150,0,2.3,3,0,6,{num}"
@@ -26,6 +33,8 @@ def write_hospitals(root: Path, rows_per_site: int = 20, seed: int = 0,
         lines = []
         for i in range(rows_per_site):
             values = [f"{v:.1f}" for v in rng.normal(50 + 10 * k, 10, len(FEATURES))]
+            for name, codes in CATEGORICAL.items():
+                values[FEATURES.index(name)] = str(rng.choice(codes))
             if i % 5 == 0:
                 values[11] = "?"  # ca, as Hungarian and VA often lack it
             lines.append(",".join(values) + f",{i % 3}")  # num 0, 1, 2 -> disease for 2 of 3
@@ -53,6 +62,7 @@ def test_read_hospital_marks_question_marks_and_zero_cholesterol_missing(tmp_pat
     ("63,1,1\n", "processed.va.data:1: 3 columns, expected 14"),
     (ROW.format(num=0) + "\n" + ROW.format(num="x") + "\n", "processed.va.data:2: a value is neither"),
     (ROW.format(num="?") + "\n", "a row has no diagnosis"),
+    (ROW.format(num=0).replace(",0,6,", ",0,5,") + "\n", "processed.va.data:1: thal is 5; its codes are 3, 6, 7"),
 ])
 def test_a_malformed_file_names_the_file_and_line(tmp_path, text, fragment):
     root = write_hospitals(tmp_path / "d", overrides={"va": text.splitlines()})
@@ -73,7 +83,7 @@ def test_a_missing_folder_or_file_says_what_is_needed(tmp_path):
 def test_each_hospital_is_a_natural_site_with_a_fixed_stratified_test_split(tmp_path):
     root = write_hospitals(tmp_path / "d", rows_per_site=30)
     source = load_heart_disease(config(root), seed=0)
-    assert source.group_names == HOSPITALS and source.pool.x.shape[1] == 13
+    assert source.group_names == HOSPITALS and source.pool.x.shape[1] == len(FEATURE_NAMES) == 22
     assert source.pool.x.dtype == np.float32 and not np.isnan(source.pool.x).any()
     for k in range(4):
         train_y = source.pool.y[source.groups == k]
@@ -105,8 +115,25 @@ def test_a_feature_a_site_never_recorded_is_its_mean_and_is_noted(tmp_path):
     rows = [ROW.format(num=i % 2).replace(",0,6,", ",?,6,") for i in range(10)]
     source = load_heart_disease(config(write_hospitals(tmp_path / "d", overrides={"va": rows})), 0)
     va = source.pool.x[source.groups == 3]
-    assert np.all(va[:, FEATURES.index("ca")] == 0)
+    assert np.all(va[:, FEATURE_NAMES.index("ca")] == 0)
     assert source.notes == ("va never recorded ca",)
+
+
+def test_each_nominal_attribute_becomes_one_indicator_per_code_and_missing_is_none(tmp_path):
+    # cp 1 / restecg 2 / slope 3 / thal 6, then cp 4 / restecg ? / slope 1 / thal 7
+    rows = [ROW.format(num=i % 2) if i % 2 else "63,1,4,145,233,1,?,150,0,2.3,1,0,7,1"
+            for i in range(10)]
+    source = load_heart_disease(config(write_hospitals(tmp_path / "d", overrides={"va": rows})), 0)
+    x = np.concatenate([source.pool.x[source.groups == 3], source.test.x[source.test_groups == 3]])
+    hot = {name: x[:, FEATURE_NAMES.index(name)] for name in FEATURE_NAMES if "=" in name}
+    first = x[:, FEATURE_NAMES.index("thal=6")] == 1
+    assert first.sum() == 5
+    assert set(np.flatnonzero(hot["cp=1"])) == set(np.flatnonzero(first))
+    assert set(np.flatnonzero(hot["cp=4"])) == set(np.flatnonzero(~first))
+    assert np.all(hot["restecg=2"][first] == 1)
+    assert np.all([hot[f"restecg={c}"][~first] == 0 for c in CATEGORICAL["restecg"]])  # missing
+    for name, codes in CATEGORICAL.items():  # at most one code per attribute, per row
+        assert np.all(sum(hot[f"{name}={c}"] for c in codes) <= 1)
 
 
 def test_image_harmonization_is_refused_for_tabular_features(tmp_path):
