@@ -43,23 +43,26 @@ def intensity_histograms(data: dict[str, dict[str, Any]]) -> bytes:
 
 
 def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> bytes:
-    """Per algorithm: validation AUC of each site per round (left), mean training loss (right)."""
+    """Validation AUC per round (left) and mean training loss (right). One algorithm: a line per
+    site. Several: a line per algorithm (the mean over sites) in a band from the worst to the best
+    site, since twenty site lines in one panel can no longer be told apart."""
     fig, (auc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
+    colours = model_colours(list(histories))
     for algorithm, rounds in histories.items():
-        sites = sorted({s for r in rounds for s in r.get("val", {})})
-        for site in sites:
-            points = [(r["round"], r["val"][site].get("auc")) for r in rounds
-                      if site in r.get("val", {}) and r["val"][site].get("auc") is not None]
-            if points:
-                x, y = zip(*points, strict=True)
-                label = site if len(histories) == 1 else f"{algorithm} {site}"
-                auc_ax.plot(x, y, marker="o", label=label)
+        per_site = _site_auc_series(rounds)
+        if len(histories) == 1:
+            for site, (x, y) in per_site.items():
+                auc_ax.plot(x, y, marker="o", label=site)
+        elif per_site:
+            _mean_band(auc_ax, per_site, colours[algorithm], algorithm)
         losses = [(r["round"], float(np.mean(known))) for r in rounds
                   if (known := [v for v in r.get("train_loss", {}).values() if v is not None])]
         if losses:
             x, y = zip(*losses, strict=True)
-            loss_ax.plot(x, y, marker="o", label=algorithm)
-    auc_ax.set(xlabel="round", ylabel="validation AUC", title="Validation AUC at each site")
+            loss_ax.plot(x, y, marker="o", color=colours[algorithm], label=algorithm)
+    title = ("Validation AUC at each site" if len(histories) == 1
+             else "Validation AUC (mean over sites; band: worst to best site)")
+    auc_ax.set(xlabel="round", ylabel="validation AUC", title=title)
     loss_ax.set(xlabel="round", ylabel="training loss (mean over sites)", title="Training loss")
     for ax in (auc_ax, loss_ax):
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -68,14 +71,59 @@ def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> bytes:
     return _png(fig)
 
 
+def _site_auc_series(rounds: list[dict[str, Any]]) -> dict[str, tuple[tuple, tuple]]:
+    """site -> (rounds, validation AUCs), for the rounds where the site had an AUC (a site whose
+    validation split holds one class has none)."""
+    series = {}
+    for site in sorted({s for r in rounds for s in r.get("val", {})}):
+        points = [(r["round"], r["val"][site]["auc"]) for r in rounds
+                  if r.get("val", {}).get(site, {}).get("auc") is not None]
+        if points:
+            series[site] = tuple(zip(*points, strict=True))
+    return series
+
+
+def _mean_band(ax: Any, per_site: dict[str, tuple[tuple, tuple]], colour: Any, label: str) -> None:
+    by_round: dict[int, list[float]] = {}
+    for x, y in per_site.values():
+        for r, v in zip(x, y, strict=True):
+            by_round.setdefault(r, []).append(v)
+    rounds = sorted(by_round)
+    values = [by_round[r] for r in rounds]
+    ax.fill_between(rounds, [min(v) for v in values], [max(v) for v in values], color=colour,
+                    alpha=0.15, linewidth=0)
+    ax.plot(rounds, [float(np.mean(v)) for v in values], marker="o", markersize=3, color=colour,
+            label=label)
+
+
+def model_colours(names: list[str]) -> dict[str, Any]:
+    """One colour per model, the same in every figure: federated models take the qualitative
+    palette in order, pooled is black, local-only models are shades of grey (drawn dashed)."""
+    palette = plt.get_cmap("tab10").colors
+    local = [n for n in names if n.startswith("local:")]
+    colours: dict[str, Any] = {}
+    federated = 0
+    for name in names:
+        if name == "pooled":
+            colours[name] = "black"
+        elif name.startswith("local:"):
+            colours[name] = str(0.35 + 0.4 * local.index(name) / max(1, len(local) - 1))
+        else:
+            colours[name] = palette[federated % len(palette)]
+            federated += 1
+    return colours
+
+
 def roc_curves(labels: np.ndarray, scores: dict[str, np.ndarray]) -> bytes:
     """ROC curve of each model on the same test images, AUC in the legend."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
+    colours = model_colours(list(scores))
     for name, score in scores.items():
         fpr, tpr, _ = roc_curve(labels, score)
         style = "--" if name.startswith("local:") else "-"
         width = 1.0 if name.startswith("local:") else 2.0
-        ax.plot(fpr, tpr, style, linewidth=width, label=f"{name} (AUC {st.auc(labels, score):.3f})")
+        ax.plot(fpr, tpr, style, linewidth=width, color=colours[name],
+                label=f"{name} (AUC {st.auc(labels, score):.3f})")
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
     ax.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity (true-positive rate)",
            title="ROC curves on the held-out test set", xlim=(0, 1), ylim=(0, 1.01))
@@ -86,10 +134,12 @@ def roc_curves(labels: np.ndarray, scores: dict[str, np.ndarray]) -> bytes:
 def reliability_curves(labels: np.ndarray, scores: dict[str, np.ndarray]) -> bytes:
     """Observed rate of disease against the predicted probability, ECE in the legend."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
+    colours = model_colours(list(scores))
     for name, score in scores.items():
         curve = st.reliability(labels, score)
         keep = curve.counts > 0
-        ax.plot(curve.mean_predicted[keep], curve.observed_rate[keep], marker="o",
+        ax.plot(curve.mean_predicted[keep], curve.observed_rate[keep],
+                "--" if name.startswith("local:") else "-", marker="o", color=colours[name],
                 label=f"{name} (ECE {curve.ece:.3f})")
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
     ax.set(xlabel="predicted probability of disease", ylabel="observed share with disease",
