@@ -22,13 +22,13 @@ class SmallCNN(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
-        for stage, width in enumerate((width, 2 * width, 4 * width)):
+        for stage, stage_width in enumerate((width, 2 * width, 4 * width)):
             if stage > 0:
                 layers.append(Pool[Pool.MAX, spatial_dims](kernel_size=2))
             for _ in range(2 if stage else 1):
-                layers.append(Convolution(spatial_dims, channels, width, kernel_size=3,
+                layers.append(Convolution(spatial_dims, channels, stage_width, kernel_size=3,
                                           act="relu", norm=monai_norm(norm)))
-                channels = width
+                channels = stage_width
         self.features = nn.Sequential(*layers)
         self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
         self.head = nn.Linear(channels, num_outputs)

@@ -62,7 +62,8 @@ def test_read_hospital_marks_question_marks_and_zero_cholesterol_missing(tmp_pat
     ("63,1,1\n", "processed.va.data:1: 3 columns, expected 14"),
     (ROW.format(num=0) + "\n" + ROW.format(num="x") + "\n", "processed.va.data:2: a value is neither"),
     (ROW.format(num="?") + "\n", "a row has no diagnosis"),
-    (ROW.format(num=0).replace(",0,6,", ",0,5,") + "\n", "processed.va.data:1: thal is 5; its codes are 3, 6, 7"),
+    (ROW.format(num=0).replace(",0,6,", ",0,5,") + "\n",
+     "processed.va.data:1: thal is 5; its codes are 3, 6, 7"),
 ])
 def test_a_malformed_file_names_the_file_and_line(tmp_path, text, fragment):
     root = write_hospitals(tmp_path / "d", overrides={"va": text.splitlines()})
