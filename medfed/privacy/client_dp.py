@@ -43,9 +43,11 @@ def clip_delta(state: StateDict, reference: StateDict, bound: float) -> tuple[St
 
 
 def gaussian_noise(like: StateDict, std: float, generator: torch.Generator) -> StateDict:
-    """N(0, std^2) per coordinate, float64, from an injected generator."""
-    return {k: torch.randn(v.shape, generator=generator, dtype=torch.float64) * std
-            for k, v in like.items()}
+    """N(0, std^2) per coordinate, float64, from an injected generator. Drawn in sorted key order:
+    a state that came over the wire (safetensors stores keys sorted) and the same state in process
+    (module order) must get the same noise, or a deployment would not reproduce its simulation."""
+    return {k: torch.randn(like[k].shape, generator=generator, dtype=torch.float64) * std
+            for k in sorted(like)}
 
 
 @dataclass
