@@ -204,3 +204,14 @@ def test_compare_explains_the_first_algorithm_with_a_single_model(tiny, tmp_path
     with np.load(out / "gradcam.npz") as f:
         assert str(f["algorithm"]) == "fedavg"
     assert "Computed with the final fedavg model of seed 0." in (out / "report.html").read_text()
+
+
+def test_the_compare_results_show_the_site_mean_accuracy_flamby_publishes(compare_dir):
+    result = json.loads((compare_dir / "compare.json").read_text())
+    html = (compare_dir / "report.html").read_text()
+    header = re.search(r"<h2>Results with confidence intervals</h2>.*?</table>", html, re.S).group(0)
+    assert "site mean accuracy" in header
+    summary = result["configurations"]["fedavg"]["site_mean"]["accuracy"]
+    expected = "-" if summary["mean"] is None else f"{summary['mean']:.3f} ± {summary['sd']:.3f}"
+    row = re.search(r"<tr><td>fedavg</td>(.*?)</tr>", header, re.S).group(1)
+    assert re.findall(r"<td[^>]*>(.*?)</td>", row)[6] == expected != "-"
