@@ -43,6 +43,7 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--lr": ("lr", float, "local learning rate"),
     "--optimizer": ("optimizer", str, "adam or sgd"),
     "--momentum": ("momentum", float, "SGD momentum"),
+    "--logit-adjust": ("logit_adjust", float, "label skew: train on logits + tau log(site's label prior)"),
     "--model": ("model", str, "cnn, resnet18, resnet50, densenet121, mlp, logistic"),
     "--norm": ("norm", str, "batch, group or instance"),
     "--width": ("width", int, "cnn: channels of its first stage (default 16, ~70k parameters; 60: ~1M)"),

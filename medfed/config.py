@@ -164,6 +164,9 @@ class TrainingConfig:
     optimizer: str = "adam"
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
+    # Logit adjustment for label skew (Menon et al., ICLR 2021): each site trains on its logits
+    # plus tau * log(its own label prior), so what it learns does not lean to its majority class.
+    logit_adjust: float = 0.0  # tau; 0: off
 
     def __post_init__(self) -> None:
         _at_least("local_epochs", self.local_epochs, 1)
@@ -172,6 +175,8 @@ class TrainingConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         if self.momentum < 0 or self.weight_decay < 0:
             raise ConfigError("momentum and weight_decay must be >= 0")
+        if self.logit_adjust < 0:
+            raise ConfigError(f"logit_adjust must be >= 0 (0: off), got {self.logit_adjust}")
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,8 @@ def prepare(config: RunConfig) -> Setup:
 def train_options(config: RunConfig) -> TrainOptions:
     t = config.training
     return TrainOptions(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
-                        optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay)
+                        optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay,
+                        logit_adjust=t.logit_adjust)
 
 
 def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str,

@@ -155,6 +155,7 @@ def test_a_bad_device_names_every_valid_one():
     ({"training": {"lr": 0}}, "lr must be > 0"),
     ({"training": {"batch_size": 0}}, "batch_size must be >= 1"),
     ({"training": {"momentum": -1}}, "momentum and weight_decay must be >= 0"),
+    ({"training": {"logit_adjust": -0.5}}, "logit_adjust must be >= 0"),
     ({"seed": -1}, "seed must be >= 0"),
     ({"model": {"width": 0}}, "width must be >= 1"),
     ({"model": {"model": "mlp", "width": 32}}, "width applies to --model cnn only, not mlp"),

@@ -28,6 +28,7 @@ class TrainOptions:
     weight_decay: float = 0.0
     proximal_mu: float = 0.0  # FedProx: (mu/2)||w - w_global||^2 added to the loss
     scaffold: bool = False  # SCAFFOLD: the model arrives with the server's control variate
+    logit_adjust: float = 0.0  # tau: train on logits + tau * log(the site's label prior)
 
 
 class LocalSite(Protocol):
@@ -82,7 +83,7 @@ class SiteTrainer:
         for _ in range(options.epochs):
             for x, y in self._batches(self.data.train, options.batch_size):
                 optimizer.zero_grad(set_to_none=True)
-                task_loss = self.loss_fn(self.model(x), y)
+                task_loss = self.task_loss(self.model(x), y, options)
                 loss = task_loss + self._proximal(anchor, options.proximal_mu) if anchor else task_loss
                 loss.backward()
                 for param, c_diff in correction:  # SCAFFOLD: g - c_k + c
@@ -92,6 +93,24 @@ class SiteTrainer:
                 total_loss += float(task_loss.detach())  # comparable across algorithms
                 steps += 1
         return total_loss, steps
+
+    def task_loss(self, logits: torch.Tensor, y: torch.Tensor, options: TrainOptions) -> torch.Tensor:
+        """The training loss; with logit adjustment, softmax cross-entropy on logits shifted by
+        tau * log(prior), so the model's own logits estimate the label-balanced posterior: a site
+        holding mostly one class no longer pulls the federation toward that class."""
+        if options.logit_adjust:
+            logits = logits + options.logit_adjust * self.log_prior(logits.shape[1]).to(logits)
+        return self.loss_fn(logits, y)
+
+    def log_prior(self, n_classes: int) -> torch.Tensor:
+        """log of this site's training label frequencies, add-one smoothed (a class the site never
+        saw gets a finite, low prior). Computed from its own labels only; nothing leaves the site."""
+        if self.task is Task.MULTILABEL:
+            raise DataError("--logit-adjust needs single-label classes (binary, multiclass or "
+                            "ordinal); this data set is multi-label")
+        labels = np.asarray(self.data.train.y, dtype=np.int64).reshape(-1)
+        counts = np.bincount(labels, minlength=n_classes) + 1.0
+        return torch.from_numpy(np.log(counts / counts.sum()))
 
     def _correction(self, server_control: StateDict) -> list[tuple[nn.Parameter, torch.Tensor]]:
         """(parameter, c - c_k) for every trainable parameter; c_k starts at zero."""

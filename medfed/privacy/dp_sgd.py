@@ -143,12 +143,13 @@ class DPSite:
                                 expected_batch_size=self.batch_size, generator=self.noise)
         total_loss, steps = 0.0, 0
         for _ in range(options.epochs):
-            total_loss, steps = self._epoch(optimizer, total_loss, steps)
+            total_loss, steps = self._epoch(optimizer, options, total_loss, steps)
         state_out = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         metrics = {"train_loss": total_loss / max(steps, 1), "epsilon": self.budget.spent()}
         return Update(self.site, state_out, len(self.trainer.data.train), steps, metrics)
 
-    def _epoch(self, optimizer: DPOptimizer, total_loss: float, steps: int) -> tuple[float, int]:
+    def _epoch(self, optimizer: DPOptimizer, options: TrainOptions, total_loss: float, steps: int
+               ) -> tuple[float, int]:
         n = len(self.trainer.data.train)
         sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=self.budget.rate,
                                                 generator=self.sampling)
@@ -158,7 +159,7 @@ class DPSite:
                 continue  # probability (1 - q)^n, about e^-B: nothing is released
             x, y = self._batch(indices)
             optimizer.zero_grad(set_to_none=True)
-            loss = self.trainer.loss_fn(self.private(x), y)
+            loss = self.trainer.task_loss(self.private(x), y, options)
             with warnings.catch_warnings():  # the images need no gradient; Opacus' hooks say so
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
                 loss.backward()
