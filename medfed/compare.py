@@ -130,10 +130,8 @@ def _ensemble_is_local_baseline(config: RunConfig, outcomes: dict[str, Any]) -> 
     """The ensemble's site models are the local-only models (each site trains alone, every round)
     when every site took part in every round with no attacker and no privacy mechanism: reuse them
     rather than train the same models twice (a seventh of a compare's training time)."""
-    p = config.privacy
     return ("ensemble" in outcomes and config.federation.fraction >= 1.0
-            and config.adversary.attack == "none"
-            and not (p.dp_sgd or p.client_dp or p.secure_aggregation))
+            and config.adversary.attack == "none" and not config.privacy.enabled)
 
 
 Predict = Callable[[SiteId | None, Any], np.ndarray]  # (site, samples or None for the test set)

@@ -37,6 +37,7 @@ ALGORITHMS = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fednova", "sc
 AGGREGATORS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "norm-bound")
 # The algorithms whose server step is an average, and so can take any aggregator.
 AVERAGING = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi")
+CNN_WIDTH = 16  # the default cnn's first-stage channels (models/cnn.py uses it)
 MODELS = ("cnn", "resnet18", "resnet50", "densenet121", "mlp", "logistic")
 NORMS = ("batch", "group", "instance")
 OPTIMIZERS = ("adam", "sgd")
@@ -103,13 +104,13 @@ class ModelConfig:
     # statistics but predicts with their average, which fails at the site whose scanner differs
     # most (benchmarks/RESULTS.md). "batch" stays available, and FedBN is built for it.
     norm: str = "instance"
-    width: int = 16  # cnn: channels of the first of its three stages (16: ~70k parameters; 60: ~1M)
+    width: int = CNN_WIDTH  # cnn: channels of the first of its 3 stages (16: ~70k parameters; 60: ~1M)
 
     def __post_init__(self) -> None:
         _choice("model", self.model, MODELS)
         _choice("norm", self.norm, NORMS)
         _at_least("width", self.width, 1)
-        if self.width != 16 and self.model != "cnn":
+        if self.width != CNN_WIDTH and self.model != "cnn":
             raise ConfigError(f"width applies to --model cnn only, not {self.model}")
 
 
@@ -206,6 +207,11 @@ class PrivacyConfig:
     secure_aggregation: bool = False  # the server learns only the sum of the updates
     threshold: int | None = None  # t survivors needed to unmask; None: a majority of the round
     fixed_point_scale: float = 2.0 ** 24  # secure aggregation's resolution
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any mechanism is on."""
+        return self.dp_sgd or self.client_dp or self.secure_aggregation
 
     def __post_init__(self) -> None:
         if self.dp_sgd and self.noise_multiplier is None and self.target_epsilon is None:

@@ -57,6 +57,7 @@ class SiteTrainer:
         self.loss_fn = loss_for(task)
         self.predictor = Predictor(self.model, task, preprocess, device)
         self.control: StateDict = {}  # SCAFFOLD's c_k: kept at the site from round to round
+        self._log_prior: torch.Tensor | None = None  # logit adjustment: the labels never change
 
     @property
     def site(self) -> str:
@@ -99,7 +100,9 @@ class SiteTrainer:
         tau * log(prior), so the model's own logits estimate the label-balanced posterior: a site
         holding mostly one class no longer pulls the federation toward that class."""
         if options.logit_adjust:
-            logits = logits + options.logit_adjust * self.log_prior(logits.shape[1]).to(logits)
+            if self._log_prior is None:  # once per site, not on every batch
+                self._log_prior = self.log_prior(logits.shape[1]).to(logits)
+            logits = logits + options.logit_adjust * self._log_prior
         return self.loss_fn(logits, y)
 
     def log_prior(self, n_classes: int) -> torch.Tensor:

@@ -11,9 +11,10 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers import Pool
 from torch import nn
 
+from medfed.config import CNN_WIDTH
 from medfed.models.norm import monai_norm
 
-WIDTH = 16  # channels of the first stage
+WIDTH = CNN_WIDTH  # channels of the first stage; the config's default, so the two cannot drift
 
 
 class SmallCNN(nn.Module):

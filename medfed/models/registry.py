@@ -10,7 +10,7 @@ from monai.networks import nets
 from torch import nn
 
 from medfed.errors import ConfigError
-from medfed.models.cnn import SmallCNN
+from medfed.models.cnn import WIDTH, SmallCNN
 from medfed.models.norm import enforce_norm, monai_norm
 from medfed.models.tabular import logistic, mlp
 from medfed.registry import Registry
@@ -23,7 +23,7 @@ class ModelSpec:
     num_outputs: int
     norm: str = "batch"
     input_size: tuple[int, ...] = ()  # spatial size (H, W) or (D, H, W); checked when given
-    width: int = 16  # cnn only: channels of its first stage (the model's capacity)
+    width: int = WIDTH  # cnn only: channels of its first stage (the model's capacity)
 
 
 Builder = Callable[[ModelSpec], nn.Module]

@@ -43,8 +43,7 @@ class Mechanisms:
 
     @property
     def active(self) -> bool:
-        p = self.config.privacy
-        return p.dp_sgd or p.client_dp or p.secure_aggregation
+        return self.config.privacy.enabled
 
     @classmethod
     def build(cls, config: RunConfig, sites: list[SiteId]) -> Mechanisms:

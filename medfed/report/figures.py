@@ -114,16 +114,20 @@ def model_colours(names: list[str]) -> dict[str, Any]:
     return colours
 
 
+def _line_styles(names: list[str]) -> dict[str, dict[str, Any]]:
+    """matplotlib keywords per model: its colour; local-only models thin and dashed."""
+    colours = model_colours(names)
+    return {name: {"color": colours[name], "linestyle": "--" if name.startswith("local:") else "-",
+                   "linewidth": 1.0 if name.startswith("local:") else 2.0} for name in names}
+
+
 def roc_curves(labels: np.ndarray, scores: dict[str, np.ndarray]) -> bytes:
     """ROC curve of each model on the same test images, AUC in the legend."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    colours = model_colours(list(scores))
+    styles = _line_styles(list(scores))
     for name, score in scores.items():
         fpr, tpr, _ = roc_curve(labels, score)
-        style = "--" if name.startswith("local:") else "-"
-        width = 1.0 if name.startswith("local:") else 2.0
-        ax.plot(fpr, tpr, style, linewidth=width, color=colours[name],
-                label=f"{name} (AUC {st.auc(labels, score):.3f})")
+        ax.plot(fpr, tpr, **styles[name], label=f"{name} (AUC {st.auc(labels, score):.3f})")
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
     ax.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity (true-positive rate)",
            title="ROC curves on the held-out test set", xlim=(0, 1), ylim=(0, 1.01))
@@ -134,12 +138,11 @@ def roc_curves(labels: np.ndarray, scores: dict[str, np.ndarray]) -> bytes:
 def reliability_curves(labels: np.ndarray, scores: dict[str, np.ndarray]) -> bytes:
     """Observed rate of disease against the predicted probability, ECE in the legend."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    colours = model_colours(list(scores))
+    styles = _line_styles(list(scores))
     for name, score in scores.items():
         curve = st.reliability(labels, score)
         keep = curve.counts > 0
-        ax.plot(curve.mean_predicted[keep], curve.observed_rate[keep],
-                "--" if name.startswith("local:") else "-", marker="o", color=colours[name],
+        ax.plot(curve.mean_predicted[keep], curve.observed_rate[keep], **styles[name], marker="o",
                 label=f"{name} (ECE {curve.ece:.3f})")
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
     ax.set(xlabel="predicted probability of disease", ylabel="observed share with disease",
