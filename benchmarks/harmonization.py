@@ -30,7 +30,8 @@ from rich.console import Console
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from medfed.config import RunConfig, with_overrides  # noqa: E402
+from medfed.config import RunConfig  # noqa: E402
+from medfed.config_file import with_overrides  # noqa: E402
 from medfed.data.medmnist import load_medmnist  # noqa: E402
 from medfed.data.synthetic import load_synthetic  # noqa: E402
 from medfed.run import execute_run  # noqa: E402

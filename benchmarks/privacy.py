@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from medfed.algorithms.aggregate import WeightedMean
-from medfed.config import PrivacyConfig, RunConfig, config_from_dict
+from medfed.config import PrivacyConfig, RunConfig
+from medfed.config_file import config_from_dict
 from medfed.experiment import prepare, train, train_options
 from medfed.privacy import secagg
 from medfed.privacy.dp_sgd import DPSite

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from medfed.config import RunConfig, config_from_dict
+from medfed.config import RunConfig
+from medfed.config_file import config_from_dict
 from medfed.experiment import prepare, train
 
 REPO = Path(__file__).resolve().parents[1]

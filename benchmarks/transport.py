@@ -41,7 +41,7 @@ import grpc
 import torch
 
 from medfed.client.trainer import TrainOptions
-from medfed.config import config_from_dict
+from medfed.config_file import config_from_dict
 from medfed.deploy import certs
 from medfed.experiment import prepare, train
 from medfed.models import ModelSpec, build_model

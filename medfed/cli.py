@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medfed.config import DataConfig, RunConfig, load_config, with_overrides
+from medfed.config import DataConfig, RunConfig
+from medfed.config_file import load_config, with_overrides
 from medfed.deploy import commands as deploy_commands
 from medfed.errors import MedfedError
 

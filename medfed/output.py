@@ -8,7 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from medfed.config import RunConfig, to_toml
+from medfed.config import RunConfig
+from medfed.config_file import to_toml
 from medfed.errors import ConfigError
 from medfed.server.round_loop import RoundResult
 from medfed.transport.codec import encode_state

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from medfed import config as cfg
 from medfed.cli import main
-from medfed.config import RunConfig, load_config, with_overrides
+from medfed.config import RunConfig
+from medfed.config_file import load_config, with_overrides
 from medfed.evaluation.metrics import METRIC_KEYS
 from medfed.models import ModelSpec, build_model, norm_keys
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from medfed.config import load_config
+from medfed.config_file import load_config
 from tests.data.test_dicom_sites import scanner_folder
 from tests.dicom_files import PATIENT_ID, PATIENT_NAME
 from tests.test_cli import assert_one_line_error, run_cli, strict_json

@@ -19,12 +19,8 @@ from medfed.config import (
     ModelConfig,
     RunConfig,
     TrainingConfig,
-    config_from_dict,
-    load_config,
-    section_of,
-    to_toml,
-    with_overrides,
 )
+from medfed.config_file import config_from_dict, load_config, section_of, to_toml, with_overrides
 from medfed.errors import ConfigError
 
 

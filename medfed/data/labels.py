@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medfed.config import read_toml
+from medfed.config_file import read_toml
 from medfed.errors import DataError
 
 KEY_COLUMNS = ("file", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")

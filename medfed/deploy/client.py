@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 
 from medfed.client.trainer import LocalSite, TrainOptions
-from medfed.config import config_from_dict
+from medfed.config_file import config_from_dict
 from medfed.data.dataset import label_counts
 from medfed.deploy import secure_exchange
 from medfed.deploy.certs import load_identity

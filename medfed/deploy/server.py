@@ -29,7 +29,8 @@ import numpy as np
 import medfed
 from medfed.algorithms.registry import StrategyContext, build_strategy
 from medfed.algorithms.strategy import Strategy
-from medfed.config import RunConfig, to_toml
+from medfed.config import RunConfig
+from medfed.config_file import to_toml
 from medfed.deploy.audit import AuditLog
 from medfed.deploy.certs import SERVER_NAME, load_identity
 from medfed.deploy.handshakes import HandshakeWatch

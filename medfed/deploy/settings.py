@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medfed.config import RunConfig, config_from_dict, read_toml
+from medfed.config import RunConfig
+from medfed.config_file import config_from_dict, read_toml
 from medfed.errors import ConfigError
 from medfed.registry import unknown_choice
 from medfed.transport.grpc_channel import split_address

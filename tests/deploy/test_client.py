@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medfed.config import config_from_dict, to_toml
+from medfed.config_file import config_from_dict, to_toml
 from medfed.deploy.client import SiteWorker
 from medfed.errors import ConfigError
 from medfed.experiment import prepare, train

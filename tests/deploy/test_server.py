@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import torch
 
-from medfed.config import config_from_dict
+from medfed.config_file import config_from_dict
 from medfed.deploy.audit import AuditLog, verify
 from medfed.deploy.server import Federation, _listen, _run_federation
 from medfed.deploy.settings import DeploymentConfig

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from medfed.cli import main
-from medfed.config import config_from_dict
+from medfed.config_file import config_from_dict
 from medfed.errors import ConfigError
 
 TINY = ["run", "--sites", "3", "--rounds", "1", "--image-size", "16", "--no-baselines",
