@@ -11,23 +11,11 @@ import pytest
 from medfed.cli import main
 
 SITES = ["site-a", "site-b", "site-c"]
-TINY_TOML = """\
-device = "cpu"
-[data]
-sites = 3
-synthetic_samples = 240
-synthetic_test = 120
-augment = false
-[federation]
-rounds = 1
-"""
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> list[str]:
-    path = tmp_path_factory.mktemp("config") / "tiny.toml"
-    path.write_text(TINY_TOML)
-    return ["--config", str(path)]
+def tiny(tiny_config) -> list[str]:
+    return tiny_config(rounds=1)
 
 
 def run_cli(args, capsys):

@@ -16,24 +16,12 @@ import pytest
 from medfed.cli import main
 from medfed.report.build import SECTIONS
 
-TINY_TOML = """\
-device = "cpu"
-[data]
-sites = 3
-synthetic_samples = 240
-synthetic_test = 120
-augment = false
-[federation]
-rounds = 2
-"""
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> list[str]:
-    path = tmp_path_factory.mktemp("config") / "tiny.toml"
-    path.write_text(TINY_TOML)
-    return ["--config", str(path)]
+def tiny(tiny_config) -> list[str]:
+    return tiny_config(rounds=2)
 
 
 @pytest.fixture(scope="module")

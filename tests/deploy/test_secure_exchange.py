@@ -5,7 +5,6 @@ inspects what the server received."""
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -22,8 +21,7 @@ from medfed.privacy.secagg import SecureAggregationError
 from medfed.privacy.secure_round import WEIGHT_KEY, SecureAggregation, SecureSite
 from medfed.server.round_loop import RoundPlan, run_rounds
 from medfed.transport.codec import decode_state, encode_state
-from medfed.transport.grpc_channel import CLIENT_OPTIONS, SERVER_OPTIONS
-from medfed.transport.grpc_server import FederationServicer, SiteRegistry
+from medfed.transport.grpc_channel import CLIENT_OPTIONS
 from medfed.transport.grpc_transport import GrpcTransport
 from medfed.transport.proto import medfed_pb2 as pb
 from tests.privacy.test_secure_round import FakeSite as TrainingSite
@@ -43,26 +41,6 @@ class Recording(GrpcTransport):
         update = super().train(site, state, options)
         self.received.append(update)
         return update
-
-
-@pytest.fixture
-def serve():
-    """A real gRPC server on 127.0.0.1 (no TLS: the TLS tests are in test_federation.py)."""
-    servers = []
-
-    def start(sites):
-        audit = []
-        registry = SiteRegistry(sites, lambda event, **fields: audit.append((event, fields)))
-        server = grpc.server(ThreadPoolExecutor(len(sites) + 8), options=SERVER_OPTIONS)
-        server.add_generic_rpc_handlers((FederationServicer(registry, pb.Welcome(), True).handler(),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        servers.append(server)
-        return registry, port, audit
-
-    yield start
-    for server in servers:
-        server.stop(0).wait(5)
 
 
 def answering(site: SecureSite, silent_at_unmask: bool = False):

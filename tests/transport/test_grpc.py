@@ -8,12 +8,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import numpy as np
-import pytest
 import torch
 
 from medfed.algorithms.fedavg import FedAvg
@@ -24,11 +22,10 @@ from medfed.transport import chunks
 from medfed.transport.codec import decode_state, encode_state
 from medfed.transport.grpc_channel import (
     CLIENT_OPTIONS,
-    SERVER_OPTIONS,
     channel_credentials,
     server_credentials,
 )
-from medfed.transport.grpc_server import METHOD, REPLACED, FederationServicer, SiteRegistry
+from medfed.transport.grpc_server import METHOD, REPLACED
 from medfed.transport.grpc_transport import GrpcTransport
 from medfed.transport.proto import medfed_pb2 as pb
 
@@ -106,27 +103,6 @@ class FakeSite:
         self.outbox.put(None)
         self.channel.close()
         self.thread.join(5)
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[..., tuple[SiteRegistry, int, list]]]:
-    servers: list[grpc.Server] = []
-
-    def start(sites: list[str], credentials: grpc.ServerCredentials | None = None):
-        audit: list[tuple[str, dict]] = []
-        registry = SiteRegistry(sites, lambda event, **fields: audit.append((event, fields)))
-        servicer = FederationServicer(registry, pb.Welcome(), insecure=credentials is None)
-        server = grpc.server(ThreadPoolExecutor(len(sites) + 8), options=SERVER_OPTIONS)
-        server.add_generic_rpc_handlers((servicer.handler(),))
-        port = (server.add_insecure_port("127.0.0.1:0") if credentials is None
-                else server.add_secure_port("127.0.0.1:0", credentials))
-        server.start()
-        servers.append(server)
-        return registry, port, audit
-
-    yield start
-    for server in servers:
-        server.stop(0).wait(5)
 
 
 class Rounds(SilentObserver):
