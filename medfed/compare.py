@@ -38,17 +38,18 @@ from medfed.evaluation.metrics import METRIC_KEYS, compute_metrics
 from medfed.experiment import (
     POOLED,
     Setup,
-    members,
+    ensemble_models_are_local,
     pooled_site,
-    predict_test,
     predict_validation,
+    prediction_states,
     prepare,
+    site_states,
     train,
 )
 from medfed.output import prepare_out_dir, write_config, write_json, write_rounds
 from medfed.report.artifacts import data_summary, gradcam_panels, write_gradcam, write_predictions
 from medfed.progress import RichRoundProgress
-from medfed.types import Metrics, Prediction, SiteId, StateDict, Task
+from medfed.types import Metrics, SiteId, StateDict, Task
 
 LOCAL = "local:"
 SUMMARY_KEYS = (*METRIC_KEYS, "loss")
@@ -102,9 +103,8 @@ def run_seed(config: RunConfig, options: CompareOptions, observe: Callable[[str,
         if explain and (gradcam is None or "skipped" in gradcam):  # the ensemble has no one model
             gradcam = gradcam_panels(setup, outcome.strategy) | {"algorithm": np.array(algorithm)}
         predict = _strategy_predict(setup, outcome.strategy, list(sites))
-        test_probs, _ = predict_test(setup, outcome.strategy, list(sites))
         val = predict_validation(setup, outcome.strategy, sites)
-        scored[algorithm] = _score(setup, algorithm, test_probs, predict, val, options)
+        scored[algorithm] = _score(setup, algorithm, outcome.test_probs, predict, val, options)
     local = (outcomes["ensemble"] if _ensemble_is_local_baseline(config, outcomes)
              else train(setup, "ensemble", sites, "local", observe("local-only", config.seed), baseline=True))
     for site, data in sites.items():
@@ -116,7 +116,7 @@ def run_seed(config: RunConfig, options: CompareOptions, observe: Callable[[str,
                    observe("pooled", config.seed), baseline=True)
     predict = _state_predict(setup, pooled.strategy.global_state)
     val = predict_validation(setup, pooled.strategy, sites)
-    scored[POOLED] = _score(setup, POOLED, predict(None, None), predict, val, options)
+    scored[POOLED] = _score(setup, POOLED, pooled.test_probs, predict, val, options)
     source = setup.federation.source
     about = {"dataset": source.name, "task": str(source.task), "class_names": list(source.class_names),
              "partition": setup.federation.partition, "sites": list(sites), "model": config.model.model,
@@ -127,11 +127,9 @@ def run_seed(config: RunConfig, options: CompareOptions, observe: Callable[[str,
 
 
 def _ensemble_is_local_baseline(config: RunConfig, outcomes: dict[str, Any]) -> bool:
-    """The ensemble's site models are the local-only models (each site trains alone, every round)
-    when every site took part in every round with no attacker and no privacy mechanism: reuse them
-    rather than train the same models twice (a seventh of a compare's training time)."""
-    return ("ensemble" in outcomes and config.federation.fraction >= 1.0
-            and config.adversary.attack == "none" and not config.privacy.enabled)
+    """Reuse the ensemble's site models as the local-only ones rather than train the same models
+    twice (a seventh of a compare's training time), when they are the same (experiment.py)."""
+    return "ensemble" in outcomes and ensemble_models_are_local(config)
 
 
 Predict = Callable[[SiteId | None, Any], np.ndarray]  # (site, samples or None for the test set)
@@ -146,12 +144,8 @@ def _strategy_predict(setup: Setup, strategy: Any, sites: list[SiteId]) -> Predi
     """A site's patients scored as the strategy would score them: the global model, the site's
     own model (FedBN), or the mean of the site models (the ensemble)."""
     def predict(site: SiteId | None, samples: Any) -> np.ndarray:
-        if strategy.prediction is Prediction.SITE and site is not None:
-            states = [strategy.site_state(site)]
-        elif strategy.prediction is Prediction.GLOBAL:
-            states = [strategy.global_state]
-        else:
-            states = [strategy.site_state(s) for s in members(strategy, sites)]
+        states = (prediction_states(strategy, sites) if site is None
+                  else site_states(strategy, site, sites))
         return setup.predictor.predict_mean(states, samples)[0]
     return predict
 

@@ -58,6 +58,7 @@ class Outcome:
     transport: InProcessTransport
     seconds: float
     test: Metrics = field(default_factory=dict)
+    test_probs: np.ndarray | None = None  # the held-out test set's probabilities behind `test`
     privacy: dict = field(default_factory=dict)  # summary.json's `privacy` (privacy/mechanisms.py)
 
 
@@ -114,22 +115,35 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     outcome = Outcome(name, strategy, history, transport, time.perf_counter() - start)
     if privacy is not None and privacy.active:
         outcome.privacy = privacy.report()
-    outcome.test = score_test(setup, outcome.strategy, list(sites))
+    outcome.test_probs, loss = predict_test(setup, outcome.strategy, list(sites))
+    outcome.test = metrics_on_test(setup, outcome.test_probs, loss)
     return outcome
+
+
+def ensemble_models_are_local(config: RunConfig) -> bool:
+    """Whether an ensemble's site models are the local-only baseline's models: each site trains
+    alone either way, so they are when every site trains every round, honestly (no attacker, no
+    privacy mechanism: the baselines are the honest, non-private references)."""
+    return (config.federation.fraction >= 1.0 and config.adversary.attack == "none"
+            and not config.privacy.enabled)
 
 
 def score_test(setup: Setup, strategy: Strategy, sites: list[SiteId]) -> Metrics:
     """The held-out test set, predicted as the strategy predicts (see types.Prediction)."""
-    probs, loss = predict_test(setup, strategy, sites)
-    test = setup.federation.source.test
-    return {**compute_metrics(setup.federation.source.task, test.y, probs), "loss": loss}
+    return metrics_on_test(setup, *predict_test(setup, strategy, sites))
+
+
+def metrics_on_test(setup: Setup, probs: np.ndarray, loss: float) -> Metrics:
+    """The clinical metrics (and the loss) of probabilities on the held-out test set."""
+    source = setup.federation.source
+    return {**compute_metrics(source.task, source.test.y, probs), "loss": loss}
 
 
 def predict_test(setup: Setup, strategy: Strategy, sites: list[SiteId]) -> tuple[np.ndarray, float]:
     """(probabilities on the held-out test set, mean loss), as the strategy predicts."""
     if strategy.prediction is Prediction.SITE and _test_sites(setup, sites) is not None:
         return _predict_by_site(setup, strategy, sites)
-    return setup.predictor.predict_mean(_prediction_states(strategy, sites),
+    return setup.predictor.predict_mean(prediction_states(strategy, sites),
                                         setup.federation.source.test)
 
 
@@ -139,18 +153,25 @@ def predict_validation(setup: Setup, strategy: Strategy, sites: dict[SiteId, Sit
     site would use; in deployment only these scores and labels would leave a site, never images."""
     probs, labels = [], []
     for site, data in sites.items():
-        states = ([strategy.site_state(site)] if strategy.prediction is Prediction.SITE
-                  else _prediction_states(strategy, list(sites)))
-        p, _ = setup.predictor.predict_mean(states, data.val)
+        p, _ = setup.predictor.predict_mean(site_states(strategy, site, list(sites)), data.val)
         probs.append(p)
         labels.append(data.val.y)
     return np.concatenate(probs), np.concatenate(labels)
 
 
-def _prediction_states(strategy: Strategy, sites: list[SiteId]) -> list[StateDict]:
+def prediction_states(strategy: Strategy, sites: list[SiteId]) -> list[StateDict]:
+    """The models whose mean probability scores a patient of no particular site."""
     if strategy.prediction is Prediction.GLOBAL:
         return [strategy.global_state]
     return [strategy.site_state(s) for s in members(strategy, sites)]
+
+
+def site_states(strategy: Strategy, site: SiteId, sites: list[SiteId]) -> list[StateDict]:
+    """The models that score a patient of `site`: its own model under a personalized strategy
+    (FedBN), else as for any patient."""
+    if strategy.prediction is Prediction.SITE:
+        return [strategy.site_state(site)]
+    return prediction_states(strategy, sites)
 
 
 def members(strategy: Strategy, sites: list[SiteId]) -> list[SiteId]:
@@ -184,12 +205,15 @@ def _predict_by_site(setup: Setup, strategy: Strategy, sites: list[SiteId]
 
 def score_local_models(setup: Setup, outcome: Outcome) -> dict[SiteId, Metrics]:
     """Each local-only site model alone on the held-out test set."""
+    return {site: metrics_on_test(setup, *predicted)
+            for site, predicted in predict_local_models(setup, outcome).items()}
+
+
+def predict_local_models(setup: Setup, outcome: Outcome) -> dict[SiteId, tuple[np.ndarray, float]]:
+    """(test probabilities, mean loss) of each local-only site model alone."""
     test = setup.federation.source.test
-    out = {}
-    for site in outcome.transport.trainers:
-        probs, loss = setup.predictor.predict(outcome.strategy.site_state(site), test)
-        out[site] = {**compute_metrics(setup.federation.source.task, test.y, probs), "loss": loss}
-    return out
+    return {site: setup.predictor.predict(outcome.strategy.site_state(site), test)
+            for site in outcome.transport.trainers}
 
 
 def site_report(setup: Setup, outcome: Outcome) -> dict[SiteId, dict]:

@@ -14,11 +14,12 @@ from medfed.experiment import (
     Outcome,
     Setup,
     attacker_sites,
+    ensemble_models_are_local,
     members,
+    metrics_on_test,
     pooled_site,
-    predict_test,
+    predict_local_models,
     prepare,
-    score_local_models,
     site_report,
     train,
 )
@@ -106,24 +107,21 @@ def _baselines(setup: Setup, progress: RichRoundProgress, rounds: int, federated
     """Local-only (each site alone) and pooled (all training data in one place), same budget;
     with their test probabilities ("pooled", "local:<site>") for predictions.npz."""
     sites = setup.federation.sites
-    full_budget = setup.config.federation.fraction == 1
-    local = federated if federated.name == LOCAL and full_budget else train(
+    reuse = federated.name == LOCAL and ensemble_models_are_local(setup.config)
+    local = federated if reuse else train(
         setup, LOCAL, sites, "local", progress.start_run("local-only", rounds), baseline=True)
     pooled = train(setup, "fedavg", pooled_site(setup.federation), "pooled",
                    progress.start_run("pooled", rounds), baseline=True)
-    test = setup.federation.source.test
-    probs = {"pooled": setup.predictor.predict(pooled.strategy.global_state, test)[0]}
-    probs |= {f"local:{s}": setup.predictor.predict(local.strategy.site_state(s), test)[0]
-              for s in local.transport.trainers}
+    predicted = predict_local_models(setup, local)  # once per site: metrics and predictions.npz
+    probs = {"pooled": pooled.test_probs} | {f"local:{s}": p for s, (p, _) in predicted.items()}
     return ({"pooled": {"test": pooled.test, "wall_seconds": pooled.seconds},
-             "local": {s: {"test": m} for s, m in score_local_models(setup, local).items()}}, probs)
+             "local": {s: {"test": metrics_on_test(setup, *p)} for s, p in predicted.items()}}, probs)
 
 
 def _write_report_inputs(out: Path, setup: Setup, federated: Outcome, baseline_probs: dict[str, Any],
                          summary: dict[str, Any]) -> list[str]:
     """predictions.npz (test labels, every model's probabilities) and gradcam.npz."""
-    sites = list(setup.federation.sites)
-    probs = {"federated": predict_test(setup, federated.strategy, sites)[0], **baseline_probs}
+    probs = {"federated": federated.test_probs, **baseline_probs}
     write_predictions(out / "predictions.npz", setup.federation.source.test.y, probs)
     skipped = write_gradcam(out / "gradcam.npz", gradcam_panels(setup, federated.strategy))
     if skipped:
