@@ -50,11 +50,12 @@ def read_toml(path: str | Path, what: str = "config file", error: type[Exception
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read a TOML file into a validated RunConfig. A federation file's [deployment] table (read
-    by `medfed server`, medfed/deploy/settings.py) is left aside, so the same file runs in
-    simulation: `medfed run --config examples/federation.toml`."""
+    """Read a TOML file into a validated RunConfig. A federation file's [task] and [deployment]
+    tables (read by `medfed server`, medfed/deploy/settings.py) are left aside: in simulation the
+    task is read off the data of [data]."""
     raw = read_toml(path)
     raw.pop("deployment", None)
+    raw.pop("task", None)
     return config_from_dict(raw, source=str(path))
 
 

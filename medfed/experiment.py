@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 
 from medfed.algorithms.registry import StrategyContext, build_strategy
 from medfed.algorithms.strategy import Strategy
@@ -23,13 +24,13 @@ from medfed.data.federation import build_federation
 from medfed.data.sources import load_source
 from medfed.data.transforms import Preprocess
 from medfed.device import pick_device
+from medfed.errors import DataError, TransportError
 from medfed.evaluation.metrics import compute_metrics
 from medfed.models import ModelSpec, build_model, norm_keys, parameter_keys
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.server.round_loop import RoundObserver, RoundPlan, RoundResult, run_rounds
 from medfed.transport.inprocess import InProcessTransport
-from medfed.errors import DataError, TransportError
-from medfed.types import Metrics, Prediction, SiteId, StateDict
+from medfed.types import Metrics, Prediction, SiteId, StateDict, Task
 
 POOLED = "pooled"
 
@@ -269,12 +270,19 @@ def site_seed(config: RunConfig, k: int) -> int:
 
 
 def site_trainer(setup: Setup, k: int, data: SiteData) -> SiteTrainer:
-    """The trainer of the k-th site: the same in simulation and in a deployed site's client."""
-    config = setup.config
+    """The trainer of the k-th simulated site."""
+    return make_site_trainer(setup.config, setup.spec, setup.federation.source.task,
+                             setup.preprocess, setup.predictor.device, k, data)
+
+
+def make_site_trainer(config: RunConfig, spec: ModelSpec, task: Task, preprocess: Preprocess,
+                      device: torch.device, k: int, data: SiteData) -> SiteTrainer:
+    """The trainer of the k-th site of a federation: the same in simulation and at a deployed site,
+    so both train the same model from the same seed."""
     # Weights are loaded every round; the seed only keeps construction deterministic.
-    model = build_model(config.model.model, replace(setup.spec, input_size=()), config.seed)
-    return SiteTrainer(data, model, setup.federation.source.task, setup.preprocess,
-                       setup.predictor.device, site_seed(config, k), config.data.augment)
+    model = build_model(config.model.model, replace(spec, input_size=()), config.seed)
+    return SiteTrainer(data, model, task, preprocess, device, site_seed(config, k),
+                       config.data.augment)
 
 
 def attacker_sites(config: RunConfig, sites: list[SiteId]) -> list[SiteId]:

@@ -8,7 +8,6 @@ from typing import Any
 
 from rich.console import Console
 
-import medfed
 from medfed.config import RunConfig
 from medfed.experiment import (
     Outcome,
@@ -26,6 +25,7 @@ from medfed.experiment import (
 from medfed.output import prepare_out_dir, write_config, write_json, write_models, write_rounds
 from medfed.progress import RichRoundProgress, results_table
 from medfed.report.artifacts import data_summary, gradcam_panels, write_gradcam, write_predictions
+from medfed.summary import run_summary
 from medfed.types import Prediction
 
 LOCAL = "ensemble"  # the local-only baseline is the ensemble's training: every site on its own
@@ -132,22 +132,15 @@ def _write_report_inputs(out: Path, setup: Setup, federated: Outcome, baseline_p
 
 def _summary(setup: Setup, federated: Outcome, baselines: dict[str, Any] | None) -> dict[str, Any]:
     config, source = setup.config, setup.federation.source
-    summary: dict[str, Any] = {
-        "medfed_version": medfed.__version__, "dataset": source.name, "task": str(source.task),
-        "class_names": list(source.class_names), "partition": setup.federation.partition,
-        "algorithm": config.federation.algorithm, "aggregator": config.federation.aggregator,
-        "attack": {"kind": config.adversary.attack,
-                   "sites": attacker_sites(config, setup.federation.site_ids)},
-        "model": config.model.model,
-        "norm": config.model.norm, "rounds": config.federation.rounds,
-        "local_epochs": config.training.local_epochs, "seed": config.seed,
-        "device": str(setup.predictor.device),
-        "sites": site_report(setup, federated), "test": federated.test,
-        "n_test": len(source.test), "wall_seconds": federated.seconds,
-        "bytes_up": federated.transport.bytes_up, "bytes_down": federated.transport.bytes_down,
-        "failed_updates": {r.round: r.failed for r in federated.history if r.failed},
-        "skipped_files": len(source.skipped), "data_notes": list(source.notes),
-    }
+    summary = run_summary(
+        config, mode="simulation", dataset=source.name, task=str(source.task),
+        class_names=list(source.class_names), partition=setup.federation.partition,
+        sites=site_report(setup, federated), test=federated.test, n_test=len(source.test),
+        device=str(setup.predictor.device), wall_seconds=federated.seconds,
+        bytes_up=federated.transport.bytes_up, bytes_down=federated.transport.bytes_down,
+        failed_updates={r.round: r.failed for r in federated.history if r.failed},
+        attackers=attacker_sites(config, setup.federation.site_ids))
+    summary |= {"skipped_files": len(source.skipped), "data_notes": list(source.notes)}
     if baselines is not None:
         summary["baselines"] = baselines
     return summary

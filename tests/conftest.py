@@ -97,7 +97,7 @@ def serve() -> Iterator[Callable[..., tuple[SiteRegistry, int, list]]]:
     def start(sites: list[str], credentials: grpc.ServerCredentials | None = None):
         audit: list[tuple[str, dict]] = []
         registry = SiteRegistry(sites, lambda event, **fields: audit.append((event, fields)))
-        servicer = FederationServicer(registry, pb.Welcome(), insecure=credentials is None)
+        servicer = FederationServicer(registry, lambda site: pb.Welcome(), insecure=credentials is None)
         server = grpc.server(ThreadPoolExecutor(len(sites) + 8), options=SERVER_OPTIONS)
         server.add_generic_rpc_handlers((servicer.handler(),))
         port = (server.add_insecure_port("127.0.0.1:0") if credentials is None

@@ -9,7 +9,9 @@
   image intensity scale", with all percentiles as landmarks).
 
 A site's statistics come from its own pool and are applied to its own share of the test set, as a
-site would at prediction time. A test set without sites is harmonized as one site of its own.
+site would at prediction time. In simulation harmonize_source does this for every natural site at
+once; a deployed site does it for itself with pool_images / harmonize_site, the reference reaching
+it through the federation (the coordinator combines the sites' Quantiles with `reference`). A test set without sites is harmonized as one site of its own.
 Sites are the data's natural groups (its hospitals or scanners), whatever the partition.
 """
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from medfed.data.dataset import DataSource, Samples
+from medfed.data.dataset import DataSource, Samples, SiteData
 from medfed.errors import ConfigError
 
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 101)
@@ -101,3 +103,31 @@ def _site_rows(source: DataSource) -> tuple[list[np.ndarray], list[np.ndarray | 
 def _with_images(source: DataSource, pool_x: np.ndarray, test_x: np.ndarray) -> DataSource:
     return replace(source, pool=Samples(pool_x, source.pool.y), test=Samples(test_x, source.test.y),
                    max_value=1.0)
+
+
+def pool_images(data: SiteData, max_value: float) -> np.ndarray:
+    """A site's pool (training and validation) images as floats in [0, 1]: what its statistics
+    are fitted on."""
+    return np.concatenate([data.train.x, data.val.x]).astype(np.float32) / np.float32(max_value)
+
+
+def harmonize_site(data: SiteData, method: str, max_value: float,
+                   target: np.ndarray | None = None) -> SiteData:
+    """One site's splits harmonized with its own statistics (histogram: onto `target`, the
+    federation's reference); images become floats in [0, 1]."""
+    pool = pool_images(data, max_value)
+    if method == "zscore":
+        site_map = _zscore_map(pool)
+    elif method == "histogram":
+        if target is None:
+            raise ConfigError("histogram harmonization needs the federation's reference")
+        fit = site_quantiles(pool)
+        site_map = lambda x: match(x, fit, target)  # noqa: E731
+    else:
+        return data
+
+    def mapped(samples: Samples) -> Samples:
+        return Samples(site_map(samples.x.astype(np.float32) / np.float32(max_value)), samples.y)
+
+    test = mapped(data.test) if data.test is not None else None
+    return SiteData(data.site, mapped(data.train), mapped(data.val), test)

@@ -8,6 +8,18 @@ import sys
 from pathlib import Path
 
 COMMANDS = ("certs", "server", "client", "audit")
+# `medfed client` flags for the common keys of a site's [data] (deploy/site_config.py).
+SITE_DATA_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--dataset": ("dataset", str, ("dicom, nifti, chestxray14, medmnist, heart-disease, images, "
+                                  "synthetic")),
+    "--data-dir": ("data_dir", str, "the site's data folder (all of it is this one site)"),
+    "--data-file": ("data_file", str, "the site's data file (a MedMNIST .npz)"),
+    "--labels": ("labels", str, "CSV of labels: file (or a DICOM UID) and label"),
+    "--label-map": ("label_map", str, "TOML mapping this site's label names to the federation's"),
+    "--image-size": ("image_size", int, "side length the site's loader resizes images to"),
+    "--val-fraction": ("val_fraction", float, "share of the site's data kept for validation"),
+    "--test-fraction": ("test_fraction", float, "share of the site's data held out for testing"),
+}
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -27,17 +39,23 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     server.add_argument("--address", help="HOST:PORT to listen on (default: [deployment] address)")
     server.add_argument("--resume", action="store_true", help="continue after the last completed round")
     server.add_argument("--insecure", action="store_true", help="no TLS; loopback addresses only")
-    client = commands.add_parser("client", help="run one site of a deployed federation")
+    client = commands.add_parser("client", help="run one site of a deployed federation on its own data")
     client.add_argument("--server", required=True, help="HOST:PORT of the server")
-    client.add_argument("--site", required=True, help="this site's name (its certificate's name)")
+    client.add_argument("--site", help="this site's name (its certificate's name; or site = in "
+                                       "--site-config)")
     client.add_argument("--certs", type=Path, help="folder with ca.crt, SITE.crt, SITE.key")
     client.add_argument("--insecure", action="store_true", help="no TLS; loopback addresses only")
     client.add_argument("--retry-for", type=float, default=3600.0,
                         help="seconds to keep retrying an unreachable server (default 3600)")
-    client.add_argument("--data", type=Path, help="this site's own data, a MedMNIST-format .npz "
-                        "(default: its share of the federation's configured data)")
     client.add_argument("--max-backoff", type=float, default=30.0,
                         help="longest wait in seconds between reconnection attempts (default 30)")
+    client.add_argument("--site-config", type=Path, help="SITE.toml: this site's data, state "
+                        "folder and splits (README: Deployment); the flags below override it")
+    client.add_argument("--state", type=Path, help="this site's state folder (default medfed-SITE)")
+    client.add_argument("--seed", type=int, help="seed of this site's train/validation/test split")
+    for flag, (key, kind, text) in SITE_DATA_FLAGS.items():
+        client.add_argument(flag, dest=key, type=kind, help=text)
+    client.add_argument("--data", type=Path, help="shorthand for --dataset medmnist --data-file FILE")
     audit = commands.add_parser("audit", help="check an audit trail")
     audit_what = audit.add_subparsers(dest="audit_command", required=True, parser_class=type(audit))
     verify = audit_what.add_parser("verify", help="print ok, or the first broken line (exit 1)")
@@ -69,9 +87,14 @@ def execute(args: argparse.Namespace) -> int:
                          args.insecure))
         return 0
     from medfed.deploy.client import ClientArgs, run_client
+    from medfed.deploy.site_config import load_site_config
 
-    return run_client(ClientArgs(args.server, args.site, args.certs, args.insecure, args.retry_for,
-                                 args.max_backoff, args.data))
+    data = {key: getattr(args, key) for key, _, _ in SITE_DATA_FLAGS.values()}
+    if args.data is not None:
+        data |= {"dataset": "medmnist", "data_file": str(args.data)}
+    site = load_site_config(args.site_config, args.site, data, args.state, args.seed)
+    return run_client(ClientArgs(args.server, site, args.certs, args.insecure, args.retry_for,
+                                 args.max_backoff))
 
 
 def _need_certs(args: argparse.Namespace) -> None:

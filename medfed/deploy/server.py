@@ -1,12 +1,18 @@
 """`medfed server`: the coordinating process of a deployed federation.
 
-It listens (gRPC, mutual TLS), lets in the federation's sites, waits for enough of them, then runs
+It holds no patient data and opens no data file: the federation file declares a task (schema),
+from which it builds the model. It listens (gRPC, mutual TLS), lets in the federation's sites whose
+data fits the task (a site reports its schema in its hello; a mismatch is refused and audited),
+waits for enough of them, then runs
 THE round loop (medfed.server.round_loop) with the gRPC transport. After every completed round it
 checkpoints the global model and records the round in SQLite (deploy/state.py) and in the audit
 trail (deploy/audit.py). A round that does not reach min_sites is not recorded: it is run again from
 the last checkpoint. `--resume` continues a stopped or crashed server from its last completed round.
-When the configured rounds are done it writes summary.json (the keys of `medfed run`) into its
-state folder, says goodbye to the sites and exits 0. With `[privacy] secure_aggregation`, the
+When the configured rounds are done every site scores the final model on its own splits and sends
+aggregates (deploy/evaluation.py); the server writes summary.json (summary.py: the keys of `medfed
+run`) into its state folder, says goodbye to the sites and exits 0. With histogram harmonization
+the sites' intensity quantiles (from their hellos) are combined into one reference, kept in the
+state and sent with every model. With `[privacy] secure_aggregation`, the
 strategy is the simulation's SecureAggregation, whose key and unmask messages travel over the
 sites' sessions (deploy/secure_exchange.py); a round with fewer than t survivors fails like one
 without min_sites: it is not recorded.
@@ -31,25 +37,31 @@ from medfed.algorithms.registry import StrategyContext, build_strategy
 from medfed.algorithms.strategy import Strategy
 from medfed.config import RunConfig
 from medfed.config_file import to_toml
+from medfed.data.harmonize import QUANTILE_LEVELS, Quantiles, reference
 from medfed.deploy.audit import AuditLog
 from medfed.deploy.certs import SERVER_NAME, load_identity
+from medfed.deploy.evaluation import combine_answers, gather
 from medfed.deploy.handshakes import HandshakeWatch
 from medfed.deploy.secure_exchange import GrpcCoordinator
 from medfed.deploy.settings import DeploymentConfig, load_federation
+from medfed.deploy.site_worker import REFERENCE
 from medfed.deploy.state import StateStore, atomic_write
 from medfed.errors import ConfigError, NotEnoughSites
-from medfed.experiment import Setup, prepare, score_test, train_options
+from medfed.experiment import train_options
+from medfed.models import build_model, norm_keys, parameter_keys
 from medfed.output import write_json
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.privacy.secagg import SecureAggregationError
 from medfed.server.round_loop import RoundPlan, RoundResult, run_rounds
 from medfed.server.sampling import sample_sites
+from medfed.summary import run_summary
+from medfed.task_schema import TaskSchema
 from medfed.transport.codec import encode_state
 from medfed.transport.grpc_channel import SERVER_OPTIONS, allow_insecure, server_credentials
 from medfed.transport.grpc_server import FederationServicer, SiteRegistry
 from medfed.transport.grpc_transport import GrpcTransport
 from medfed.transport.proto import medfed_pb2 as pb
-from medfed.types import SiteId
+from medfed.types import SiteId, StateDict
 
 # Strategies whose whole server state is the global model: a checkpoint is enough to resume them.
 RESUMABLE = ("fedavg", "fedprox")
@@ -65,13 +77,29 @@ class ServerArgs:
     insecure: bool = False
 
 
+@dataclass(frozen=True)
+class ServerModel:
+    """The model the task schema describes: what the coordinator knows instead of any data."""
+
+    initial: StateDict
+    parameter_keys: frozenset[str]
+    norm_keys: frozenset[str]
+
+    @classmethod
+    def build(cls, config: RunConfig, task: TaskSchema) -> ServerModel:
+        model = build_model(config.model.model, task.model_spec(config.model), config.seed)
+        return cls({k: v.clone() for k, v in model.state_dict().items()}, parameter_keys(model),
+                   norm_keys(model))
+
+
 @dataclass
 class Federation:
     """Everything one server run holds."""
 
     config: RunConfig
+    task: TaskSchema
     deployment: DeploymentConfig
-    setup: Setup
+    model: ServerModel
     sites: list[SiteId]
     store: StateStore
     audit: AuditLog
@@ -83,22 +111,19 @@ class Federation:
 
 
 def serve(args: ServerArgs) -> dict[str, Any]:
-    config, deployment = load_federation(args.config)
+    federation = load_federation(args.config)
+    config, deployment = federation.config, federation.deployment
     address = args.address or deployment.address
     if args.insecure:
         allow_insecure(address, "server")
     credentials = None if args.insecure else server_credentials(load_identity(args.certs or Path(),
                                                                               SERVER_NAME))
-    store, audit = _open_state(args, config)  # first: a refused --state fails in a moment
-    try:
-        setup = prepare(config)  # the initial model and the held-out test set, as in simulation
-        sites = _sites(deployment, setup)
-    except BaseException:
-        store.close()
-        raise
+    model = ServerModel.build(config, federation.task)  # a model the task cannot take fails here
+    store, audit = _open_state(args, config, federation.task)  # a refused --state fails in a moment
+    sites = list(deployment.sites)
     registry = SiteRegistry(sites, audit.record)
     transport = GrpcTransport(registry, deployment.round_deadline, deployment.eval_deadline)
-    fed = Federation(config, deployment, setup, sites, store, audit, transport)
+    fed = Federation(config, federation.task, deployment, model, sites, store, audit, transport)
     watch = HandshakeWatch(audit.record)
     watch.start()
     server = _listen(fed, address, credentials)
@@ -113,9 +138,15 @@ def serve(args: ServerArgs) -> dict[str, Any]:
 
 
 def _listen(fed: Federation, address: str, credentials: grpc.ServerCredentials | None) -> grpc.Server:
-    welcome = pb.Welcome(config_toml=to_toml(fed.config))
+    config_toml = to_toml(fed.config)
+
+    def welcome(site: SiteId) -> pb.Welcome:
+        body = {"task": fed.task.to_json(), "index": fed.sites.index(site), "sites": fed.sites}
+        return pb.Welcome(config_toml=config_toml, federation=json.dumps(body))
+
     servicer = FederationServicer(fed.transport.registry, welcome, insecure=credentials is None,
-                                  on_hello=fed.store.record_site)
+                                  on_hello=fed.store.record_site,
+                                  admit=lambda site, info: _refusal(fed.task, site, info))
     server = grpc.server(ThreadPoolExecutor(max_workers=len(fed.sites) + 8), options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((servicer.handler(),))
     port = (server.add_insecure_port(address) if credentials is None
@@ -123,9 +154,23 @@ def _listen(fed: Federation, address: str, credentials: grpc.ServerCredentials |
     server.start()
     fed.audit.record("server_started", address=address, port=port, sites=fed.sites,
                      tls=credentials is not None, resumed_after=fed.store.completed_rounds(),
-                     medfed_version=medfed.__version__)
+                     task=fed.task.to_json(), medfed_version=medfed.__version__)
     _say(f"listening on {address} for {', '.join(fed.sites)}")
     return server
+
+
+def _refusal(task: TaskSchema, site: SiteId, hello: dict[str, Any]) -> str | None:
+    """Why a site's data does not fit the federation's task (one line), or None."""
+    try:
+        schema = TaskSchema.from_json(hello.get("schema"), "the site's task schema")
+    except ConfigError as exc:
+        return f"site {site} sent no usable task schema ({exc}); is it running this medfed version?"
+    differences = task.differences(schema)
+    if not differences:
+        return None
+    line = f"site {site}'s data does not fit the federation's task: {'; '.join(differences)}"
+    _say(f"refused {line[5:]}")
+    return line
 
 
 def _run_federation(fed: Federation) -> dict[str, Any]:
@@ -134,6 +179,7 @@ def _run_federation(fed: Federation) -> dict[str, Any]:
     strategy, attempts = None, 0
     while (done := fed.store.completed_rounds()) < fed.config.federation.rounds or strategy is None:
         _wait_for_sites(fed, need)
+        _share_reference(fed)
         strategy = _strategy(fed)
         try:
             run_rounds(strategy, fed.transport, fed.sites, _plan(fed.config, done),
@@ -161,6 +207,44 @@ def _wait_for_sites(fed: Federation, need: int) -> None:
                              f"min_sites_to_start is {need}")
 
 
+def _share_reference(fed: Federation) -> None:
+    """Histogram harmonization: one reference from the connected sites' quantiles, fixed for the
+    federation (kept in the state, so a resumed server sends the same one)."""
+    if fed.task.harmonize != "histogram" or REFERENCE in fed.transport.common_options:
+        return
+    stored = fed.store.get("harmonize_reference")
+    if stored is None:
+        fits = {}
+        for site in fed.transport.registry.connected():
+            channel = fed.transport.registry.get(site)
+            fit = _quantiles(channel.info.get("quantiles")) if channel else None
+            if fit is not None:
+                fits[site] = fit
+        if not fits:
+            raise NotEnoughSites("no connected site sent its intensity quantiles for histogram "
+                                 "harmonization")
+        stored = json.dumps(reference(list(fits.values())).tolist())
+        fed.store.put("harmonize_reference", stored)
+        fed.audit.record("harmonization_reference", sites=sorted(fits),
+                         sha256=hashlib.sha256(stored.encode()).hexdigest())
+        _say(f"histogram reference combined from {', '.join(sorted(fits))}")
+    fed.transport.common_options[REFERENCE] = json.loads(stored)
+
+
+def _quantiles(raw: Any) -> Quantiles | None:
+    """A site's quantile summary, checked (a bad one leaves that site out of the reference)."""
+    if not isinstance(raw, dict):
+        return None
+    values, n = raw.get("values"), raw.get("n_pixels")
+    if not isinstance(values, list) or len(values) != len(QUANTILE_LEVELS) or isinstance(n, bool) \
+            or not isinstance(n, int) or not 0 < n < 1 << 50:
+        return None
+    array = np.asarray([v if isinstance(v, (int, float)) else np.nan for v in values], np.float64)
+    if not np.isfinite(array).all() or (np.diff(array) < 0).any():
+        return None
+    return Quantiles(array, n)
+
+
 def _last_epsilon(history: list[dict]) -> dict[str, float]:
     """Each site's epsilon as its last update reported it (DP-SGD's accountant lives at the site)."""
     spent: dict[str, float] = {}
@@ -172,11 +256,11 @@ def _last_epsilon(history: list[dict]) -> dict[str, float]:
 def _strategy(fed: Federation) -> Strategy:
     """The strategy, from the initial model or from the last completed round's checkpoint."""
     checkpoint = fed.store.last_checkpoint()
-    initial = checkpoint[1] if checkpoint else fed.setup.initial
-    s = fed.setup
+    m = fed.model
+    initial = checkpoint[1] if checkpoint else m.initial
     # Client-level DP (DP-FedAvg): without secure aggregation the server's aggregator clips and
     # adds the noise; with it, SecureAggregation does (sites clip, the server noises the sum).
-    ctx = StrategyContext(initial, s.parameter_keys, s.norm_keys, fed.sites, fed.config.federation,
+    ctx = StrategyContext(initial, m.parameter_keys, m.norm_keys, fed.sites, fed.config.federation,
                           fed.config.training, aggregator_override=fed.privacy.aggregator())
     strategy = build_strategy(fed.config.federation.algorithm, ctx)
     if not fed.config.privacy.secure_aggregation:
@@ -227,53 +311,59 @@ class DeployObserver:
 
 
 def _finish(fed: Federation, strategy: Strategy, seconds: float) -> dict[str, Any]:
-    """summary.json, rounds.jsonl and model.safetensors in the state folder."""
+    """Every site scores the final model; summary.json, rounds.jsonl and model.safetensors."""
     history = fed.store.history()
-    config, source = fed.config, fed.setup.federation.source
-    info = fed.store.site_info()
-    last_val = history[-1]["val"] if history else {}
-    summary: dict[str, Any] = {
-        "medfed_version": medfed.__version__, "mode": "deployment", "dataset": source.name,
-        "task": str(source.task), "class_names": list(source.class_names),
-        "partition": fed.setup.federation.partition, "algorithm": config.federation.algorithm,
-        "aggregator": config.federation.aggregator, "model": config.model.model,
-        "norm": config.model.norm, "rounds": len(history),
-        "local_epochs": config.training.local_epochs, "seed": config.seed,
-        "sites": {s: {**_sizes(info.get(s, {})), "val": last_val.get(s) or {}} for s in fed.sites},
-        "test": score_test(fed.setup, strategy, fed.sites), "n_test": len(source.test),
-        "device": str(fed.setup.predictor.device), "wall_seconds": seconds,
-        # over every recorded round, also those of a server process before a --resume
-        "bytes_up": sum(h["bytes_up"] for h in history),
-        "bytes_down": sum(h["bytes_down"] for h in history),
-        "failed_updates": {h["round"]: h["failed"] for h in history if h["failed"]},
-    }
+    config = fed.config
+    d = fed.deployment
+    budget = d.eval_deadline + (config.federation.rounds * d.round_deadline if config.baselines else 0)
+    _say("the sites score the final model" + (" and train their local baselines"
+                                              if config.baselines else ""))
+    states = {s: strategy.site_state(s) for s in fed.sites}
+    answers, failed = gather(fed.transport, states, fed.task, config.baselines, budget)
+    for site, why in failed.items():
+        fed.audit.record("evaluation_failed", site=site, reason=why)
+    combined = combine_answers(answers, failed, fed.task)
+    info, last_val = fed.store.site_info(), (history[-1]["val"] if history else {})
+    sites = {s: {**_sizes(info.get(s, {})), "val": last_val.get(s) or {},
+                 **({"test": combined["site_test"][s]} if s in combined["site_test"] else {})}
+             for s in fed.sites}
+    summary = run_summary(
+        config, mode="deployment", dataset="each site's own data", task=str(fed.task.kind),
+        class_names=list(fed.task.classes), partition="natural (one hospital, one site)",
+        sites=sites, test=combined["test"], n_test=combined["n_test"], device="at each site",
+        wall_seconds=seconds, bytes_up=sum(h["bytes_up"] for h in history),
+        bytes_down=sum(h["bytes_down"] for h in history),
+        failed_updates={h["round"]: h["failed"] for h in history if h["failed"]}, attackers=[])
+    summary |= {k: combined[k] for k in ("site_mean", "operating_point", "baselines", "evaluation")
+                if k in combined}
+    summary["evaluation"]["bytes_up"] = dict(fed.transport.eval_bytes)
+    summary["task_schema"] = fed.task.to_json()
     if fed.privacy.active:
         summary["privacy"] = fed.privacy.report()
         if config.privacy.dp_sgd:  # the sites' accountants are at the sites: their last reports
             summary["privacy"]["epsilon"] = _last_epsilon(history)
+    _write_outputs(fed, strategy, summary, history)
+    return summary
+
+
+def _write_outputs(fed: Federation, strategy: Strategy, summary: dict[str, Any],
+                   history: list[dict[str, Any]]) -> None:
     out = fed.store.folder
     summary["files"] = ["summary.json", "rounds.jsonl", "model.safetensors", "audit.jsonl",
                         "medfed.sqlite"]
     write_json(out / "summary.json", summary)
     lines = "".join(json.dumps(h) + "\n" for h in history)
     atomic_write(out / "rounds.jsonl", lines.encode())
-    model = encode_state(strategy.global_state, {"algorithm": config.federation.algorithm})
+    meta = {"algorithm": fed.config.federation.algorithm, "task": json.dumps(fed.task.to_json())}
+    if REFERENCE in fed.transport.common_options:
+        meta["harmonize_reference"] = json.dumps(fed.transport.common_options[REFERENCE])
+    model = encode_state(strategy.global_state, meta)
     atomic_write(out / "model.safetensors", model)
     fed.audit.record("model_written", sha256=hashlib.sha256(model).hexdigest())
-    return summary
+    _say(f"model written to {out / 'model.safetensors'}; summary in {out / 'summary.json'}")
 
 
-def _sites(deployment: DeploymentConfig, setup: Setup) -> list[SiteId]:
-    known = setup.federation.site_ids
-    sites = list(deployment.sites) or list(known)
-    unknown = [s for s in sites if s not in known]
-    if unknown:
-        raise ConfigError(f"[deployment] sites {unknown} are not sites of the federation's data; "
-                          f"valid: {', '.join(known)}")
-    return sites
-
-
-def _open_state(args: ServerArgs, config: RunConfig) -> tuple[StateStore, AuditLog]:
+def _open_state(args: ServerArgs, config: RunConfig, task: TaskSchema) -> tuple[StateStore, AuditLog]:
     args.state.mkdir(parents=True, exist_ok=True)
     store = StateStore(args.state)
     audit = AuditLog(args.state / "audit.jsonl")
@@ -286,7 +376,7 @@ def _open_state(args: ServerArgs, config: RunConfig) -> tuple[StateStore, AuditL
         store.close()
         raise ConfigError(f"--resume supports {', '.join(RESUMABLE)}; "
                           f"{config.federation.algorithm} keeps server state a checkpoint lacks")
-    _record_config(store, audit, to_toml(config))
+    _record_config(store, audit, to_toml(config) + json.dumps(task.to_json()))
     return store, audit
 
 
@@ -301,7 +391,7 @@ def _record_config(store: StateStore, audit: AuditLog, text: str) -> None:
 
 
 def _sizes(info: dict[str, Any]) -> dict[str, Any]:
-    return {k: info[k] for k in ("n_train", "n_val", "label_counts") if k in info}
+    return {k: info[k] for k in ("n_train", "n_val", "n_test", "label_counts") if k in info}
 
 
 def _say(text: str) -> None:

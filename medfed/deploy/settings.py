@@ -1,8 +1,11 @@
-"""A federation file: a run configuration (the keys of `medfed run`) plus a [deployment] table.
+"""A federation file: the task (medfed/task_schema.py), how to learn it (the [model], [federation],
+[training] and [privacy] keys of `medfed run`), and a [deployment] table. It names no data: each
+site's data, splits and paths are in that site's own configuration (deploy/site_config.py), so
+[data] may only say whether sites augment their training images (`augment`).
 
     [deployment]
     address = "127.0.0.1:50051"   # where the server listens (--address overrides it)
-    sites = ["site-a", "site-b"]  # the sites allowed in (default: every site of [data])
+    sites = ["site-a", "site-b"]  # the sites allowed in (their certificates' names; required)
     min_sites_to_start = 3        # the first round starts when this many are connected (default: all)
     round_deadline = 3600.0       # seconds a round waits for updates; late sites are left out
     eval_deadline = 600.0         # seconds a site has to score a model
@@ -22,7 +25,10 @@ from medfed.config import RunConfig
 from medfed.config_file import config_from_dict, read_toml
 from medfed.errors import ConfigError
 from medfed.registry import unknown_choice
+from medfed.task_schema import TaskSchema
 from medfed.transport.grpc_channel import split_address
+
+SITE_DATA_KEYS = ("augment",)  # what a federation may say about the sites' data: nothing else
 
 
 @dataclass(frozen=True)
@@ -47,12 +53,37 @@ class DeploymentConfig:
             raise ConfigError(f"[deployment] round_retries must be >= 0, got {self.round_retries}")
 
 
-def load_federation(path: Path) -> tuple[RunConfig, DeploymentConfig]:
+@dataclass(frozen=True)
+class FederationFile:
+    config: RunConfig  # how to learn; its [data] holds no path (data.sites: the number of sites)
+    task: TaskSchema
+    deployment: DeploymentConfig
+
+
+def load_federation(path: Path) -> FederationFile:
     raw = read_toml(path)
     deployment = raw.pop("deployment", {})
     if not isinstance(deployment, dict):
         raise ConfigError("[deployment] must be a table of keys")
-    return config_from_dict(raw, source=str(path)), deployment_config(deployment)
+    if "task" not in raw:
+        raise ConfigError(f"{path} has no [task] table: a federation declares its task (kind, "
+                          "classes, spatial_dims, channels, image_size), and each site brings its "
+                          "own data (medfed client --site-config SITE.toml)")
+    task = TaskSchema.from_json(raw.pop("task"))
+    settings = deployment_config(deployment)
+    if not settings.sites:
+        raise ConfigError("[deployment] sites must list the federation's sites (the names on "
+                          "their certificates)")
+    data = raw.get("data", {})
+    if not isinstance(data, dict):
+        raise ConfigError("[data] must be a table of keys")
+    paths = sorted(set(data) - set(SITE_DATA_KEYS))
+    if paths:
+        raise ConfigError(f"[data] {paths[0]} belongs in each site's own configuration (SITE.toml), "
+                          f"not in the federation file; [data] here may only set "
+                          f"{', '.join(SITE_DATA_KEYS)}")
+    raw["data"] = {**data, "sites": len(settings.sites)}
+    return FederationFile(config_from_dict(raw, source=str(path)), task, settings)
 
 
 def deployment_config(raw: dict[str, Any]) -> DeploymentConfig:

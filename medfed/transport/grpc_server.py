@@ -217,12 +217,17 @@ class SiteRegistry:
 class FederationServicer:
     """The Session RPC: authenticate, welcome, then stream tasks out and answers in."""
 
-    def __init__(self, registry: SiteRegistry, welcome: pb.Welcome, insecure: bool = False,
-                 on_hello: Callable[[SiteId, dict[str, Any]], None] | None = None) -> None:
+    def __init__(self, registry: SiteRegistry, welcome: Callable[[SiteId], pb.Welcome],
+                 insecure: bool = False,
+                 on_hello: Callable[[SiteId, dict[str, Any]], None] | None = None,
+                 admit: Callable[[SiteId, dict[str, Any]], str | None] | None = None) -> None:
+        """welcome(site): what a site is told when it connects. admit(site, hello): why a site
+        whose identity is fine is still refused (its data does not fit the task), or None."""
         self.registry = registry
         self.welcome = welcome
         self.insecure = insecure
         self.on_hello = on_hello or (lambda site, info: None)
+        self.admit = admit or (lambda site, info: None)
 
     def handler(self) -> grpc.GenericRpcHandler:
         method = grpc.stream_stream_rpc_method_handler(
@@ -240,6 +245,11 @@ class FederationServicer:
         site = self._identify(context, info, peer)
         if site is None:
             return
+        refusal = self.admit(site, info)
+        if refusal:
+            self.registry.audit("site_refused", site=site, peer=peer, reason=refusal)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
+            return
         channel = SiteChannel(site, peer, info)
         self.on_hello(site, info)
         self.registry.add(channel)
@@ -247,7 +257,7 @@ class FederationServicer:
                                   name=f"medfed-read-{site}")
         reader.start()
         context.add_callback(lambda: self.registry.remove(channel, "disconnected"))
-        yield pb.ServerMessage(welcome=self.welcome)
+        yield pb.ServerMessage(welcome=self.welcome(site))
         yield from channel.outgoing()
 
     def _identify(self, context: grpc.ServicerContext, info: dict[str, Any], peer: str

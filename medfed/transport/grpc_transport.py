@@ -40,6 +40,8 @@ class GrpcTransport:
         self._deadline = time.monotonic() + round_seconds
         self._pending: dict[SiteId, tuple[SiteChannel, int, Future]] = {}
         self._sent: tuple[StateDict, bytes] | None = None
+        self.common_options: dict[str, Any] = {}  # sent with every model (a harmonization reference)
+        self.eval_bytes: dict[SiteId, int] = {}  # what each site sent to score the final model
 
     def begin_round(self, round_index: int) -> None:
         """The round's deadline starts now: every site's update must be in before it."""
@@ -79,6 +81,29 @@ class GrpcTransport:
         except IncompatibleUpdate as exc:  # evaluation failures are the site's, recorded as such
             raise TransportError(f"site {site} answered with bad metrics: {exc}") from None
 
+    def ask_all(self, kind: str, states: dict[SiteId, StateDict], options: dict[str, Any],
+                seconds: float) -> dict[SiteId, dict[str, Any] | TransportError]:
+        """One task to each site at once (e.g. scoring the final model); each site's JSON answer,
+        or why it gave none within `seconds`. The answer's bytes are counted as evaluation."""
+        deadline = time.monotonic() + seconds
+        pending: dict[SiteId, tuple[SiteChannel, int, Future] | TransportError] = {}
+        for site, state in states.items():
+            try:
+                pending[site] = self._send(site, kind, options, state)
+            except TransportError as exc:
+                pending[site] = exc
+        answers: dict[SiteId, dict[str, Any] | TransportError] = {}
+        for site, sent in pending.items():
+            try:
+                if isinstance(sent, TransportError):
+                    raise sent
+                reply = self._wait(site, sent, deadline, "its deadline")
+                self.eval_bytes[site] = len(json.dumps(reply.meta))
+                answers[site] = reply.meta
+            except TransportError as exc:
+                answers[site] = exc
+        return answers
+
     def finish(self, reason: str) -> None:
         self.registry.goodbye_all(reason)
 
@@ -104,7 +129,7 @@ class GrpcTransport:
 
     def _send(self, site: SiteId, kind: str, options: dict[str, Any], state: StateDict
               ) -> tuple[SiteChannel, int, Future]:
-        return self._send_blob(site, kind, options, self._encode(state))
+        return self._send_blob(site, kind, {**options, **self.common_options}, self._encode(state))
 
     def _send_blob(self, site: SiteId, kind: str, options: dict[str, Any], blob: bytes
                    ) -> tuple[SiteChannel, int, Future]:

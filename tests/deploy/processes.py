@@ -10,9 +10,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+from medfed.config import DataConfig, RunConfig
 from medfed.deploy import certs
+from medfed.deploy.settings import load_federation
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SITES = ("site-a", "site-b", "site-c")
@@ -32,20 +35,28 @@ def make_certs(folder: Path, sites: tuple[str, ...] = SITES) -> Path:
     return folder
 
 
+# The built-in synthetic data, as each site's own configuration holds it (a site keeps its share).
+SYNTHETIC_DATA = {"dataset": "synthetic", "sites": 3, "synthetic_samples": 150,
+                  "synthetic_test": 40, "image_size": 16}
+SYNTHETIC_TASK = """
+[task]
+kind = "binary"
+classes = ["normal", "finding"]
+spatial_dims = 2
+channels = 1
+image_size = 16
+"""
+
+
 def write_federation(path: Path, port: int, rounds: int = 3, epochs: int = 1, batch: int = 16,
-                     min_sites: int = 2, min_sites_to_start: int = 3) -> Path:
+                     min_sites: int = 2, min_sites_to_start: int = 3, task: str = SYNTHETIC_TASK,
+                     sites: tuple[str, ...] = SITES, extra: str = "") -> Path:
+    """A federation file: the task, how to learn it, [deployment]; no data."""
     path.write_text(f"""
 seed = 0
 device = "cpu"
 baselines = false
-
-[data]
-dataset = "synthetic"
-sites = 3
-synthetic_samples = 150
-synthetic_test = 40
-image_size = 16
-
+{task}
 [federation]
 algorithm = "fedavg"
 rounds = {rounds}
@@ -54,15 +65,32 @@ min_sites = {min_sites}
 [training]
 local_epochs = {epochs}
 batch_size = {batch}
-
+{extra}
 [deployment]
 address = "127.0.0.1:{port}"
+sites = {json.dumps(list(sites))}
 min_sites_to_start = {min_sites_to_start}
 round_deadline = 60.0
 eval_deadline = 30.0
 start_timeout = 60.0
 """, encoding="utf-8")
     return path
+
+
+def write_site_config(path: Path, site: str, data: dict | None = None) -> Path:
+    """A site's own SITE.toml (its data: by default its share of the synthetic federation)."""
+    import tomli_w
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"site": site, "state": f"state-{site}", "seed": 0, "data": data or SYNTHETIC_DATA}
+    path.write_text(tomli_w.dumps(body), encoding="utf-8")
+    return path
+
+
+def simulation_config(federation: Path, data: dict | None = None) -> RunConfig:
+    """The same federation in simulation: its run configuration with the sites' data."""
+    config = load_federation(federation).config
+    return replace(config, data=DataConfig(**(data or SYNTHETIC_DATA)))
 
 
 class Processes:
@@ -80,6 +108,10 @@ class Processes:
         return proc
 
     def client(self, name: str, port: int, certs_dir: Path, *extra: str) -> subprocess.Popen:
+        """A site's client; without --site-config in extra, on its share of the synthetic data."""
+        if "--site-config" not in extra:
+            config = write_site_config(self.logs.parent / "sites" / f"{name}.toml", name)
+            extra = ("--site-config", str(config), *extra)
         return self.start(name, "client", "--server", f"127.0.0.1:{port}", "--site", name,
                           "--certs", str(certs_dir), "--max-backoff", "1", *extra)
 

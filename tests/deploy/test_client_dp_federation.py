@@ -13,9 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medfed.deploy.settings import load_federation
 from medfed.experiment import prepare, train
-from tests.deploy.processes import SITES, Processes, free_port, make_certs, write_federation
+from tests.deploy.processes import (
+    SITES,
+    Processes,
+    free_port,
+    make_certs,
+    simulation_config,
+    write_federation,
+)
 
 CLIENT_DP = """
 [privacy]
@@ -42,8 +48,7 @@ def test_client_dp_deployed_gives_the_simulations_model_and_epsilon(tmp_path: Pa
     for site in SITES:
         assert procs.wait(site, 30) == 0
 
-    run_config, _ = load_federation(config)
-    setup = prepare(run_config)
+    setup = prepare(simulation_config(config))
     outcome = train(setup, "fedavg", setup.federation.sites, "fedavg")
     deployed = load_file(state / "model.safetensors")
     for key, value in outcome.strategy.global_state.items():

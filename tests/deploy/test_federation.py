@@ -19,7 +19,6 @@ from safetensors.torch import load_file
 from medfed.cli import main
 from medfed.deploy.certs import load_identity
 from medfed.deploy.server import ServerArgs, serve
-from medfed.deploy.settings import load_federation
 from medfed.errors import ConfigError
 from medfed.experiment import prepare, train
 from medfed.transport.grpc_server import METHOD
@@ -31,6 +30,7 @@ from tests.deploy.processes import (
     free_port,
     make_certs,
     wait_until,
+    simulation_config,
     write_federation,
 )
 
@@ -107,8 +107,7 @@ def test_three_sites_three_fedavg_rounds_with_mtls_strangers_refused_same_model_
     assert "PRIVATE KEY" not in audit.read_text() and not any(k in audit.read_text() for k in keys)
 
     # Item 8: the same config and seed in simulation give the same global model.
-    run_config, _ = load_federation(config)
-    setup = prepare(run_config)
+    setup = prepare(simulation_config(config))
     simulated = train(setup, "fedavg", setup.federation.sites, "fedavg").strategy.global_state
     deployed = load_file(state / "model.safetensors")
     assert deployed.keys() == simulated.keys()

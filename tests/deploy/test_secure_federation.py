@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from medfed.deploy.settings import load_federation
 from medfed.experiment import prepare, train
 from tests.deploy.processes import (
     SITES,
@@ -21,6 +20,7 @@ from tests.deploy.processes import (
     free_port,
     make_certs,
     wait_until,
+    simulation_config,
     write_federation,
 )
 
@@ -65,8 +65,7 @@ def test_three_sites_two_secure_rounds_same_model_as_the_simulation(tmp_path: Pa
     text = audit.read_text()  # nothing secret: no share, no key, no ciphertext
     assert "ciphertext" not in text and "mask_key" not in text and "shares" not in text
 
-    run_config, _ = load_federation(config)
-    setup = prepare(run_config)
+    setup = prepare(simulation_config(config))
     simulated = train(setup, "fedavg", setup.federation.sites, "fedavg").strategy.global_state
     deployed = load_file(state / "model.safetensors")
     assert deployed.keys() == simulated.keys()

@@ -11,10 +11,11 @@ import torch
 
 from medfed.config_file import config_from_dict
 from medfed.deploy.audit import AuditLog, verify
-from medfed.deploy.server import Federation, _listen, _run_federation
+from medfed.deploy.server import Federation, ServerModel, _listen, _run_federation
 from medfed.deploy.settings import DeploymentConfig
 from medfed.deploy.state import StateStore
 from medfed.experiment import prepare
+from medfed.task_schema import TaskSchema
 from medfed.transport.codec import decode_state, encode_state
 from medfed.transport.grpc_channel import CLIENT_OPTIONS
 from medfed.transport.grpc_server import SiteRegistry
@@ -37,10 +38,12 @@ def test_a_round_below_min_sites_is_not_recorded_and_runs_again(tmp_path: Path):
     config = config_from_dict(TINY)
     setup = prepare(config)
     sites = setup.federation.site_ids
+    task = TaskSchema.of_source(setup.federation.source, 16)
     store, audit = StateStore(tmp_path), AuditLog(tmp_path / "audit.jsonl")
     registry = SiteRegistry(sites, audit.record)
-    fed = Federation(config, DeploymentConfig(start_timeout=10, round_retries=1), setup, sites, store,
-                     audit, GrpcTransport(registry, round_seconds=10, eval_seconds=10))
+    fed = Federation(config, task, DeploymentConfig(start_timeout=10, round_retries=1),
+                     ServerModel.build(config, task), sites, store, audit,
+                     GrpcTransport(registry, round_seconds=10, eval_seconds=10))
     server = _listen(fed, "127.0.0.1:0", None)
     port = events(audit.path, "server_started")[0]["port"]
     site_b_answers = itertools.count()
@@ -51,7 +54,7 @@ def test_a_round_below_min_sites_is_not_recorded_and_runs_again(tmp_path: Path):
         "site-c": lambda task, blob: result(task, poisoned(blob)),
     }
     fakes = [FakeSite(grpc.insecure_channel(f"127.0.0.1:{port}", options=CLIENT_OPTIONS), site,
-                      behaviour[site]) for site in sites]
+                      behaviour[site], schema=task.to_json()) for site in sites]
     try:
         summary = _run_federation(fed)
     finally:
@@ -62,6 +65,8 @@ def test_a_round_below_min_sites_is_not_recorded_and_runs_again(tmp_path: Path):
     assert [e["round"] for e in events(audit.path, "round_closed")] == [1, 2]
     assert [e["aggregated"] for e in events(audit.path, "round_closed")] == [["site-a", "site-b"]] * 2
     assert store.completed_rounds() == 2 and summary["rounds"] == 2
+    # The fake sites answer the final evaluation with a model, not aggregates: each is recorded.
+    assert set(summary["evaluation"]["failed"]) == set(sites) and summary["test"] == {}
     assert [h["round"] for h in store.history()] == [0, 1]
     assert verify(audit.path).ok
     store.close()

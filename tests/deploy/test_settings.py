@@ -16,9 +16,30 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_example_federation_loads():
-    config, deployment = load_federation(REPO / "examples" / "federation.toml")
-    assert config.data.sites == 3 and config.federation.rounds >= 2
+    federation = load_federation(REPO / "examples" / "federation.toml")
+    assert federation.config.data.sites == 3 and federation.config.federation.rounds >= 2
+    assert federation.task.classes == ("normal", "finding") and federation.task.image_size == 32
+    deployment = federation.deployment
     assert deployment.address == "127.0.0.1:50051" and deployment.sites == ("site-a", "site-b", "site-c")
+
+
+TASK = '[task]\nkind = "binary"\nclasses = ["no", "yes"]\nspatial_dims = 2\nchannels = 1\nimage_size = 16\n'
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[deployment]\nsites = ["a"]\n', "no \\[task\\] table"),
+    (TASK + '[data]\ndata_dir = "/x"\n[deployment]\nsites = ["a"]\n',
+     "data_dir belongs in each site's own configuration"),
+    (TASK + "[deployment]\n", "sites must list"),
+    (TASK.replace("channels = 1", "channels = 0") + '[deployment]\nsites = ["a"]\n', "channels must be >= 1"),
+    (TASK.replace('"binary"', '"binry"') + '[deployment]\nsites = ["a"]\n', "binry"),
+    (TASK.replace('["no", "yes"]', '["no"]') + '[deployment]\nsites = ["a"]\n', "at least 2"),
+])
+def test_a_federation_declares_a_task_and_no_data(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "f.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_federation(path)
 
 
 @pytest.mark.parametrize("table, message", [
@@ -29,7 +50,7 @@ def test_the_example_federation_loads():
 ])
 def test_bad_deployment_keys_are_one_clear_error(tmp_path: Path, table: str, message: str):
     path = tmp_path / "f.toml"
-    path.write_text(f"[deployment]\n{table}\n")
+    path.write_text(f"{TASK}[deployment]\n{table}\n")
     with pytest.raises(ConfigError, match=message):
         load_federation(path)
 

@@ -62,8 +62,10 @@ ANSWERS: dict[str, Answer] = {
 class FakeSite:
     """A site that dials in and answers every task with answer(task, model bytes)."""
 
-    def __init__(self, channel: grpc.Channel, site: str, answer: Answer, delay: float = 0.0) -> None:
+    def __init__(self, channel: grpc.Channel, site: str, answer: Answer, delay: float = 0.0,
+                 schema: dict | None = None) -> None:
         self.channel, self.site, self.answer, self.delay = channel, site, answer, delay
+        self.schema = schema  # the task schema its hello reports (a deployed server checks it)
         self.outbox: queue.Queue = queue.Queue()
         self.error: grpc.RpcError | None = None
         self.goodbyes: list[str] = []
@@ -71,7 +73,8 @@ class FakeSite:
         self.thread.start()
 
     def _requests(self) -> Iterator[pb.SiteMessage]:
-        hello = pb.SiteMessage(hello=pb.Hello(info_json=json.dumps({"site": self.site})))
+        info = {"site": self.site, **({"schema": self.schema} if self.schema else {})}
+        hello = pb.SiteMessage(hello=pb.Hello(info_json=json.dumps(info)))
         yield hello
         yield hello  # the second hello says the site is ready to train
         while (message := self.outbox.get()) is not None:

@@ -1,0 +1,221 @@
+"""What a deployed site does for a federation, once the coordinator has said what to learn.
+
+The worker is built from the server's welcome (the run configuration without data, the task
+schema, the site's position in the federation) and the site's own data (site_data.py). It trains
+with the simulation's trainer and privacy wrappers, scores on its own splits, and answers every
+task with aggregates only:
+
+    train       the model -> the site's update (weights, sample count, training loss)
+    evaluate    a model -> metrics on its validation split
+    final       the final model -> score summaries of its validation and test splits (histograms,
+                medfed/evaluation/federated.py), its own test metrics with a CI and, with
+                baselines, the paired comparison with a local-only model it trains itself
+
+A federation with `[task] harmonize = "histogram"` sends its reference with each task; the site
+maps its images onto it once (and again only if the reference changes).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medfed.client.trainer import LocalSite, SiteTrainer, TrainOptions
+from medfed.config import RunConfig
+from medfed.config_file import config_from_dict
+from medfed.data.dataset import Samples, SiteData, label_counts
+from medfed.data.harmonize import harmonize_site, pool_images, site_quantiles
+from medfed.data.transforms import Preprocess
+from medfed.deploy import secure_exchange
+from medfed.deploy.site_data import LocalData
+from medfed.device import pick_device
+from medfed.errors import ConfigError
+from medfed.evaluation.federated import summarize
+from medfed.evaluation.metrics import compute_metrics
+from medfed.evaluation.statistics import delong_ci, delong_test
+from medfed.experiment import make_site_trainer, train_options
+from medfed.models import build_model
+from medfed.privacy.mechanisms import Mechanisms
+from medfed.privacy.secure_round import SecureSite
+from medfed.task_schema import TaskSchema
+from medfed.transport.codec import decode_state, encode_state
+from medfed.types import StateDict, Task
+
+OPTION_NAMES = {f.name for f in fields(TrainOptions)}
+REFERENCE = "harmonize_reference"  # the task option that carries the histogram reference
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """What the coordinator tells a site when it connects."""
+
+    config: RunConfig
+    task: TaskSchema
+    index: int  # the site's position in the federation (its random streams as in simulation)
+    sites: list[str]
+
+    @classmethod
+    def parse(cls, config_toml: str, body: str) -> Welcome:
+        config = config_from_dict(tomllib.loads(config_toml), source="the server's configuration")
+        raw = json.loads(body or "{}")
+        if not isinstance(raw, dict) or not isinstance(raw.get("index"), int) \
+                or not isinstance(raw.get("sites"), list):
+            raise ConfigError("the server's welcome lacks the task, the site's index or the sites")
+        return cls(config, TaskSchema.from_json(raw.get("task"), "the server's task"),
+                   raw["index"], [str(s) for s in raw["sites"]])
+
+
+class SiteWorker:
+    def __init__(self, local: LocalData, welcome: Welcome, site: str) -> None:
+        differences = welcome.task.differences(local.schema)
+        if differences:
+            raise ConfigError(f"this site's data does not fit the federation's task: "
+                              f"{'; '.join(differences)}")
+        self.local, self.welcome, self.site = local, welcome, site
+        self.config = welcome.config
+        self.device = pick_device(self.config.device)
+        harmonized = welcome.task.harmonize != "none"
+        max_value = 1.0 if harmonized else local.source.max_value
+        dims = welcome.task.spatial_dims
+        self.preprocess = Preprocess(max_value if dims else None, welcome.task.spatial_size or None)
+        self.reference: list[float] | None = None
+        data = local.data
+        if welcome.task.harmonize == "zscore":
+            data = harmonize_site(data, "zscore", local.source.max_value)
+        self.base = self._trainer(data)
+        privacy = Mechanisms.build(self.config, welcome.sites)
+        self.trainer: LocalSite = privacy.wrap_sites({site: self.base},
+                                                     first_index=welcome.index)[site]
+
+    def _trainer(self, data: SiteData) -> SiteTrainer:
+        spec = self.welcome.task.model_spec(self.config.model)
+        return make_site_trainer(self.config, spec, self.welcome.task.kind, self.preprocess,
+                                 self.device, self.welcome.index, data)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The site's second hello: sizes and label counts, and its intensity quantiles when the
+        federation matches histograms (aggregates; no image)."""
+        data, task = self.local.data, self.welcome.task
+        info: dict[str, Any] = {"site": self.site, **self.local.sizes,
+                                "label_counts": label_counts(task.kind, data.train.y, len(task.classes))}
+        if task.harmonize == "histogram":
+            fit = site_quantiles(pool_images(data, self.local.source.max_value))
+            info["quantiles"] = {"values": fit.values.tolist(), "n_pixels": fit.n_pixels}
+        return info
+
+    def run(self, kind: str, options: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
+        """(metadata, update bytes) for one task."""
+        if kind in secure_exchange.KINDS:
+            if not isinstance(self.trainer, SecureSite):
+                raise ValueError("this federation does not use secure aggregation")
+            return secure_exchange.answer(self.trainer, self.config, kind, json.loads(blob)), b""
+        self._harmonize(options.pop(REFERENCE, None))
+        state = decode_state(blob)
+        if kind == "evaluate":
+            return {"metrics": self.trainer.evaluate(state, str(options.get("split", "val")))}, b""
+        if kind == "final":
+            return self.final(state, bool(options.get("baselines"))), b""
+        if kind != "train":
+            raise ValueError(f"unknown task '{kind}'")
+        unknown = set(options) - OPTION_NAMES
+        if unknown:
+            raise ValueError(f"unknown training options {sorted(unknown)}")
+        update = self.trainer.train(state, TrainOptions(**options))
+        meta = {"n_samples": update.n_samples, "n_steps": update.n_steps, "metrics": update.metrics}
+        return meta, encode_state(update.state)
+
+    def _harmonize(self, reference: Any) -> None:
+        if self.welcome.task.harmonize != "histogram":
+            return
+        if reference is None and self.reference is None:
+            raise ValueError("the federation matches histograms but sent no reference")
+        if reference is None or reference == self.reference:
+            return
+        target = np.asarray(reference, dtype=np.float64)
+        if target.shape != (len(site_quantiles(np.zeros(1)).values),) or not np.isfinite(target).all():
+            raise ValueError("the histogram reference is not a quantile function")
+        self.base.data = harmonize_site(self.local.data, "histogram", self.local.source.max_value,
+                                        target)
+        self.reference = list(reference)
+
+    def final(self, state: StateDict, baselines: bool) -> dict[str, Any]:
+        """The final model at this site: what the coordinator combines, and (with baselines) the
+        answer to "did joining help this hospital?"."""
+        data = self.base.data
+        val_probs, val_loss = self.base.predictor.predict(state, data.val)
+        test = data.test if data.test is not None else Samples(data.val.x[:0], data.val.y[:0])
+        probs, loss = self.base.predictor.predict(state, test)
+        task = self.welcome.task.kind
+        out: dict[str, Any] = {
+            "val": summarize(task, data.val.y, val_probs, val_loss).to_json(),
+            "test": summarize(task, test.y, probs, loss).to_json(),
+            "metrics": {"val": _metrics(task, data.val.y, val_probs, val_loss),
+                        "test": _metrics(task, test.y, probs, loss)},
+        }
+        if baselines:
+            out["local"] = self._local_baseline(test, probs)
+        self.last_final = out
+        return out
+
+    def _local_baseline(self, test: Samples, federated: np.ndarray) -> dict[str, Any]:
+        """A model trained on this site's training split alone, with the federation's budget
+        (rounds x local epochs, from the same initial model), scored on the same test split."""
+        spec = self.welcome.task.model_spec(self.config.model)
+        state = build_model(self.config.model.model, spec, self.config.seed).state_dict()
+        trainer = self._trainer(self.base.data)
+        options = train_options(self.config)
+        for _ in range(self.config.federation.rounds):
+            state = trainer.train(state, options).state
+        probs, loss = trainer.predictor.predict(state, test)
+        task = self.welcome.task.kind
+        return {"test": _metrics(task, test.y, probs, loss), "paired": _paired(task, test.y,
+                                                                               federated, probs)}
+
+
+def _metrics(task: Task, y: np.ndarray, probs: np.ndarray, loss: float) -> dict[str, Any]:
+    """Exact metrics of a site's own split, with the AUC's DeLong interval (binary tasks)."""
+    if not len(y):
+        return {"n": 0.0}
+    metrics: dict[str, Any] = {**compute_metrics(task, y, probs), "loss": loss}
+    if task is Task.BINARY and len(np.unique(y)) == 2:
+        interval = delong_ci(y.astype(int), probs[:, -1])
+        metrics["auc_ci"] = [interval.low, interval.high]
+    return metrics
+
+
+def _paired(task: Task, y: np.ndarray, federated: np.ndarray, local: np.ndarray
+            ) -> dict[str, Any]:
+    """Federated minus local AUC on the site's test split (DeLong), or why there is none."""
+    if task is not Task.BINARY:
+        return {"method": "none", "reason": "DeLong's paired test is for binary tasks"}
+    try:
+        test = delong_test(y.astype(int), federated[:, -1], local[:, -1])
+    except ValueError as exc:
+        return {"method": "none", "reason": str(exc)}
+    return {"method": "DeLong", "difference": test.difference, "low": test.low, "high": test.high,
+            "p_value": test.p_value}
+
+
+def site_results(worker: SiteWorker, final: dict[str, Any]) -> dict[str, Any]:
+    """The site's own record of a federation: what it sent and what it learned (kept at the site)."""
+    return {"site": worker.site, "task": worker.welcome.task.to_json(), **worker.local.sizes,
+            "algorithm": worker.config.federation.algorithm,
+            "rounds": worker.config.federation.rounds,
+            "federated": final["metrics"], "local": final.get("local")}
+
+
+def write_site_results(state: Path, results: dict[str, Any]) -> list[Path]:
+    """state/site-summary.json and state/report.html (the site's own page)."""
+    from medfed.output import write_json
+    from medfed.report.site_page import site_page
+
+    state.mkdir(parents=True, exist_ok=True)
+    write_json(state / "site-summary.json", results)
+    (state / "report.html").write_text(site_page(results), encoding="utf-8")
+    return [state / "site-summary.json", state / "report.html"]
