@@ -18,7 +18,7 @@ from medfed.registry import Registry
 Loader = Callable[[DataConfig, int], DataSource]
 
 SOURCES: Registry[Loader] = Registry("dataset", {
-    "synthetic": lambda cfg, seed: load_synthetic(cfg.sites, cfg.synthetic_samples,
+    "synthetic": lambda cfg, seed: load_synthetic(cfg.site_count, cfg.synthetic_samples,
                                                   cfg.synthetic_test, seed, cfg.sizes,
                                                   cfg.proportions),
     "medmnist": lambda cfg, seed: load_medmnist(cfg.data_file),
