@@ -22,6 +22,7 @@ from rich.table import Table
 from medfed.config import DataConfig
 from medfed.data.chestxray14 import scan_chestxray14
 from medfed.data.dicom import scan_dicom
+from medfed.data.images import scan_images
 from medfed.data.labels import LabelMap, load_label_map
 from medfed.data.nifti import scan_nifti
 from medfed.data.scan import Scan, Skipped, site_of
@@ -33,6 +34,7 @@ SCANNERS: dict[str, Callable[[DataConfig], Scan]] = {
                                   c.site_name),
     "nifti": lambda c: scan_nifti(c.data_dir, c.labels, c.image_size, c.site_name),
     "chestxray14": lambda c: scan_chestxray14(c.data_dir, c.site_by, c.image_size),
+    "images": lambda c: scan_images(c.data_dir, c.labels, c.image_size, c.site_name),
 }
 
 
