@@ -18,10 +18,10 @@ from medfed.errors import MedfedError
 
 # flag -> (config key, type, help). Names mirror the config keys (DESIGN.md's CLI contract).
 RUN_FLAGS: dict[str, tuple[str, type, str]] = {
-    "--dataset": ("dataset", str, "synthetic (built in), medmnist, dicom, nifti, chestxray14, "
-                                  "heart-disease or images"),
-    "--data-file": ("data_file", str, "the data file (a MedMNIST .npz; one heart-disease "
-                                      "processed.<hospital>.data)"),
+    "--dataset": ("dataset", str, ("synthetic (built in), medmnist, dicom, nifti, chestxray14, "
+                                   "heart-disease or images")),
+    "--data-file": ("data_file", str, ("the data file (a MedMNIST .npz; one heart-disease "
+                                       "processed.<hospital>.data)")),
     "--sites": ("sites", int, "number of sites (default: the data's natural sites, else 5)"),
     "--partition": ("partition", str, "iid, dirichlet, quantity or natural"),
     "--alpha": ("alpha", float, "Dirichlet concentration of the label skew"),

@@ -121,7 +121,7 @@ def holdout(strata: np.ndarray, sites: np.ndarray, units: np.ndarray, fraction: 
         mine = sites[first] == site
         for s in np.unique(strata[first][mine]):
             members = unit_ids[mine & (strata[first] == s)]
-            n_test = int(round(fraction * len(members)))
+            n_test = round(fraction * len(members))
             is_test |= np.isin(units, rng.permutation(members)[:n_test])
     return is_test
 

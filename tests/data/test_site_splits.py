@@ -104,7 +104,7 @@ def test_two_studies_of_one_patient_never_straddle_a_split(dicom_folder):
     config = dicom_config(root, labels)
     source = load_dicom(config, 3)
     where = {}
-    for name, data in build_federation(source, config, 3).sites.items():
+    for data in build_federation(source, config, 3).sites.values():
         for part in ("train", "val", "test"):
             for x in getattr(data, part).x:
                 where[x.tobytes()] = part
