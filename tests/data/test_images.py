@@ -141,3 +141,14 @@ def test_labels_are_required(tmp_path):
     write_folder(tmp_path)
     with pytest.raises(DataError, match="--dataset images needs --labels"):
         load_images(DataConfig(dataset="images", data_dir=str(tmp_path)), seed=0)
+
+
+def test_data_check_reports_an_image_folder_per_site(tmp_path, capsys):
+    from medfed.cli import main
+
+    labels = write_folder(tmp_path)
+    (tmp_path / "west" / "broken.png").write_bytes(b"not a png")
+    assert main(["data", "check", "--dataset", "images", "--data-dir", str(tmp_path),
+                 "--labels", str(labels), "--image-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "east" in out and "west" in out and "west/broken.png" in out
