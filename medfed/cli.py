@@ -18,9 +18,11 @@ from medfed.errors import MedfedError
 
 # flag -> (config key, type, help). Names mirror the config keys (DESIGN.md's CLI contract).
 RUN_FLAGS: dict[str, tuple[str, type, str]] = {
-    "--dataset": ("dataset", str, "synthetic (built in) or medmnist"),
-    "--data-file": ("data_file", str, "the data file (a MedMNIST .npz)"),
-    "--sites": ("sites", int, "number of sites"),
+    "--dataset": ("dataset", str, ("synthetic (built in), medmnist, dicom, nifti, chestxray14, "
+                                   "heart-disease or images")),
+    "--data-file": ("data_file", str, ("the data file (a MedMNIST .npz; one heart-disease "
+                                       "processed.<hospital>.data)")),
+    "--sites": ("sites", int, "number of sites (default: the data's natural sites, else 5)"),
     "--partition": ("partition", str, "iid, dirichlet, quantity or natural"),
     "--alpha": ("alpha", float, "Dirichlet concentration of the label skew"),
     "--sizes": ("sizes", str, "exact samples per site, comma-separated, e.g. 400,500,300"),
@@ -52,6 +54,7 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--device": ("device", str, "auto, cpu, cuda or mps"),
     # data a site holds (dicom, nifti, chestxray14)
     "--data-dir": ("data_dir", str, "the data folder; each top-level subfolder is one site"),
+    "--site-name": ("site_name", str, "the data folder (or heart-disease file) is this one site"),
     "--labels": ("labels", str, "CSV of labels: file (or a DICOM UID) and label"),
     "--label-map": ("label_map", str, "TOML mapping each site's label names to the federation's"),
     "--harmonize": ("harmonize", str, "per-site intensity harmonization: none, zscore or histogram"),

@@ -23,7 +23,7 @@ from medfed.errors import ConfigError
 from medfed.registry import unknown_choice
 
 # Names the registries answer to. tests/test_config.py checks that each registry holds exactly these.
-DATASETS = ("synthetic", "medmnist", "dicom", "nifti", "chestxray14", "heart-disease")
+DATASETS = ("synthetic", "medmnist", "dicom", "nifti", "chestxray14", "heart-disease", "images")
 PARTITIONS = ("iid", "dirichlet", "quantity", "natural")
 ALGORITHMS = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fednova", "scaffold", "swt", "cwt",
               "ensemble")
@@ -37,13 +37,17 @@ OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HARMONIZATIONS = ("none", "zscore", "histogram")
 SITE_BY = ("view", "sex", "age")
+DEFAULT_SITES = 5  # sites made by iid / dirichlet / quantity (and synthetic) when sites is unset
+POOL_PARTITIONS = ("iid", "dirichlet", "quantity")  # those that make as many sites as asked
 
 
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synthetic"
-    data_file: str | None = None  # an .npz for medmnist
-    sites: int = 5
+    data_file: str | None = None  # an .npz for medmnist; one processed.<hospital>.data for heart-disease
+    # None: a natural partition takes one site per natural group of the data; any other partition
+    # (and synthetic) makes len(sizes or proportions), else DEFAULT_SITES. See site_count.
+    sites: int | None = None
     partition: str | None = None  # None: the data set's natural sites if it has them, else iid
     alpha: float = 0.5  # Dirichlet concentration (label skew); smaller is more skewed
     sizes: tuple[int, ...] = ()  # exact samples per site (quantity skew; synthetic sites)
@@ -55,6 +59,9 @@ class DataConfig:
     synthetic_test: int = 1000  # synthetic only: held-out test images over all sites
     # Files a site holds (dicom, nifti, chestxray14): see README "Data at a site".
     data_dir: str | None = None  # the folder; each top-level subfolder is one natural site
+    # A deployed site reading its own data: all of data_dir (or data_file) is this one site, so
+    # its splits are those it has in a simulation where its folder is the subfolder of this name.
+    site_name: str | None = None
     labels: str | None = None  # CSV: file (or SOPInstanceUID / SeriesInstanceUID / StudyInstanceUID), label
     label_map: str | None = None  # TOML: each site's label names -> the federation's label set
     allow_phi: bool = False  # use DICOM files that still carry identifying tags
@@ -67,13 +74,16 @@ class DataConfig:
         _choice("dataset", self.dataset, DATASETS)
         if self.partition is not None:
             _choice("partition", self.partition, PARTITIONS)
-        _at_least("sites", self.sites, 1)
+        if self.sites is not None:
+            _at_least("sites", self.sites, 1)
+        if self.site_name is not None and not self.site_name.strip():
+            raise ConfigError("site_name must name the site, got an empty string")
         _positive("alpha", self.alpha)
         for name in ("sizes", "proportions"):
             values = getattr(self, name)
             if any(v <= 0 for v in values):
                 raise ConfigError(f"{name} must all be > 0, got {list(values)}")
-            if values and len(values) != self.sites:
+            if values and self.sites is not None and len(values) != self.sites:
                 raise ConfigError(f"{name} has {len(values)} entries but sites is {self.sites}; "
                                   "give one per site")
         if self.sizes and self.proportions:
@@ -88,6 +98,20 @@ class DataConfig:
         _choice("site_by", self.site_by, SITE_BY)
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"test_fraction must be between 0 and 1, got {self.test_fraction}")
+
+    @property
+    def site_count(self) -> int:
+        """The sites a partitioner makes from a pool (iid, dirichlet, quantity; synthetic's
+        sites): sites, else one per entry of sizes or proportions, else DEFAULT_SITES."""
+        return self.sites or len(self.sizes or self.proportions) or DEFAULT_SITES
+
+    @property
+    def known_sites(self) -> int | None:
+        """The number of sites before the data is read, or None when the natural groups of the
+        data will say (experiment.prepare then fills in sites and the checks run again)."""
+        if self.sites is not None or self.partition in POOL_PARTITIONS or self.dataset == "synthetic":
+            return self.site_count
+        return None
 
 
 @dataclass(frozen=True)
@@ -237,11 +261,14 @@ def _check_privacy(config: RunConfig) -> None:
             raise ConfigError(f"{what} replaces the sample-weighted mean of "
                               f"{', '.join(PRIVATE_AVERAGING)}; use one of them with aggregator "
                               f"\"mean\" (got {fed.algorithm}, {fed.aggregator})")
-    if p.secure_aggregation and config.data.sites < 2:
+    sites = config.data.known_sites
+    if sites is None:  # counted from the data; checked again once it is read
+        return
+    if p.secure_aggregation and sites < 2:
         raise ConfigError("secure_aggregation needs at least 2 sites")
-    if p.threshold is not None and p.threshold > config.data.sites:
-        raise ConfigError(f"threshold is {p.threshold} but there are only {config.data.sites} sites")
-    sampled = min(config.data.sites, max(fed.min_sites, math.ceil(fed.fraction * config.data.sites)))
+    if p.threshold is not None and p.threshold > sites:
+        raise ConfigError(f"threshold is {p.threshold} but there are only {sites} sites")
+    sampled = min(sites, max(fed.min_sites, math.ceil(fed.fraction * sites)))
     if p.secure_aggregation and p.threshold is not None and p.threshold > sampled:
         raise ConfigError(f"threshold is {p.threshold} but a round samples only {sampled} sites "
                           f"(fraction {fed.fraction}); raise --fraction or lower --threshold")
@@ -262,7 +289,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         _choice("device", self.device, DEVICES)
         _check_privacy(self)
-        fed, sites = self.federation, self.data.sites
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        fed, sites = self.federation, self.data.known_sites
+        if sites is None:  # the data's natural sites: checked again once they are counted
+            return
         _check_robustness(fed, sites)
         if self.adversary.attack != "none" and self.adversary.attackers > sites:
             raise ConfigError(f"attackers is {self.adversary.attackers} but there are only {sites} "
@@ -272,8 +303,6 @@ class RunConfig:
         if fed.algorithm == "swt" and fed.rounds < sites:
             raise ConfigError(f"swt passes the model through each of the {sites} sites in turn, "
                               f"so it needs --rounds >= {sites} (got {fed.rounds})")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
 
 
 def _check_robustness(fed: FederationConfig, sites: int) -> None:

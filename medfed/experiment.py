@@ -66,7 +66,9 @@ class Outcome:
 def prepare(config: RunConfig) -> Setup:
     seeds = np.random.SeedSequence(config.seed).generate_state(2)
     source = load_source(config.data, int(seeds[0]))
-    federation = build_federation(source, config.data, np.random.default_rng(seeds[1]))
+    federation = build_federation(source, config.data, int(seeds[1]))
+    if config.data.sites is None:  # counted from the data: the site-count checks run now
+        config = replace(config, data=replace(config.data, sites=len(federation.sites)))
     size = config.data.image_size
     spatial = (size,) * source.spatial_dims if size and source.spatial_dims else None
     spec = ModelSpec(source.spatial_dims, source.in_channels, source.num_outputs, config.model.norm,

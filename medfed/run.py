@@ -36,6 +36,7 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     console = console or Console(stderr=True)
     started = time.perf_counter()
     setup = prepare(config)  # data and model first: a bad input leaves no half-made folder
+    config = setup.config  # with the number of sites the data gave, if --sites was left out
     out = prepare_out_dir(out_dir)
     write_config(out, config)
     fed = setup.federation

@@ -17,8 +17,10 @@ def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROM
                 slope: float | None = None, intercept: float | None = None,
                 center: float | None = None, width: float | None = None, phi: bool = False,
                 study_uid: str | None = None, series_uid: str | None = None,
-                position: float | None = None, spacing: tuple[float, float] = (0.7, 0.7)) -> Dataset:
-    """Write a single-frame greyscale image (uint16, or int16 for negative values)."""
+                position: float | None = None, spacing: tuple[float, float] = (0.7, 0.7),
+                patient_id: str | None = None) -> Dataset:
+    """Write a single-frame greyscale image (uint16, or int16 for negative values). patient_id
+    (default: PATIENT_ID with phi, none without) is the split unit the loader keeps together."""
     pixels = np.asarray(pixels)
     signed = pixels.dtype.kind == "i"
     meta = FileMetaDataset()
@@ -31,7 +33,8 @@ def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROM
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.Modality = "CT" if signed else "CR"
-    ds.PatientName, ds.PatientID = (PATIENT_NAME, PATIENT_ID) if phi else ("", "")
+    ds.PatientName = PATIENT_NAME if phi else ""
+    ds.PatientID = patient_id if patient_id is not None else PATIENT_ID if phi else ""
     if phi:
         ds.PatientBirthDate = "19610704"
         ds.InstitutionName = "St Elsewhere General"
@@ -82,7 +85,8 @@ def write_scanner_sites(root: Path, images: np.ndarray, labels: np.ndarray, site
         stored = np.round((physical - s["intercept"]) / s["slope"]).astype(np.int16)
         rel = f"{names[site]}/study{i:04d}/image.dcm"
         write_dicom(root / rel, stored, photometric=s["photometric"], slope=s["slope"],
-                    intercept=s["intercept"], center=FULL_SCALE / 2, width=FULL_SCALE + 1, phi=phi)
+                    intercept=s["intercept"], center=FULL_SCALE / 2, width=FULL_SCALE + 1, phi=phi,
+                    patient_id=f"{PATIENT_ID}-{i:04d}" if phi else None)
         rows.append(f"{rel},{'opacity' if label else 'normal'}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     return root / "labels.csv"

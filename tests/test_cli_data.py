@@ -161,3 +161,46 @@ def test_run_over_the_chestxray14_layout_is_multi_label_by_pseudo_site(tmp_path,
     assert summary["task"] == "multi-label" and len(summary["class_names"]) == 14
     assert sorted(summary["sites"]) == ["female", "male"]
     assert summary["n_test"] % 3 == 0  # whole patients (three images each) are held out
+
+
+# --- a natural partition counts its sites from the data -----------------------------------------
+
+NO_SITES = ["--rounds", "1", "--batch-size", "16", "--device", "cpu", "--no-baselines"]
+
+
+def test_heart_disease_without_sites_runs_on_its_four_hospitals(tmp_path, capsys):
+    from tests.data.test_heart import write_hospitals
+
+    root = write_hospitals(tmp_path / "d", rows_per_site=20)
+    out = tmp_path / "run"
+    code, _, err = run_cli(["run", "--dataset", "heart-disease", "--data-dir", str(root),
+                            "--model", "logistic", *NO_SITES, "--out", str(out)], capsys)
+    assert code == 0, err
+    summary = strict_json((out / "summary.json").read_text())
+    assert list(summary["sites"]) == ["cleveland", "hungarian", "switzerland", "va"]
+    assert load_config(out / "config.toml").data.sites == 4  # the count the data gave
+
+
+def test_a_dicom_folder_without_sites_runs_on_its_subfolders(scanners, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(["run", *dicom_args(scanners), "--image-size", "16", *NO_SITES,
+                            "--out", str(out)], capsys)
+    assert code == 0, err
+    summary = strict_json((out / "summary.json").read_text())
+    assert summary["partition"] == "natural"
+    assert list(summary["sites"]) == ["scanner-a", "scanner-b", "scanner-c"]
+
+
+def test_an_explicit_sites_that_disagrees_with_the_data_is_one_line_error(scanners, tmp_path,
+                                                                         capsys):
+    code, _, err = run_cli(["run", *dicom_args(scanners), "--image-size", "16", *NO_SITES,
+                            "--sites", "5", "--out", str(tmp_path / "o")], capsys)
+    assert_one_line_error(code, err, "the data has 3 natural sites but --sites is 5")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_check_that_needs_the_site_count_runs_once_the_data_gives_it(scanners, tmp_path, capsys):
+    """krum with byzantine 1 needs 5 sites; the three scanners are too few, said after loading."""
+    code, _, err = run_cli(["run", *dicom_args(scanners), "--image-size", "16", *NO_SITES,
+                            "--aggregator", "krum", "--out", str(tmp_path / "o")], capsys)
+    assert_one_line_error(code, err, "needs >= 5 sites (got 3)")

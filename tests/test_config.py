@@ -360,3 +360,24 @@ def test_a_federation_file_runs_in_simulation_its_deployment_table_left_aside():
     example = Path(__file__).resolve().parents[1] / "examples" / "federation.toml"
     config = load_config(example)
     assert config.data.sites == 3 and config.federation.rounds == 3
+
+
+def test_sites_unset_means_the_data_decides_for_a_natural_partition():
+    from medfed.config import DEFAULT_SITES
+
+    data = DataConfig(dataset="dicom")
+    assert data.sites is None and data.known_sites is None  # counted when the data is read
+    assert DataConfig().site_count == DEFAULT_SITES == DataConfig().known_sites  # synthetic
+    assert DataConfig(dataset="dicom", partition="iid").known_sites == DEFAULT_SITES
+    assert DataConfig(proportions=(1, 2, 3)).site_count == 3
+    # checks against the count wait for the data when it gives the count...
+    RunConfig(data=data, federation=FederationConfig(aggregator="krum"))
+    # ...and run at once when the count is known
+    with pytest.raises(ConfigError, match="needs >= 5 sites"):
+        RunConfig(data=DataConfig(dataset="dicom", sites=3),
+                  federation=FederationConfig(aggregator="krum"))
+
+
+def test_site_name_must_name_something():
+    with pytest.raises(ConfigError, match="site_name"):
+        DataConfig(dataset="images", site_name=" ")

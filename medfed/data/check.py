@@ -22,6 +22,7 @@ from rich.table import Table
 from medfed.config import DataConfig
 from medfed.data.chestxray14 import scan_chestxray14
 from medfed.data.dicom import scan_dicom
+from medfed.data.images import scan_images
 from medfed.data.labels import LabelMap, load_label_map
 from medfed.data.nifti import scan_nifti
 from medfed.data.scan import Scan, Skipped, site_of
@@ -29,9 +30,11 @@ from medfed.errors import ConfigError
 
 # The sources whose files a site holds, and how each is read into a Scan.
 SCANNERS: dict[str, Callable[[DataConfig], Scan]] = {
-    "dicom": lambda c: scan_dicom(c.data_dir, c.labels, c.image_size, c.series_volumes),
-    "nifti": lambda c: scan_nifti(c.data_dir, c.labels, c.image_size),
+    "dicom": lambda c: scan_dicom(c.data_dir, c.labels, c.image_size, c.series_volumes,
+                                  c.site_name),
+    "nifti": lambda c: scan_nifti(c.data_dir, c.labels, c.image_size, c.site_name),
     "chestxray14": lambda c: scan_chestxray14(c.data_dir, c.site_by, c.image_size),
+    "images": lambda c: scan_images(c.data_dir, c.labels, c.image_size, c.site_name),
 }
 
 
@@ -54,7 +57,7 @@ class SiteReport:
 def site_reports(scan: Scan) -> list[SiteReport]:
     skipped_by_site: dict[str, list[Skipped]] = {}
     for s in scan.skipped:
-        skipped_by_site.setdefault(site_of(Path(s.path), scan.data_dir), []).append(s)
+        skipped_by_site.setdefault(site_of(Path(s.path), scan.data_dir, scan.site_name), []).append(s)
     names = sorted(set(scan.sites) | set(skipped_by_site))
     return [_site_report(scan, name, skipped_by_site.get(name, [])) for name in names]
 

@@ -7,8 +7,9 @@ width, or a VOI LUT sequence) selects the displayed range, mapped to [0, 1]; MON
 spans its own range. Then every image is resized to the common size (--image-size, default 64;
 32 for series volumes).
 
-Each top-level subfolder of the data folder is one site (--partition natural). Studies stay on
-one side of every split. Files that cannot be used are skipped and listed with the reason, never a
+Each top-level subfolder of the data folder is one site (--partition natural), or, with
+site_name, the whole folder is that one site. A patient (PatientID, else the study) stays on one
+side of every split; the PatientID is only compared, never printed, logged or stored. Files that cannot be used are skipped and listed with the reason, never a
 crash; identifying tags are counted by keyword (deid.py) and refused unless --allow-phi.
 """
 
@@ -83,7 +84,7 @@ def read_instance(path: Path) -> tuple[Dataset | None, str | None]:
 
 
 def scan_dicom(data_dir: str | Path | None, labels: str | Path | None, image_size: int | None,
-               series_volumes: bool = False) -> Scan:
+               series_volumes: bool = False, site_name: str | None = None) -> Scan:
     """Read every DICOM file below data_dir: images, sites, labels, skipped files, identifying tags."""
     root = require_dir(data_dir, "dicom")
     table = read_labels(labels) if labels else None
@@ -93,12 +94,12 @@ def scan_dicom(data_dir: str | Path | None, labels: str | Path | None, image_siz
         # pydicom's warnings can quote an element's value (a malformed birth date, a name): they
         # must not reach a console or log. What is wrong with a file goes to the skipped list.
         warnings.simplefilter("ignore")
-        return _scan(root, table, image_size, series_volumes)
+        return _scan(Scan("dicom", root, site_name=site_name), table, image_size, series_volumes)
 
 
-def _scan(root: Path, table: LabelTable | None, image_size: int | None, series_volumes: bool
+def _scan(scan: Scan, table: LabelTable | None, image_size: int | None, series_volumes: bool
           ) -> Scan:
-    scan = Scan("dicom", root)
+    root = scan.data_dir
     found_phi, instances = [], []
     for path in files_under(root):
         rel = path.relative_to(root)
@@ -128,8 +129,8 @@ def _add_instance(scan: Scan, rel: Path, ds: Dataset, table: LabelTable | None, 
                                                     "use series_volumes for 3D"))
         return
     scan.records.append(Record(
-        path=rel.as_posix(), site=site_of(rel, scan.data_dir), image=resize(pixels[None], size),
-        native_shape=pixels.shape, spacing=_spacing(ds), unit=str(ds.get("StudyInstanceUID", rel)),
+        path=rel.as_posix(), site=site_of(rel, scan.data_dir, scan.site_name), image=resize(pixels[None], size),
+        native_shape=pixels.shape, spacing=_spacing(ds), unit=split_unit(ds, rel),
         label=_label(table, rel, ds)))
 
 
@@ -152,10 +153,19 @@ def _add_series(scan: Scan, instances: list[tuple[Path, Dataset]], table: LabelT
         spacing = _spacing(first)
         thickness = first.get("SliceThickness")
         scan.records.append(Record(
-            path=rel.as_posix(), site=site_of(rel, scan.data_dir), image=resize(volume[None], size),
+            path=rel.as_posix(), site=site_of(rel, scan.data_dir, scan.site_name), image=resize(volume[None], size),
             native_shape=volume.shape,
             spacing=(float(thickness), *spacing) if spacing and thickness else spacing,
-            unit=str(first.get("StudyInstanceUID", rel)), label=_label(table, rel, first)))
+            unit=split_unit(first, rel), label=_label(table, rel, first)))
+
+
+def split_unit(ds: Dataset, rel: Path) -> str:
+    """What stays on one side of every split: the patient (PatientID) when the file names one,
+    else its study, else the file. Two studies of one patient never straddle train and test."""
+    patient = str(ds.get("PatientID", "") or "").strip()
+    if patient:
+        return f"patient:{patient}"
+    return f"study:{ds.get('StudyInstanceUID', rel.as_posix())}"
 
 
 def _slice_position(ds: Dataset) -> float:
@@ -189,6 +199,7 @@ def load_dicom(config: DataConfig, seed: int) -> DataSource:
     if config.labels is None:
         raise DataError("--dataset dicom needs --labels FILE.csv (columns file,label; paths "
                         "relative to --data-dir)")
-    scan = scan_dicom(config.data_dir, config.labels, config.image_size, config.series_volumes)
+    scan = scan_dicom(config.data_dir, config.labels, config.image_size, config.series_volumes,
+                      config.site_name)
     deid.require_deidentified(scan.phi, str(scan.data_dir), config.allow_phi)
     return labelled_source("dicom", "DICOM image", scan, config, seed)

@@ -14,7 +14,9 @@ four hospitals reaches 0.79-0.80 mean test accuracy so, against 0.72-0.73 on the
 
 What crosses sites: nothing. Each hospital is one natural site; its rows are split into its own
 training pool and test rows by a fixed, seeded, stratified split (the same test rows whatever the
-run's --seed, so seeds vary training, not the yardstick). Imputation (the site's median) and
+run's --seed, so seeds vary training, not the yardstick), drawn from a stream keyed by the
+hospital's name: a deployed hospital that reads only its own file (data_file) holds out the same
+rows as the four-hospital simulation. Imputation (the site's median) and
 scaling (the site's mean and standard deviation) are fitted at each site on its training pool
 only and applied to its own test rows; a feature a site never recorded becomes 0 after scaling
 (its mean) and is noted in the source's `notes`.
@@ -22,12 +24,14 @@ only and applied to its own test rows; a feature a site never recorded becomes 0
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 from medfed.config import DataConfig
 from medfed.data.dataset import DataSource, Samples
+from medfed.data.partition import site_rng
 from medfed.errors import DataError
 from medfed.types import Task
 
@@ -39,6 +43,8 @@ CATEGORICAL = {"cp": (1, 2, 3, 4), "restecg": (0, 1, 2), "slope": (1, 2, 3), "th
 NUMERIC = tuple(f for f in FEATURES if f not in CATEGORICAL)
 FEATURE_NAMES = (*NUMERIC, *(f"{name}={code}" for name, codes in CATEGORICAL.items() for code in codes))
 SPLIT_SEED = 20220101  # fixed: the test rows do not move with --seed
+TEST_TAG = 0x4EA7  # a hospital's stream for its test rows
+FILE_NAME = re.compile(r"processed\.(?P<hospital>[^.]+)\.data")
 
 
 def read_hospital(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -112,13 +118,14 @@ def encode(x: np.ndarray, scaler: tuple[np.ndarray, np.ndarray, np.ndarray]) -> 
 
 
 def load_heart_disease(config: DataConfig, seed: int) -> DataSource:
-    """The four hospitals as natural sites; `seed` is unused on purpose (see SPLIT_SEED)."""
-    root = _require_dir(config.data_dir)
+    """The hospitals as natural sites: all four from data_dir, or one hospital's own file
+    (data_file, named by site_name or by its file name). `seed` is unused on purpose (see
+    SPLIT_SEED)."""
+    files = _hospital_files(config)
     pools, tests, notes = [], [], []
-    for k, hospital in enumerate(HOSPITALS):
-        x, y = read_hospital(root / f"processed.{hospital}.data")
-        test = stratified_test_rows(y, config.test_fraction,
-                                    np.random.default_rng([SPLIT_SEED, k]))
+    for hospital, path in files.items():
+        x, y = read_hospital(path)
+        test = stratified_test_rows(y, config.test_fraction, site_rng(SPLIT_SEED, TEST_TAG, hospital))
         scaler = fit_site_scaler(x[~test])
         unrecorded = [f for f, r in zip(FEATURES, ~np.isnan(x[~test]).all(axis=0), strict=True)
                       if not r]
@@ -129,15 +136,34 @@ def load_heart_disease(config: DataConfig, seed: int) -> DataSource:
     return DataSource(
         name="heart-disease", task=Task.BINARY, class_names=("no disease", "disease"),
         pool=_stack(pools), test=_stack(tests), max_value=1.0,
-        groups=_groups(pools), test_groups=_groups(tests), group_names=HOSPITALS,
+        groups=_groups(pools), test_groups=_groups(tests), group_names=tuple(files),
         notes=tuple(notes))
+
+
+def _hospital_files(config: DataConfig) -> dict[str, Path]:
+    """Hospital name -> its file: the four of data_dir, or data_file alone."""
+    if config.data_file is not None and config.data_dir is not None:
+        raise DataError("--dataset heart-disease takes --data-dir (all four hospitals) or "
+                        "--data-file (one hospital's processed.<hospital>.data), not both")
+    if config.data_file is None:
+        root = _require_dir(config.data_dir)
+        return {h: root / f"processed.{h}.data" for h in HOSPITALS}
+    path = Path(config.data_file)
+    if not path.is_file():
+        raise DataError(f"heart-disease file not found: {path}")
+    match = FILE_NAME.fullmatch(path.name)
+    if config.site_name is None and match is None:
+        raise DataError(f"{path.name} does not say its hospital (processed.<hospital>.data, e.g. "
+                        "processed.cleveland.data); rename it or set site_name")
+    return {config.site_name or match["hospital"]: path}
 
 
 def _require_dir(data_dir: str | None) -> Path:
     if data_dir is None:
         raise DataError("--dataset heart-disease needs --data-dir, the folder holding "
                         "processed.cleveland.data, processed.hungarian.data, "
-                        "processed.switzerland.data and processed.va.data")
+                        "processed.switzerland.data and processed.va.data (or --data-file, "
+                        "one hospital's file)")
     root = Path(data_dir)
     missing = [h for h in HOSPITALS if not (root / f"processed.{h}.data").is_file()]
     if missing:

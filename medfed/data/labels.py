@@ -1,7 +1,9 @@
 """Labels that live beside image files: a CSV of labels, and a label map onto the federation's set.
 
 The CSV has a `label` column and one key column: `file` (a path relative to the data folder),
-`SOPInstanceUID`, `SeriesInstanceUID` or `StudyInstanceUID`. The label map is TOML:
+`SOPInstanceUID`, `SeriesInstanceUID` or `StudyInstanceUID`. An optional `patient` column names
+what must stay on one side of every split (a patient's images); loaders that know the patient
+from the file itself (DICOM's PatientID) use that. The label map is TOML:
 
     classes = ["normal", "pneumonia"]     # the federation's label set, in class-index order
     [map]                                 # every site's names for them
@@ -24,12 +26,14 @@ from medfed.config_file import read_toml
 from medfed.errors import DataError
 
 KEY_COLUMNS = ("file", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+PATIENT_COLUMN = "patient"
 
 
 @dataclass(frozen=True)
 class LabelTable:
     key: str  # the column that names an image: one of KEY_COLUMNS
     labels: dict[str, str]  # key value -> label name
+    patients: dict[str, str] = field(default_factory=dict)  # key value -> patient, if a column
 
 
 def read_labels(path: str | Path) -> LabelTable:
@@ -47,6 +51,7 @@ def read_labels(path: str | Path) -> LabelTable:
         raise DataError(f"{path} needs a 'label' column and one key column of "
                         f"{', '.join(KEY_COLUMNS)}; got columns {', '.join(map(str, header)) or 'none'}")
     labels: dict[str, str] = {}
+    patients: dict[str, str] = {}
     for line, row in enumerate(rows, start=2):
         name, label = (row.get(key) or "").strip(), (row.get("label") or "").strip()
         if not name or not label:
@@ -56,7 +61,19 @@ def read_labels(path: str | Path) -> LabelTable:
         if labels.get(name, label) != label:
             raise DataError(f"{path} line {line}: a second, different label for the same {key}")
         labels[name] = label
-    return LabelTable(key, labels)
+        if PATIENT_COLUMN in header:
+            _add_patient(patients, name, (row.get(PATIENT_COLUMN) or "").strip(), path, line)
+    return LabelTable(key, labels, patients)
+
+
+def _add_patient(patients: dict[str, str], name: str, patient: str, path: Path, line: int) -> None:
+    """The value is only compared: it may identify a person, so no message quotes it."""
+    if not patient:
+        raise DataError(f"{path} line {line}: empty {PATIENT_COLUMN}; give every row its patient "
+                        "or leave the column out")
+    if patients.get(name, patient) != patient:
+        raise DataError(f"{path} line {line}: a second, different {PATIENT_COLUMN} for the same image")
+    patients[name] = patient
 
 
 @dataclass(frozen=True)

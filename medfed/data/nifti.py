@@ -3,7 +3,8 @@
 Each volume is read in its stored orientation as (z, y, x), its intensities clipped to its own
 0.5th-99.5th percentiles and scaled to [0, 1] (NIfTI holds anything from CT Hounsfield units to
 arbitrary MR units, so a fixed range would not do), and resized to a cube (--image-size, default
-32). Each top-level subfolder of the data folder is one site; unreadable files are skipped and
+32). Each top-level subfolder of the data folder is one site (with site_name, the whole folder
+is that one site); unreadable files are skipped and
 listed.
 """
 
@@ -48,8 +49,8 @@ def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     return np.ascontiguousarray(scaled.transpose(2, 1, 0)), spacing[::-1]
 
 
-def scan_nifti(data_dir: str | Path | None, labels: str | Path | None, image_size: int | None
-               ) -> Scan:
+def scan_nifti(data_dir: str | Path | None, labels: str | Path | None, image_size: int | None,
+               site_name: str | None = None) -> Scan:
     root = require_dir(data_dir, "nifti")
     table = read_labels(labels) if labels else None
     if table is not None and table.key != "file":
@@ -60,7 +61,7 @@ def scan_nifti(data_dir: str | Path | None, labels: str | Path | None, image_siz
         if missing:
             raise DataError(f"{labels} names {len(missing)} file(s) that do not exist under {root} "
                             f"(first: {missing[0]}); paths are relative to the data folder")
-    scan = Scan("nifti", root)
+    scan = Scan("nifti", root, site_name=site_name)
     for path in files_under(root, SUFFIXES):
         rel = path.relative_to(root)
         try:
@@ -72,7 +73,7 @@ def scan_nifti(data_dir: str | Path | None, labels: str | Path | None, image_siz
             scan.skipped.append(Skipped(rel.as_posix(), f"unreadable NIfTI ({type(exc).__name__})"))
             continue
         scan.records.append(Record(
-            path=rel.as_posix(), site=site_of(rel, root),
+            path=rel.as_posix(), site=site_of(rel, root, site_name),
             image=resize(volume[None], image_size or DEFAULT_SIZE_3D), native_shape=volume.shape,
             spacing=spacing, unit=rel.as_posix(),
             label=table.labels.get(rel.as_posix()) if table else None))
@@ -83,5 +84,5 @@ def load_nifti(config: DataConfig, seed: int) -> DataSource:
     if config.labels is None:
         raise DataError("--dataset nifti needs --labels FILE.csv (columns file,label; paths relative "
                         "to --data-dir)")
-    scan = scan_nifti(config.data_dir, config.labels, config.image_size)
+    scan = scan_nifti(config.data_dir, config.labels, config.image_size, config.site_name)
     return labelled_source("nifti", "NIfTI volume", scan, config, seed)

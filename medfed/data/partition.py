@@ -5,6 +5,7 @@ Each returns one index array per site (sorted), and raises DataError for impossi
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -104,42 +105,59 @@ def _dirichlet_draw(labels: np.ndarray, concentration: np.ndarray, rng: np.rando
     return _sorted([np.concatenate(p) for p in parts])
 
 
-def natural(groups: np.ndarray | None, n_sites: int) -> list[np.ndarray]:
-    """One site per natural group (hospital, scanner), ordered by group index."""
+def site_rng(seed: int, tag: int, name: str) -> np.random.Generator:
+    """A site's own random stream for one purpose (tag): a function of the seed and the site's
+    name only, so a site draws the same split whether it is loaded alone (deployment) or with
+    every other site (simulation), and whatever the other sites are called."""
+    return np.random.default_rng(np.random.SeedSequence([seed, tag, zlib.crc32(name.encode())]))
+
+
+def natural(groups: np.ndarray | None, n_sites: int | None) -> list[np.ndarray]:
+    """One site per natural group (hospital, scanner), ordered by group index; n_sites None
+    takes the count from the data."""
     if groups is None:
         raise DataError("this data set has no natural sites; use --partition iid, dirichlet or "
                         "quantity")
     names = np.unique(groups)
-    if len(names) != n_sites:
+    if n_sites is not None and len(names) != n_sites:
         raise DataError(f"the data has {len(names)} natural sites but --sites is {n_sites}; "
-                        f"set --sites {len(names)}")
+                        f"set --sites {len(names)} or leave --sites out")
     return [np.flatnonzero(groups == g) for g in names]
 
 
 def train_val_split(index: np.ndarray, val_fraction: float, rng: np.random.Generator,
-                    units: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A site's own train / validation split; both keep at least one sample when possible.
+                    units: np.ndarray | None = None, strata: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """A site's own train / validation split; both keep at least one sample (or unit).
 
-    units (one per sample of the whole pool: patient or study) keeps each unit's images together."""
+    units (one per sample of the whole pool: patient or study) keeps each unit's images together.
+    strata (one label per sample of the whole pool; multi-label: 'any finding') makes the split
+    stratified: each stratum gives the validation split its share of the units, by largest
+    remainder, so a rare class is not left out of validation by chance. A unit's stratum is the
+    largest of its samples' (for 0/1 strata: positive if any image is)."""
     if len(index) < 2:
         raise DataError(f"a site with {len(index)} sample cannot be split into train and "
                         "validation; use fewer sites or a larger data set")
-    if units is not None:
-        return _unit_split(index, units[index], val_fraction, rng)
-    n_val = min(max(1, round(len(index) * val_fraction)), len(index) - 1)
-    shuffled = rng.permutation(index)
-    return np.sort(shuffled[n_val:]), np.sort(shuffled[:n_val])
-
-
-def _unit_split(index: np.ndarray, owner: np.ndarray, val_fraction: float, rng: np.random.Generator
-                ) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.unique(owner)
+    owner = units[index] if units is not None else index
+    ids, inverse = np.unique(owner, return_inverse=True)
     if len(ids) < 2:
         raise DataError(f"a site whose {len(index)} images all belong to one patient or study cannot "
                         "be split into train and validation; use fewer sites or more data")
+    unit_strata = np.zeros(len(ids), dtype=np.int64)
+    if strata is not None:
+        np.maximum.at(unit_strata, inverse, np.asarray(strata)[index].astype(np.int64))
     n_val = min(max(1, round(len(ids) * val_fraction)), len(ids) - 1)
-    is_val = np.isin(owner, rng.permutation(ids)[:n_val])
+    is_val = np.isin(owner, _stratified_choice(ids, unit_strata, n_val, rng))
     return np.sort(index[~is_val]), np.sort(index[is_val])
+
+
+def _stratified_choice(ids: np.ndarray, strata: np.ndarray, n: int, rng: np.random.Generator
+                       ) -> np.ndarray:
+    """n of ids, each stratum (in sorted order) giving its largest-remainder share at random."""
+    values, sizes = np.unique(strata, return_counts=True)
+    quotas = counts_from_proportions(n, sizes.tolist())
+    chosen = [rng.permutation(ids[strata == v])[:q] for v, q in zip(values, quotas, strict=True)]
+    return np.concatenate(chosen)
 
 
 def _check_count(n: int, n_sites: int) -> None:

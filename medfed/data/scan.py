@@ -5,6 +5,11 @@ A scan keeps every readable image (resized to a common size, intensities in [0, 
 its label and what must stay on one side of a split (its study or patient), and lists every file
 it could not use with the reason. From a scan come the data source (with a seeded, stratified
 held-out test split per site) and the per-site data report (check.py).
+
+Each top-level subfolder of the data folder is one site, unless the folder is one site's own data
+(DataConfig.site_name: a deployed site reading its folder): then all of it is that site. A site's
+test share is drawn from its own random stream (the seed and its name), so it is the same whether
+the site's folder is read alone or beside the others.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from monai.transforms import Resize
 from medfed.config import DataConfig
 from medfed.data.dataset import DataSource, Samples
 from medfed.data.labels import encode_labels, load_label_map
+from medfed.data.partition import site_rng
 from medfed.errors import DataError
 from medfed.types import Task
 
 DEFAULT_SIZE_2D = 64  # files differ in size; without --image-size they are resized to this
 DEFAULT_SIZE_3D = 32
+HOLDOUT_TAG = 0x7E57  # each site's stream for its held-out test share
 IGNORED_SUFFIXES = frozenset({".csv", ".toml", ".txt", ".json", ".md", ".xml", ".html", ".py",
                               ".sh", ".log", ".pdf"})
 
@@ -53,6 +60,7 @@ class Scan:
     records: list[Record] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     phi: dict[str, int] = field(default_factory=dict)  # identifying tag keyword -> files
+    site_name: str | None = None  # all of data_dir is this one site (see site_of)
 
     @property
     def sites(self) -> list[str]:
@@ -84,8 +92,11 @@ def files_under(data_dir: Path, suffixes: tuple[str, ...] = ()) -> Iterator[Path
         yield path
 
 
-def site_of(rel: Path, data_dir: Path) -> str:
-    """Each top-level subfolder is one site; files directly in the data folder form one site."""
+def site_of(rel: Path, data_dir: Path, site_name: str | None = None) -> str:
+    """Each top-level subfolder is one site; files directly in the data folder form one site.
+    With site_name, the whole folder is that one site (a deployed site's own data)."""
+    if site_name is not None:
+        return site_name
     return rel.parts[0] if len(rel.parts) > 1 else data_dir.resolve().name
 
 
@@ -98,18 +109,20 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
-def holdout(strata: np.ndarray, groups: np.ndarray, units: np.ndarray, fraction: float,
-            rng: np.random.Generator) -> np.ndarray:
+def holdout(strata: np.ndarray, sites: np.ndarray, units: np.ndarray, fraction: float,
+            seed: int) -> np.ndarray:
     """A boolean test mask: per site and per stratum, `fraction` of the units (studies, patients),
-    drawn at random, with all their images. No unit is on both sides."""
+    drawn at random from the site's own stream (seed, site name), with all their images. No unit
+    is on both sides, and a site's mask does not depend on the other sites."""
     is_test = np.zeros(len(units), dtype=bool)
     unit_ids, first = np.unique(units, return_index=True)
-    for g in np.unique(groups):
-        for s in np.unique(strata):
-            members = unit_ids[(groups[first] == g) & (strata[first] == s)]
-            n_test = int(round(fraction * len(members)))
-            chosen = rng.permutation(members)[:n_test]
-            is_test |= np.isin(units, chosen)
+    for site in np.unique(sites):
+        rng = site_rng(seed, HOLDOUT_TAG, str(site))
+        mine = sites[first] == site
+        for s in np.unique(strata[first][mine]):
+            members = unit_ids[mine & (strata[first] == s)]
+            n_test = round(fraction * len(members))
+            is_test |= np.isin(units, rng.permutation(members)[:n_test])
     return is_test
 
 
@@ -137,8 +150,7 @@ def build_source(name: str, task: Task, classes: tuple[str, ...], records: list[
     groups = np.array([site_names.index(r.site) for r in records])
     _, units = np.unique([f"{r.site}/{r.unit}" for r in records], return_inverse=True)
     strata = (y.sum(axis=1) > 0).astype(np.int64) if task is Task.MULTILABEL else y
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7E57]))
-    is_test = holdout(strata, groups, units, test_fraction, rng)
+    is_test = holdout(strata, np.array([r.site for r in records]), units, test_fraction, seed)
     if not is_test.any() or is_test.all():
         raise DataError(f"{len(records)} images are too few to hold out a test share of "
                         f"{test_fraction}; add images or change test_fraction")

@@ -10,6 +10,7 @@ from medfed.data.dataset import DataSource
 from medfed.data.dicom import load_dicom
 from medfed.data.harmonize import harmonize_source
 from medfed.data.heart import load_heart_disease
+from medfed.data.images import load_images
 from medfed.data.medmnist import load_medmnist
 from medfed.data.nifti import load_nifti
 from medfed.data.synthetic import load_synthetic
@@ -18,7 +19,7 @@ from medfed.registry import Registry
 Loader = Callable[[DataConfig, int], DataSource]
 
 SOURCES: Registry[Loader] = Registry("dataset", {
-    "synthetic": lambda cfg, seed: load_synthetic(cfg.sites, cfg.synthetic_samples,
+    "synthetic": lambda cfg, seed: load_synthetic(cfg.site_count, cfg.synthetic_samples,
                                                   cfg.synthetic_test, seed, cfg.sizes,
                                                   cfg.proportions),
     "medmnist": lambda cfg, seed: load_medmnist(cfg.data_file),
@@ -26,6 +27,7 @@ SOURCES: Registry[Loader] = Registry("dataset", {
     "nifti": load_nifti,
     "chestxray14": load_chestxray14,
     "heart-disease": load_heart_disease,
+    "images": load_images,
 })
 
 

@@ -75,7 +75,7 @@ def test_no_patient_is_in_two_splits_or_two_sites(tmp_path, site_by, names):
     test_images = len(source.test)
     assert test_images > 0 and len(train_patients) + test_images // 3 == 24
     fed = build_federation(source, config(tmp_path, site_by=site_by, partition="natural",
-                                          sites=len(names)), np.random.default_rng(0))
+                                          sites=len(names)), 0)
     for site in fed.sites.values():
         assert len(site.val) % 3 == 0 and len(site.train) % 3 == 0  # whole patients only
 

@@ -13,7 +13,7 @@ from medfed.config import DataConfig
 from medfed.data.dicom import display_pixels, load_dicom, scan_dicom
 from medfed.errors import DataError
 from medfed.types import Task
-from tests.dicom_files import write_dicom
+from tests.dicom_files import PATIENT_ID, write_dicom
 
 STORED = np.array([[0, 100], [200, 1000]], dtype=np.uint16)
 
@@ -88,7 +88,8 @@ def make_sites(root: Path, per_site: int = 6, phi: bool = False) -> Path:
             if label == "pneumonia":
                 img[3:9, 4:10] += 600
             rel = f"{site}/study{i}/img{i}.dcm"
-            write_dicom(root / rel, img, center=400.0, width=800.0, phi=phi)
+            write_dicom(root / rel, img, center=400.0, width=800.0, phi=phi,
+                        patient_id=f"{PATIENT_ID}-{site}-{i}" if phi else None)
             rows.append(f"{rel},{label}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     return root / "labels.csv"

@@ -37,7 +37,7 @@ def traced_indices(federation) -> list[int]:
 
 def test_synthetic_defaults_to_its_natural_sites_with_their_test_shares():
     source = synthetic()
-    fed = build_federation(source, DataConfig(sites=3), np.random.default_rng(0))
+    fed = build_federation(source, DataConfig(sites=3), 0)
     assert fed.partition == "natural"
     assert list(fed.sites) == ["site-a", "site-b", "site-c"]
     for k, site in enumerate(fed.sites.values()):
@@ -47,7 +47,7 @@ def test_synthetic_defaults_to_its_natural_sites_with_their_test_shares():
 
 
 def test_a_source_without_groups_defaults_to_iid():
-    fed = build_federation(plain_source(), DataConfig(sites=4), np.random.default_rng(0))
+    fed = build_federation(plain_source(), DataConfig(sites=4), 0)
     assert fed.partition == "iid"
     assert list(fed.sites) == ["site-a", "site-b", "site-c", "site-d"]
     assert all(s.test is None for s in fed.sites.values())
@@ -58,7 +58,7 @@ def test_a_source_without_groups_defaults_to_iid():
 @pytest.mark.parametrize("scheme", ["iid", "dirichlet", "quantity"])
 def test_every_site_gets_train_and_validation_and_no_sample_is_shared(scheme):
     config = DataConfig(sites=4, partition=scheme, sizes=(10, 20, 30, 40), val_fraction=0.2)
-    fed = build_federation(plain_source(), config, np.random.default_rng(0))
+    fed = build_federation(plain_source(), config, 0)
     assert fed.partition == scheme
     for site in fed.sites.values():
         assert len(site.train) >= 1 and len(site.val) >= 1
@@ -71,7 +71,7 @@ def test_every_site_gets_train_and_validation_and_no_sample_is_shared(scheme):
 def test_build_federation_is_seeded():
     def sites(seed):
         fed = build_federation(plain_source(), DataConfig(sites=3, partition="dirichlet"),
-                               np.random.default_rng(seed))
+                               seed)
         return [s.train.x.ravel().tolist() for s in fed.sites.values()]
 
     assert sites(1) == sites(1)
@@ -82,24 +82,24 @@ def test_every_configured_partition_name_is_built():
     source = synthetic()
     for scheme in PARTITIONS:
         config = DataConfig(sites=3, partition=scheme, proportions=(0.3, 0.3, 0.4))
-        fed = build_federation(source, config, np.random.default_rng(0))
+        fed = build_federation(source, config, 0)
         assert fed.partition == scheme and len(fed.sites) == 3
 
 
 def test_natural_partition_of_data_without_groups_is_a_data_error():
     with pytest.raises(DataError, match="no natural sites"):
         build_federation(plain_source(), DataConfig(sites=3, partition="natural"),
-                         np.random.default_rng(0))
+                         0)
 
 
 def test_dirichlet_on_multilabel_data_skews_on_any_finding():
     config = DataConfig(sites=2, partition="dirichlet")
-    fed = build_federation(plain_source(multilabel=True), config, np.random.default_rng(0))
+    fed = build_federation(plain_source(multilabel=True), config, 0)
     used = traced_indices(fed)
     assert sorted(used) == list(range(100))
 
 
 def test_quantity_without_sizes_gives_equal_shares():
     fed = build_federation(plain_source(), DataConfig(sites=4, partition="quantity"),
-                           np.random.default_rng(0))
+                           0)
     assert [len(s.train) + len(s.val) for s in fed.sites.values()] == [25, 25, 25, 25]

@@ -74,3 +74,16 @@ def test_dicom_sites_with_their_own_label_names_join_through_the_map(tmp_path):
     source = load_dicom(DataConfig(**base, label_map=str(tmp_path / "map.toml")), 0)
     assert source.class_names == ("normal", "pneumonia")
     assert np.concatenate([source.pool.y, source.test.y]).sum() == 6
+
+
+def test_an_optional_patient_column_is_read_and_never_quoted(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text("file,label,patient\na.png,x,P-1\nb.png,y,P-1\nc.png,x,P-2\n")
+    table = read_labels(path)
+    assert table.patients == {"a.png": "P-1", "b.png": "P-1", "c.png": "P-2"}
+    (tmp_path / "plain.csv").write_text("file,label\na.png,x\n")
+    assert read_labels(tmp_path / "plain.csv").patients == {}
+    path.write_text("file,label,patient\na.png,x,SECRET-1\na.png,x,SECRET-2\n")
+    with pytest.raises(DataError, match="second, different patient") as info:
+        read_labels(path)
+    assert "SECRET" not in str(info.value)
