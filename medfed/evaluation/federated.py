@@ -14,7 +14,8 @@ uniform in logit space, sigmoid(k * 0.05) for k = -320 .. 320 (logits -16 .. 16)
 bin below and one above: 642 bins. Logit bins are narrow where a trained model's scores pile up
 (near 0 and 1) and 0.5 = sigmoid(0) is an edge, so "score >= 0.5" is a union of whole bins. A
 site compares its scores with the edges in their own precision (float32 scores against float32
-edges), as numpy does when a float32 score array meets a threshold.
+edges), as numpy does when a float32 score array meets a Python float threshold: "score >=
+threshold" on the raw scores then calls the same samples positive as the bins do.
 
 What is exact and what is approximate.
 - Exact: n, the mean loss, and every threshold metric (accuracy, precision, recall, f1,
