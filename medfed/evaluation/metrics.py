@@ -8,6 +8,10 @@ Keys: auc, accuracy, precision, recall, f1, sensitivity, specificity, n (and kap
 - multi-label: each finding is a binary problem at threshold 0.5; every metric is the macro mean
   over findings (accuracy too, as MedMNIST reports it).
 A metric that is undefined on the given labels (AUC when only one class is present) is NaN.
+
+Every threshold metric is a function of the confusion counts alone, and every AUC of the
+per-output one-vs-rest AUCs: `metrics_from_confusion` holds those definitions once, so federated
+evaluation (evaluation/federated.py), which pools counts instead of scores, reports the same values.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import warnings
 
 import numpy as np
 from sklearn.metrics import (
-    accuracy_score,
     cohen_kappa_score,
     confusion_matrix,
     precision_recall_fscore_support,
@@ -30,50 +33,91 @@ METRIC_KEYS = ("auc", "accuracy", "precision", "recall", "f1", "sensitivity", "s
 
 def compute_metrics(task: Task, y_true: np.ndarray, probs: np.ndarray) -> Metrics:
     """probs: (N, C) class probabilities (softmax), or (N, L) per-finding probabilities (sigmoid)."""
+    y = y_true.astype(int)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # undefined metrics become NaN / 0 by design, see above
         if task is Task.MULTILABEL:
-            out = _multilabel(y_true.astype(int), probs)
+            confusion = np.stack([binary_confusion(y[:, j], probs[:, j]) for j in range(y.shape[1])])
+            aucs = [_auc(y[:, j], probs[:, j]) for j in range(y.shape[1])]
         elif task is Task.BINARY:
-            out = _binary(y_true.astype(int), probs[:, -1])
+            confusion = binary_confusion(y, probs[:, -1])
+            aucs = [_auc(y, probs[:, -1])]
         else:
-            out = _multiclass(y_true.astype(int), probs)
-            if task is Task.ORDINAL:
-                out["kappa"] = float(cohen_kappa_score(y_true, probs.argmax(1), weights="quadratic"))
+            c = probs.shape[1]
+            confusion = confusion_matrix(y, probs.argmax(1), labels=np.arange(c))
+            aucs = [_auc((y == k).astype(int), probs[:, k]) for k in range(c)]
+    out = metrics_from_confusion(task, confusion, np.array(aucs, dtype=np.float64))
     out["n"] = float(len(y_true))
     return out
 
 
-def _binary(y: np.ndarray, score: np.ndarray) -> Metrics:
-    pred = (score >= 0.5).astype(int)
-    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+def binary_confusion(y: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """(2, 2) counts of (true, score >= 0.5): the one place the 0.5 threshold is applied."""
+    return confusion_matrix(y, (score >= 0.5).astype(int), labels=[0, 1])
+
+
+def metrics_from_confusion(task: Task, confusion: np.ndarray, aucs: np.ndarray) -> Metrics:
+    """Every metric but n from confusion counts and per-output AUCs (NaN where undefined).
+
+    confusion: binary (2, 2) of (true, called at 0.5); multi-class / ordinal (C, C) of (true,
+    argmax); multi-label (L, 2, 2), one binary matrix per finding. aucs: binary (1,), else (C,) or
+    (L,) one-vs-rest AUCs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # undefined metrics become NaN / 0 by design, see above
+        if task is Task.MULTILABEL:
+            per_finding = [_binary(cm, a) for cm, a in zip(confusion, aucs, strict=True)]
+            return {k: float(np.nanmean([m[k] for m in per_finding])) for k in METRIC_KEYS}
+        if task is Task.BINARY:
+            return _binary(confusion, float(aucs[0]))
+        out = _multiclass(confusion, float(np.nanmean(aucs)))
+        if task is Task.ORDINAL:
+            out["kappa"] = _kappa(confusion)
+        return out
+
+
+def _binary(confusion: np.ndarray, auc: float) -> Metrics:
+    tn, fp, fn, tp = confusion.ravel()
+    truth, called = _pairs(np.arange(2))
     precision, recall, f1, _ = precision_recall_fscore_support(
-        y, pred, average="binary", pos_label=1, zero_division=0)
-    return {"auc": _auc(y, score), "accuracy": float(accuracy_score(y, pred)),
+        truth, called, sample_weight=confusion.ravel(), average="binary", pos_label=1,
+        zero_division=0)
+    return {"auc": auc, "accuracy": _ratio(tn + tp, confusion.sum()),
             "precision": float(precision), "recall": float(recall), "f1": float(f1),
             "sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp)}
 
 
-def _multiclass(y: np.ndarray, probs: np.ndarray) -> Metrics:
-    pred = probs.argmax(1)
+def _multiclass(confusion: np.ndarray, auc: float) -> Metrics:
     # Macro averages run over the classes that occur (in labels or predictions): a small site split
     # missing a grade must not score that grade as 0.
-    present = np.union1d(y, pred)
+    present = _present(confusion)
+    cm = confusion[np.ix_(present, present)]
+    truth, pred = _pairs(present)
     precision, recall, f1, _ = precision_recall_fscore_support(
-        y, pred, labels=present, average="macro", zero_division=0)
-    cm = confusion_matrix(y, pred, labels=present)
+        truth, pred, labels=present, sample_weight=cm.ravel(), average="macro", zero_division=0)
     fp = cm.sum(axis=0) - np.diag(cm)
     tn = cm.sum() - cm.sum(axis=0) - cm.sum(axis=1) + np.diag(cm)
-    # Macro one-vs-rest AUC (as sklearn's multi_class="ovr"), over the classes it is defined for.
-    auc = np.nanmean([_auc((y == c).astype(int), probs[:, c]) for c in range(probs.shape[1])])
-    return {"auc": float(auc), "accuracy": float(accuracy_score(y, pred)), "precision": float(precision),
+    return {"auc": auc, "accuracy": _ratio(np.trace(cm), cm.sum()), "precision": float(precision),
             "recall": float(recall), "f1": float(f1), "sensitivity": float(recall),
             "specificity": float(np.mean(tn / np.maximum(tn + fp, 1)))}
 
 
-def _multilabel(y: np.ndarray, probs: np.ndarray) -> Metrics:
-    per_finding = [_binary(y[:, j], probs[:, j]) for j in range(y.shape[1])]
-    return {k: float(np.nanmean([m[k] for m in per_finding])) for k in METRIC_KEYS}
+def _kappa(confusion: np.ndarray) -> float:
+    """Quadratic kappa over the classes that occur (scikit-learn's weights run over those)."""
+    present = _present(confusion)
+    truth, pred = _pairs(present)
+    weights = confusion[np.ix_(present, present)].ravel()
+    return float(cohen_kappa_score(truth, pred, labels=present, weights="quadratic",
+                                   sample_weight=weights))
+
+
+def _present(confusion: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(confusion.sum(axis=0) + confusion.sum(axis=1))
+
+
+def _pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (true, predicted) pair of labels, row-major as confusion.ravel(): with the counts as
+    sample weights, scikit-learn computes its metrics from a confusion matrix."""
+    return np.repeat(labels, len(labels)), np.tile(labels, len(labels))
 
 
 def _auc(y: np.ndarray, score: np.ndarray) -> float:

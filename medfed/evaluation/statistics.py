@@ -136,8 +136,13 @@ def delong_test(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, level: 
 def delong_ci(y: np.ndarray, score: np.ndarray, level: float = 0.95) -> Interval:
     """AUC with DeLong's normal interval, clipped to [0, 1]."""
     aucs, cov = delong_covariance(y, score[None, :])
-    half = stats.norm.ppf((1 + level) / 2) * float(cov[0, 0]) ** 0.5
-    return Interval(float(aucs[0]), max(0.0, aucs[0] - half), min(1.0, aucs[0] + half))
+    return normal_interval(float(aucs[0]), float(cov[0, 0]), level)
+
+
+def normal_interval(estimate: float, variance: float, level: float = 0.95) -> Interval:
+    """estimate +- z * sqrt(variance), clipped to [0, 1] (the range of an AUC or a rate)."""
+    half = stats.norm.ppf((1 + level) / 2) * variance ** 0.5
+    return Interval(estimate, float(max(0.0, estimate - half)), float(min(1.0, estimate + half)))
 
 
 def paired_t_test(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> PairedTest:
