@@ -28,6 +28,7 @@ from medfed.errors import IncompatibleUpdate, TransportError
 from medfed.evaluation.federated import (
     ScoreSummary,
     auc_interval,
+    auc_tie_bound,
     choose_threshold,
     combine,
     parse_summary,
@@ -80,6 +81,8 @@ def combine_answers(answers: dict[SiteId, SiteAnswer], failed: dict[SiteId, str]
     if schema.kind is Task.BINARY:
         interval = auc_interval(test_pool)
         test["auc_ci"] = [interval.low, interval.high]
+        # How far the binned AUC can be from the raw pooled scores' AUC (ties within a bin).
+        out["evaluation"]["auc_error_bound"] = auc_tie_bound(test_pool)
         out["operating_point"] = _operating_point(val_pool, test_pool)
     out["site_test"] = {s: a.metrics["test"] for s, a in answers.items()}
     out["site_val"] = {s: a.metrics["val"] for s, a in answers.items()}

@@ -66,7 +66,7 @@ def load_site_config(path: Path | None, site: str | None, data_overrides: dict[s
     data = _resolve_paths({**data}, path.parent if path is not None else Path.cwd())
     data |= {k: v for k, v in data_overrides.items() if v is not None}
     for key in FEDERATION_ONLY:
-        if key in data:
+        if key in data and data.get("dataset") != "synthetic":
             raise ConfigError(f"[data] {key} is not a site's setting: a site's data is one site"
                               + (" (harmonization is the federation's [task] harmonize)"
                                  if key == "harmonize" else ""))
@@ -79,13 +79,15 @@ def load_site_config(path: Path | None, site: str | None, data_overrides: dict[s
     seed_value = seed if seed is not None else raw.get("seed", 0)
     if isinstance(seed_value, bool) or not isinstance(seed_value, int) or seed_value < 0:
         raise ConfigError(f"seed must be a whole number >= 0, got {seed_value!r}")
-    return SiteConfig(name, Path(folder), seed_value, _data_config(data), policy)
+    return SiteConfig(name, Path(folder), seed_value, _data_config(data, name), policy)
 
 
-def _data_config(values: dict[str, Any]) -> DataConfig:
+def _data_config(values: dict[str, Any], site: str) -> DataConfig:
     config: DataConfig = _build(SECTIONS["data"], values, "[data]")
-    # A site is one site of the federation: its whole folder, whatever its subfolders.
-    return replace(config, sites=1, partition=None) if config.dataset != "synthetic" else config
+    if config.dataset == "synthetic":  # the demo's sites are shares of one generated federation
+        return config
+    # A site is one site of the federation: its whole folder, named as the site, subfolders too.
+    return replace(config, sites=1, partition=None, site_name=site)
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -8,12 +8,12 @@ error at start-up, and the site knows its task schema (deploy's hello) before it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from medfed.data.dataset import DataSource, SiteData
-from medfed.data.federation import build_federation
+from medfed.data.federation import build_federation, site_split
 from medfed.data.sources import load_source
 from medfed.deploy.site_config import SiteConfig
 from medfed.errors import ConfigError
@@ -37,17 +37,14 @@ def load_site_data(config: SiteConfig) -> LocalData:
     """The site's source and splits; the seeds as `prepare` derives them from a run's seed."""
     seeds = np.random.SeedSequence(config.seed).generate_state(2)
     source = load_source(config.data, int(seeds[0]))
-    federation = build_federation(source, config.data, np.random.default_rng(seeds[1]))
     if config.data.dataset == "synthetic":  # the built-in demo: this site's share of it
+        federation = build_federation(source, config.data, int(seeds[1]))
         if config.site not in federation.sites:
             raise ConfigError(f"site '{config.site}' is not a site of the synthetic federation; "
                               f"valid: {', '.join(federation.site_ids)}")
         data = federation.sites[config.site]
-    else:  # the whole folder is this one site
-        (data,) = federation.sites.values()
-        data = replace(data, site=config.site)
-    if data.test is None or not len(data.test):
-        data = replace(data, test=source.test)
+    else:  # the whole folder (or file) is this one site, split by its own name's stream
+        data = site_split(source, config.site, np.arange(len(source.pool)), config.data.val_fraction,
+                          int(seeds[1]), np.arange(len(source.test)))
     schema = TaskSchema.of_source(source, config.data.image_size)
     return LocalData(source, data, schema)
-
