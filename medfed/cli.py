@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(compare)
     report = commands.add_parser("report", help="rebuild DIR/report.html from a run or compare "
                                                 "folder's saved results")
-    report.add_argument("dir", type=Path, help="a `medfed run` or `medfed compare` --out folder")
+    report.add_argument("dir", type=Path, help="a `medfed run` or `medfed compare` --out folder, "
+                                               "or a `medfed server` --state folder")
     data = commands.add_parser("data", help="look at the data a site holds")
     checks = data.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
     check = checks.add_parser("check", help="per-site data report: counts, labels, intensities, "

@@ -39,7 +39,13 @@ def write_rounds(out: Path, history: list[RoundResult], name: str = "rounds.json
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for result in history:
-            f.write(json.dumps(finite(asdict(result))) + "\n")
+            f.write(json.dumps(round_record(result)) + "\n")
+
+
+def round_record(result: RoundResult) -> dict[str, Any]:
+    """A round as rounds.jsonl, the state database and summary.json's failed_updates number it:
+    from 1, as the console and the audit trail do (RoundResult.round counts from 0)."""
+    return {**finite(asdict(result)), "round": result.round + 1}
 
 
 def write_models(out: Path, models: dict[SiteId | None, StateDict], metadata: dict[str, Any]

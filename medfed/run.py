@@ -139,7 +139,7 @@ def _summary(setup: Setup, federated: Outcome, baselines: dict[str, Any] | None)
         sites=site_report(setup, federated), test=federated.test, n_test=len(source.test),
         device=str(setup.predictor.device), wall_seconds=federated.seconds,
         bytes_up=federated.transport.bytes_up, bytes_down=federated.transport.bytes_down,
-        failed_updates={r.round: r.failed for r in federated.history if r.failed},
+        failed_updates={r.round + 1: r.failed for r in federated.history if r.failed},
         attackers=attacker_sites(config, setup.federation.site_ids))
     summary |= {"skipped_files": len(source.skipped), "data_notes": list(source.notes)}
     if baselines is not None:

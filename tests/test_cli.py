@@ -243,7 +243,7 @@ def test_the_model_file_is_safetensors_with_the_models_keys(tiny_run):
 def test_rounds_jsonl_has_one_line_per_round(tiny_run):
     lines = (tiny_run / "rounds.jsonl").read_text().splitlines()
     rounds = [strict_json(line) for line in lines]
-    assert [r["round"] for r in rounds] == [0, 1]
+    assert [r["round"] for r in rounds] == [1, 2]
     for r in rounds:
         assert r["sites"] == ["site-a", "site-b", "site-c"] and r["failed"] == {}
         assert r["bytes_up"] > 0 and r["bytes_down"] > 0

@@ -16,12 +16,11 @@ import math
 import os
 import sqlite3
 import threading
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from medfed.errors import ConfigError
-from medfed.output import finite
+from medfed.output import round_record
 from medfed.server.round_loop import RoundResult
 from medfed.transport.codec import decode_state, encode_state
 from medfed.types import StateDict
@@ -84,7 +83,7 @@ class StateStore:
         name = f"checkpoints/round-{result.round + 1:05d}.safetensors"
         atomic_write(self.folder / name, blob)
         rows = [("INSERT INTO rounds VALUES (?, ?, ?, ?, ?)",
-                 (result.round, _now(), json.dumps(finite(asdict(result))), name, digest))]
+                 (result.round, _now(), json.dumps(round_record(result)), name, digest))]
         rows += [("INSERT INTO metrics VALUES (?, ?, ?, ?)", (result.round, site, key, value))
                  for site, scores in result.val.items() for key, value in scores.items()
                  if isinstance(value, (int, float)) and math.isfinite(value)]

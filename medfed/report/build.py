@@ -1,6 +1,7 @@
 """`medfed report DIR`: report.html of a `medfed run` or `medfed compare` folder, from disk alone.
 
-A run folder holds summary.json, rounds.jsonl, predictions.npz and gradcam.npz; a compare folder
+A deployment's state folder (`medfed server --state`) holds summary.json with mode "deployment"
+and rounds.jsonl: deployment_sections.py lays it out. A run folder holds summary.json, rounds.jsonl, predictions.npz and gradcam.npz; a compare folder
 holds compare.json, rounds/<algorithm>-seed<k>.jsonl, predictions/seed<k>.npz and gradcam.npz.
 Every section is always there: a panel that does not apply (binary-only panels of a multi-class
 task, the cross-site matrix of a single run) says why in one sentence.
@@ -15,7 +16,9 @@ from pathlib import Path
 
 from medfed.errors import MedfedError
 from medfed.report.compare_sections import compare_sections
+from medfed.report.deployment_sections import deployment_sections
 from medfed.report.html import page
+from medfed.report.inputs import read_json
 from medfed.report.run_sections import run_sections
 
 SECTIONS = (
@@ -31,7 +34,8 @@ def build_report(folder: str | Path) -> Path:
     if (folder / "compare.json").is_file():
         title, sections = compare_sections(folder)
     elif (folder / "summary.json").is_file():
-        title, sections = run_sections(folder)
+        deployed = read_json(folder / "summary.json").get("mode") == "deployment"
+        title, sections = (deployment_sections if deployed else run_sections)(folder)
     else:
         raise MedfedError(f"{folder} is neither a `medfed run` nor a `medfed compare` output "
                           "(no summary.json or compare.json)")

@@ -67,6 +67,6 @@ def test_a_round_below_min_sites_is_not_recorded_and_runs_again(tmp_path: Path):
     assert store.completed_rounds() == 2 and summary["rounds"] == 2
     # The fake sites answer the final evaluation with a model, not aggregates: each is recorded.
     assert set(summary["evaluation"]["failed"]) == set(sites) and summary["test"] == {}
-    assert [h["round"] for h in store.history()] == [0, 1]
+    assert [h["round"] for h in store.history()] == [1, 2]
     assert verify(audit.path).ok
     store.close()

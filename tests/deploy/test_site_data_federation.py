@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from medfed.cli import main
 from medfed.experiment import prepare, train
 from tests.deploy.processes import (
     Processes,
@@ -32,6 +33,7 @@ from tests.deploy.processes import (
     write_site_config,
 )
 from tests.dicom_files import write_dicom
+from tests.test_report import CHROMIUM, console_errors
 
 SITES = ("site-a", "site-b", "site-c")
 TASK = """
@@ -126,6 +128,17 @@ def test_three_hospitals_with_their_own_dicom_folders_and_a_server_that_holds_no
         assert own["local"]["paired"] == summary["baselines"]["local"][site]["paired"]
         page = (site_state / "report.html").read_text()
         assert "Did joining the federation help this hospital?" in page
+
+    # The coordinator's page: per-hospital table and paired results, nothing that needs images.
+    assert main(["report", str(state)]) == 0
+    html = (state / "report.html").read_text()
+    assert "medfed deployment report" in html and "Did joining help each hospital?" in html
+    assert "tabular" not in html and "beside its baselines" not in html
+    for site in SITES:
+        assert f"<td>{site}</td>" in html
+    if CHROMIUM is not None:  # rendered headless, without a console error
+        assert not console_errors(state / "report.html", tmp_path / "report.png")
+        assert (tmp_path / "report.png").stat().st_size > 10_000
 
     # The same three folders as natural sites of one simulation: the same global model.
     data = {"dataset": "dicom", "data_dir": str(hospitals), "labels": str(hospitals / "labels.csv"),
