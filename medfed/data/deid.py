@@ -12,6 +12,8 @@ message cannot carry a patient's name.
 
 from __future__ import annotations
 
+import sys
+
 from collections import Counter
 from collections.abc import Iterable, Sized
 
@@ -85,9 +87,14 @@ def tally(found_per_file: Iterable[set[str]]) -> dict[str, int]:
 
 
 def require_deidentified(counts: dict[str, int], where: str, allow_phi: bool) -> None:
-    """Refuse identifying data for a federation unless the site said --allow-phi."""
-    if not counts or allow_phi:
+    """Refuse identifying data for a federation unless the site said --allow-phi; when it did,
+    say so loudly (tag names and counts, never a value)."""
+    if not counts:
         return
     tags = ", ".join(f"{k} ({n} files)" for k, n in counts.items())
+    if allow_phi:
+        sys.stderr.write(f"medfed: WARNING: DICOM files in {where} carry identifying tags: {tags}; "
+                         "used because allow_phi is set (nothing identifying leaves this site)\n")
+        return
     raise DataError(f"DICOM files in {where} carry identifying tags: {tags}; de-identify them "
                     "(DICOM PS3.15 basic profile) or pass --allow-phi to use them anyway")

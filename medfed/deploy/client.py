@@ -26,7 +26,13 @@ import grpc
 from medfed.deploy.certs import load_identity
 from medfed.deploy.site_config import SiteConfig
 from medfed.deploy.site_data import LocalData, load_site_data
-from medfed.deploy.site_worker import SiteWorker, Welcome, site_results, write_site_results
+from medfed.deploy.site_worker import (
+    PlanRefused,
+    SiteWorker,
+    Welcome,
+    site_results,
+    write_site_results,
+)
 from medfed.errors import ConfigError
 from medfed.transport import chunks
 from medfed.transport.grpc_channel import CLIENT_OPTIONS, allow_insecure, channel_credentials
@@ -101,8 +107,7 @@ def _session(channel: grpc.Channel, args: ClientArgs, local: LocalData,
         for message in responses:
             kind = message.WhichOneof("body")
             if kind == "welcome":
-                worker = worker or SiteWorker(local, Welcome.parse(message.welcome.config_toml,
-                                                                   message.welcome.federation), site)
+                worker = worker or _worker(args, local, message.welcome, outbox)
                 outbox.put(pb.SiteMessage(hello=pb.Hello(info_json=json.dumps(worker.info))))
                 connected = True
                 _say(site, "connected")
@@ -128,6 +133,22 @@ def _session(channel: grpc.Channel, args: ClientArgs, local: LocalData,
     return worker, False
 
 
+def _worker(args: ClientArgs, local: LocalData, welcome: pb.Welcome, outbox: queue.Queue
+            ) -> SiteWorker:
+    """The worker for this federation; a plan the site's policy refuses is told to the server
+    (which audits it) and ends the client with that one line."""
+    site = args.site
+    try:
+        return SiteWorker(local, Welcome.parse(welcome.config_toml, welcome.federation), site.site,
+                          site.policy, site.state)
+    except PlanRefused as exc:
+        refusal = {"site": site.site, "refused": str(exc)}
+        outbox.put(pb.SiteMessage(hello=pb.Hello(info_json=json.dumps(refusal))))
+        outbox.put(None)
+        time.sleep(1.0)  # the refusal reaches the server before the stream is cancelled
+        raise
+
+
 def _answer(outbox: queue.Queue, worker: SiteWorker, task: pb.Task, blob: bytes, state: Path
             ) -> None:
     try:
@@ -135,8 +156,8 @@ def _answer(outbox: queue.Queue, worker: SiteWorker, task: pb.Task, blob: bytes,
         if not isinstance(options, dict):
             raise TypeError("task options are not a JSON object")
         meta, update = worker.run(task.kind, options, blob)
-        if task.kind == "final":
-            written = write_site_results(state, site_results(worker, meta))
+        if task.kind == "final" and worker.last_final is not None:
+            written = write_site_results(state, site_results(worker, worker.last_final))
             _say(worker.site, f"final model scored on this site's test split; report: {written[-1]}")
     except Exception as exc:  # noqa: BLE001 - the site reports its failure; the server goes on
         _say(worker.site, f"task {task.kind} failed: {type(exc).__name__}: {exc}")

@@ -55,6 +55,8 @@ def parse_answer(raw: Any, schema: TaskSchema) -> SiteAnswer:
     """A site's answer to "final", checked; IncompatibleUpdate names what is wrong."""
     if not isinstance(raw, dict):
         raise IncompatibleUpdate("the final evaluation is not a JSON object")
+    if "withheld" in raw:
+        raise IncompatibleUpdate(f"withheld: {str(raw['withheld'])[:200]}")
     outputs = len(schema.classes)
     summaries = [parse_summary(raw.get(split), schema.kind, outputs) for split in ("val", "test")]
     metrics = raw.get("metrics")

@@ -107,7 +107,7 @@ class Federation:
     privacy: Mechanisms = field(init=False)  # one per run: client DP's accountant spans its rounds
 
     def __post_init__(self) -> None:
-        self.privacy = Mechanisms.build(self.config, self.sites)
+        self.privacy = Mechanisms.build(self.config, self.sites, deployed=True)
 
 
 def serve(args: ServerArgs) -> dict[str, Any]:
@@ -145,7 +145,7 @@ def _listen(fed: Federation, address: str, credentials: grpc.ServerCredentials |
         return pb.Welcome(config_toml=config_toml, federation=json.dumps(body))
 
     servicer = FederationServicer(fed.transport.registry, welcome, insecure=credentials is None,
-                                  on_hello=fed.store.record_site,
+                                  on_hello=lambda site, info: _on_hello(fed, site, info),
                                   admit=lambda site, info: _refusal(fed.task, site, info))
     server = grpc.server(ThreadPoolExecutor(max_workers=len(fed.sites) + 8), options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((servicer.handler(),))
@@ -157,6 +157,12 @@ def _listen(fed: Federation, address: str, credentials: grpc.ServerCredentials |
                      task=fed.task.to_json(), medfed_version=medfed.__version__)
     _say(f"listening on {address} for {', '.join(fed.sites)}")
     return server
+
+
+def _on_hello(fed: Federation, site: SiteId, info: dict[str, Any]) -> None:
+    if info.get("refused"):
+        _say(str(info["refused"])[:300])
+    fed.store.record_site(site, info)
 
 
 def _refusal(task: TaskSchema, site: SiteId, hello: dict[str, Any]) -> str | None:

@@ -14,9 +14,8 @@ The coordinator never sees this file. It is what a hospital writes (SITE.toml), 
     image_size = 64
     val_fraction = 0.1            # of the site's non-test data, by patient / study, stratified
     test_fraction = 0.2           # held out as the site's own test split
-    allow_phi = false
 
-    [policy]                      # what the site allows (filled by the privacy work; empty for now)
+    [policy]                      # what the site allows: deploy/site_policy.py
 
 The whole data folder is this one site (its subfolders are not separate sites as in simulation).
 """
@@ -30,6 +29,7 @@ from typing import Any
 
 from medfed.config import DataConfig
 from medfed.config_file import SECTIONS, _build, read_toml
+from medfed.deploy.site_policy import SitePolicy
 from medfed.errors import ConfigError
 from medfed.registry import unknown_choice
 
@@ -45,7 +45,7 @@ class SiteConfig:
     state: Path
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
-    policy: dict[str, Any] = field(default_factory=dict)
+    policy: SitePolicy = field(default_factory=SitePolicy)
 
 
 def load_site_config(path: Path | None, site: str | None, data_overrides: dict[str, Any],
@@ -70,9 +70,13 @@ def load_site_config(path: Path | None, site: str | None, data_overrides: dict[s
             raise ConfigError(f"[data] {key} is not a site's setting: a site's data is one site"
                               + (" (harmonization is the federation's [task] harmonize)"
                                  if key == "harmonize" else ""))
-    policy = raw.get("policy", {})
-    if not isinstance(policy, dict):
+    raw_policy = raw.get("policy", {})
+    if not isinstance(raw_policy, dict):
         raise ConfigError("[policy] must be a table of keys")
+    if "allow_phi" in data:
+        raise ConfigError("allow_phi is the site's [policy] allow_phi, not a [data] key")
+    policy = SitePolicy.from_dict(raw_policy)
+    data["allow_phi"] = policy.allow_phi
     folder = state or raw.get("state") or f"medfed-{name}"
     if path is not None and state is None and raw.get("state"):
         folder = path.parent / str(raw["state"])

@@ -13,6 +13,11 @@ task with aggregates only:
 
 A federation with `[task] harmonize = "histogram"` sends its reference with each task; the site
 maps its images onto it once (and again only if the reference changes).
+
+The site's [policy] (site_policy.py) decides: a plan it refuses stops the worker before anything
+is trained (PlanRefused), and what it does not share is left out of its answers. DP noise comes
+from OS entropy; DP-SGD's accountant starts from the site's ledger and the ledger is written
+before an update leaves the site.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from medfed.data.harmonize import harmonize_site, pool_images, site_quantiles
 from medfed.data.transforms import Preprocess
 from medfed.deploy import secure_exchange
 from medfed.deploy.site_data import LocalData
+from medfed.deploy.site_policy import SHARES, SitePolicy
 from medfed.device import pick_device
 from medfed.errors import ConfigError
 from medfed.evaluation.federated import summarize
@@ -40,6 +46,7 @@ from medfed.evaluation.metrics import compute_metrics
 from medfed.evaluation.statistics import delong_ci, delong_test
 from medfed.experiment import make_site_trainer, train_options
 from medfed.models import build_model
+from medfed.privacy.ledger import PrivacyLedger
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.privacy.secure_round import SecureSite
 from medfed.task_schema import TaskSchema
@@ -70,14 +77,21 @@ class Welcome:
                    raw["index"], [str(s) for s in raw["sites"]])
 
 
+class PlanRefused(ConfigError):
+    """The site's own policy refuses the federation's plan."""
+
+
 class SiteWorker:
-    def __init__(self, local: LocalData, welcome: Welcome, site: str) -> None:
+    def __init__(self, local: LocalData, welcome: Welcome, site: str,
+                 policy: SitePolicy | None = None, state: Path | None = None) -> None:
         differences = welcome.task.differences(local.schema)
         if differences:
             raise ConfigError(f"this site's data does not fit the federation's task: "
                               f"{'; '.join(differences)}")
         self.local, self.welcome, self.site = local, welcome, site
         self.config = welcome.config
+        self.policy = policy or SitePolicy()
+        self._check_plan()
         self.device = pick_device(self.config.device)
         harmonized = welcome.task.harmonize != "none"
         max_value = 1.0 if harmonized else local.source.max_value
@@ -88,9 +102,26 @@ class SiteWorker:
         if welcome.task.harmonize == "zscore":
             data = harmonize_site(data, "zscore", local.source.max_value)
         self.base = self._trainer(data)
-        privacy = Mechanisms.build(self.config, welcome.sites)
-        self.trainer: LocalSite = privacy.wrap_sites({site: self.base},
-                                                     first_index=welcome.index)[site]
+        self.ledger = PrivacyLedger(state) if state is not None else None
+        spent = {site: self.ledger.history()} if self.ledger else None
+        self.privacy = Mechanisms.build(self.config, welcome.sites, deployed=True)
+        self.trainer: LocalSite = self.privacy.wrap_sites({site: self.base},
+                                                          first_index=welcome.index, spent=spent)[site]
+        for dp in self.privacy.dp_sites.values():  # the site's own cap on top of the plan's target
+            dp.budget.target = self.policy.epsilon_cap(dp.budget.target)
+        self.last_final: dict[str, Any] | None = None
+
+    def _check_plan(self) -> None:
+        refusal = self.policy.refusal(self.config, len(self.welcome.sites))
+        if refusal is None and self.welcome.task.harmonize == "histogram" \
+                and not self.policy.shares("share_data_summary", self.config):
+            refusal = ("the federation matches intensity histograms, which needs this site's "
+                       "quantiles; its policy does not share its data summary")
+        if refusal is not None:
+            raise PlanRefused(f"site {self.site} refuses the federation's plan: {refusal}")
+
+    def shares(self, what: str) -> bool:
+        return self.policy.shares(what, self.config)
 
     def _trainer(self, data: SiteData) -> SiteTrainer:
         spec = self.welcome.task.model_spec(self.config.model)
@@ -99,8 +130,10 @@ class SiteWorker:
 
     @property
     def info(self) -> dict[str, Any]:
-        """The site's second hello: sizes and label counts, and its intensity quantiles when the
-        federation matches histograms (aggregates; no image)."""
+        """The site's second hello: with its policy's leave, sizes and label counts, and its
+        intensity quantiles when the federation matches histograms (aggregates; no image)."""
+        if not self.shares("share_data_summary"):
+            return {"site": self.site}
         data, task = self.local.data, self.welcome.task
         info: dict[str, Any] = {"site": self.site, **self.local.sizes,
                                 "label_counts": label_counts(task.kind, data.train.y, len(task.classes))}
@@ -118,17 +151,32 @@ class SiteWorker:
         self._harmonize(options.pop(REFERENCE, None))
         state = decode_state(blob)
         if kind == "evaluate":
+            if not self.shares("share_validation_metrics"):
+                return {"metrics": {}, "withheld": "this site's policy"}, b""
             return {"metrics": self.trainer.evaluate(state, str(options.get("split", "val")))}, b""
         if kind == "final":
-            return self.final(state, bool(options.get("baselines"))), b""
+            self.last_final = self.final(state, bool(options.get("baselines")))
+            if not self.shares("share_evaluation"):
+                return {"withheld": "this site's policy does not share its evaluation"}, b""
+            return self.last_final, b""
         if kind != "train":
             raise ValueError(f"unknown task '{kind}'")
         unknown = set(options) - OPTION_NAMES
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}")
         update = self.trainer.train(state, TrainOptions(**options))
-        meta = {"n_samples": update.n_samples, "n_steps": update.n_steps, "metrics": update.metrics}
+        self._record_spending()  # before anything of this update leaves the site
+        metrics = dict(update.metrics)
+        if not self.shares("share_training_loss"):
+            metrics.pop("train_loss", None)
+        meta = {"n_samples": update.n_samples, "n_steps": update.n_steps, "metrics": metrics}
         return meta, encode_state(update.state)
+
+    def _record_spending(self) -> None:
+        if self.ledger is None:
+            return
+        for dp in self.privacy.dp_sites.values():
+            self.ledger.record(list(dp.budget.accountant.history), dp.budget.delta)
 
     def _harmonize(self, reference: Any) -> None:
         if self.welcome.task.harmonize != "histogram":
@@ -204,10 +252,13 @@ def _paired(task: Task, y: np.ndarray, federated: np.ndarray, local: np.ndarray
 
 def site_results(worker: SiteWorker, final: dict[str, Any]) -> dict[str, Any]:
     """The site's own record of a federation: what it sent and what it learned (kept at the site)."""
+    spent = {s: dp.budget.spent() for s, dp in worker.privacy.dp_sites.items()}
     return {"site": worker.site, "task": worker.welcome.task.to_json(), **worker.local.sizes,
             "algorithm": worker.config.federation.algorithm,
             "rounds": worker.config.federation.rounds,
-            "federated": final["metrics"], "local": final.get("local")}
+            "federated": final["metrics"], "local": final.get("local"),
+            "epsilon_spent": spent.get(worker.site),
+            "shared": {what: worker.shares(what) for what in SHARES}}
 
 
 def write_site_results(state: Path, results: dict[str, Any]) -> list[Path]:

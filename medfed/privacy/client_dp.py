@@ -26,6 +26,7 @@ from opacus.accountants import RDPAccountant
 
 from medfed.algorithms.aggregate import WeightedMean
 from medfed.algorithms.aggregators import AggregatorFactory, Notes
+from medfed.privacy.noise import Randomness
 from medfed.types import StateDict
 
 
@@ -42,12 +43,11 @@ def clip_delta(state: StateDict, reference: StateDict, bound: float) -> tuple[St
     return {k: d * (bound / norm) for k, d in delta.items()}, True
 
 
-def gaussian_noise(like: StateDict, std: float, generator: torch.Generator) -> StateDict:
-    """N(0, std^2) per coordinate, float64, from an injected generator. Drawn in sorted key order:
-    a state that came over the wire (safetensors stores keys sorted) and the same state in process
-    (module order) must get the same noise, or a deployment would not reproduce its simulation."""
-    return {k: torch.randn(like[k].shape, generator=generator, dtype=torch.float64) * std
-            for k in sorted(like)}
+def gaussian_noise(like: StateDict, std: float, noise: Randomness) -> StateDict:
+    """N(0, std^2) per coordinate, float64, from an injected source. Drawn in sorted key order: a
+    state that came over the wire (safetensors stores keys sorted) and the same state in process
+    (module order) get the same noise from the same seeded source."""
+    return {k: noise.normal(tuple(like[k].shape), std, torch.float64) for k in sorted(like)}
 
 
 @dataclass
@@ -57,7 +57,7 @@ class ClientDP:
     clip: float  # S
     noise_multiplier: float  # sigma
     sample_rate: float  # q: the share of sites sampled per round (k / N, see server/sampling.py)
-    generator: torch.Generator  # seeded in simulation; a deployment would use a secure source
+    noise: Randomness  # seeded in simulation; OS entropy in a deployment (privacy/noise.py)
     accountant: RDPAccountant = field(default_factory=RDPAccountant)
 
     @property
@@ -69,6 +69,11 @@ class ClientDP:
 
     def epsilon(self, delta: float) -> float:
         return self.accountant.get_epsilon(delta) if self.accountant.history else 0.0
+
+    @property
+    def rounds(self) -> int:
+        """Rounds accounted (Opacus merges identical steps into one history entry with a count)."""
+        return sum(int(steps) for _, _, steps in self.accountant.history)
 
     def aggregator(self) -> AggregatorFactory:
         return lambda reference: ClippedNoisyMean(reference, self)
@@ -102,7 +107,7 @@ class ClippedNoisyMean:
     def result(self) -> StateDict:
         if self.count == 0:
             raise ValueError("no updates to aggregate")
-        noise = gaussian_noise(self._sum, self._dp.std, self._dp.generator)
+        noise = gaussian_noise(self._sum, self._dp.std, self._dp.noise)
         self._dp.record_round()
         out = {k: self._reference[k].to(torch.float64) + (s + noise[k]) / self.count
                for k, s in self._sum.items()}

@@ -10,9 +10,12 @@ round whose steps would take it past the target (PrivacyBudgetExhausted: the rou
 site as failed and the run goes on with the others); if sigma is not given, it is derived from the
 target for the full plan of rounds x local epochs x 1/q steps (Opacus' get_noise_multiplier).
 
-Only the model's weights leave the site, and they are post-processing of the noisy steps, so the
-epsilon of a site covers everything it sends. Noise and sampling come from seeded torch Generators
-in simulation (reproducible, not cryptographic); a deployment would use Opacus' secure_mode.
+The weights that leave the site are post-processing of the noisy steps, so the epsilon covers
+them; what else a site may send (training loss, label counts, validation metrics) is the site's
+[policy] (deploy/site_policy.py), off by default under DP. Noise and Poisson sampling come from a
+privacy/noise.py source: seeded in simulation (reproducible, not secret), OS entropy in a
+deployment. The accountant's history can start from a site's ledger (privacy/ledger.py), so a
+restarted site continues from what it has spent.
 """
 
 from __future__ import annotations
@@ -20,16 +23,18 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.grad_sample import GradSampleModule
 from opacus.optimizers import DPOptimizer
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.validators import ModuleValidator
 
 from medfed.client.trainer import SiteTrainer, TrainOptions
 from medfed.errors import ConfigError, PrivacyBudgetExhausted
+from medfed.privacy.noise import Randomness, randomness
 from medfed.types import Metrics, StateDict, Update
 
 
@@ -105,11 +110,34 @@ def check_private_model(model: torch.nn.Module) -> None:
                           "--norm group or --norm instance")
 
 
+class NoisyOptimizer(DPOptimizer):
+    """Opacus' DPOptimizer (clip each sample's gradient, sum, add noise, scale) with the noise
+    drawn from a privacy/noise.py source instead of a torch.Generator."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, noise: Randomness, **kwargs: object) -> None:
+        super().__init__(optimizer, **kwargs)  # type: ignore[arg-type]
+        self.noise_source = noise
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            summed = p.summed_grad
+            _check_processed_flag(summed)  # a clipped sum is never noised (released) twice
+            noise = (self.noise_source.normal(tuple(summed.shape), std, summed.dtype).to(summed.device)
+                     if std else torch.zeros_like(summed))
+            p.grad = (summed + noise).view_as(p)
+            _mark_as_processed(summed)
+
+
 class DPSite:
-    """A SiteTrainer whose training is DP-SGD (composition: the trainer's data, model, loss)."""
+    """A SiteTrainer whose training is DP-SGD (composition: the trainer's data, model, loss).
+
+    seed: a seeded noise and sampling stream (simulation); None: OS entropy (a deployment).
+    spent: the accountant's history so far (a site's ledger), so epsilon continues across runs."""
 
     def __init__(self, trainer: SiteTrainer, settings: DPSGDSettings, batch_size: int,
-                 planned_epochs: int, seed: int) -> None:
+                 planned_epochs: int, seed: int | None,
+                 spent: list[tuple[float, float, int]] | None = None) -> None:
         check_private_model(trainer.model)
         self.trainer = trainer
         self.settings = settings
@@ -117,10 +145,11 @@ class DPSite:
         rate = sample_rate(n, batch_size)
         sigma = noise_for_target(settings, rate, planned_epochs * steps_per_epoch(rate))
         self.budget = SiteBudget(sigma, rate, settings.delta, settings.target_epsilon)
+        self.budget.accountant.history = [tuple(h) for h in spent or []]  # type: ignore[misc]
         self.batch_size = batch_size
         self.private = GradSampleModule(trainer.model, loss_reduction="mean")  # per-sample grads
-        self.noise = torch.Generator().manual_seed(seed)
-        self.sampling = torch.Generator().manual_seed(seed + 1)
+        self.noise = randomness(seed)
+        self.sampling = randomness(None if seed is None else seed + 1)
         self.stopped: str | None = None  # why the site stopped training, once it has
 
     @property
@@ -137,10 +166,10 @@ class DPSite:
         model = self.trainer.model
         model.load_state_dict(state)
         model.train()
-        optimizer = DPOptimizer(self.trainer._optimizer(options),  # the site's own optimizer rule
-                                noise_multiplier=self.budget.noise_multiplier,
-                                max_grad_norm=self.settings.max_grad_norm,
-                                expected_batch_size=self.batch_size, generator=self.noise)
+        optimizer = NoisyOptimizer(self.trainer._optimizer(options),  # the site's optimizer rule
+                                   self.noise, noise_multiplier=self.budget.noise_multiplier,
+                                   max_grad_norm=self.settings.max_grad_norm,
+                                   expected_batch_size=self.batch_size)
         total_loss, steps = 0.0, 0
         for _ in range(options.epochs):
             total_loss, steps = self._epoch(optimizer, options, total_loss, steps)
@@ -150,10 +179,7 @@ class DPSite:
 
     def _epoch(self, optimizer: DPOptimizer, options: TrainOptions, total_loss: float, steps: int
                ) -> tuple[float, int]:
-        n = len(self.trainer.data.train)
-        sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=self.budget.rate,
-                                                generator=self.sampling)
-        for indices in sampler:
+        for indices in self._poisson_batches():
             self.budget.step()  # every sampled step counts, an empty one too
             if len(indices) == 0:
                 continue  # probability (1 - q)^n, about e^-B: nothing is released
@@ -168,9 +194,15 @@ class DPSite:
             steps += 1
         return total_loss, steps
 
-    def _batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _poisson_batches(self) -> list[np.ndarray]:
+        """One epoch of Poisson sampling (1/q steps; each image in each batch with probability q),
+        as Opacus' UniformWithReplacementSampler, from the site's sampling source."""
+        n, rate = len(self.trainer.data.train), self.budget.rate
+        return [np.flatnonzero(self.sampling.uniform(n).numpy() < rate)
+                for _ in range(steps_per_epoch(rate))]
+
+    def _batch(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.trainer
-        index = torch.as_tensor(indices).numpy()
         x = t.preprocess(t.data.train.x[index])
         if t.augment is not None:
             x = t.augment(x)

@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from medfed.algorithms.aggregators import AggregatorFactory
 from medfed.algorithms.strategy import Strategy
@@ -24,6 +23,7 @@ from medfed.config import RunConfig
 from medfed.privacy.client_dp import ClientDP
 from medfed.privacy.dp_sgd import DPSGDSettings, DPSite, steps_per_epoch
 from medfed.privacy.fixed_point import RING_BITS
+from medfed.privacy.noise import OS_ENTROPY, SEEDED, randomness
 from medfed.privacy.secure_round import (
     Coordinator,
     InProcessCoordinator,
@@ -35,9 +35,12 @@ from medfed.types import SiteId
 
 @dataclass
 class Mechanisms:
+    """deployed: noise from OS entropy, never from the configuration's seed (privacy/noise.py)."""
+
     config: RunConfig
     sites: list[SiteId]
     client_dp: ClientDP | None = None
+    deployed: bool = False
     dp_sites: dict[SiteId, DPSite] = field(default_factory=dict)
     secure_sites: dict[SiteId, SecureSite] = field(default_factory=dict)
 
@@ -46,28 +49,33 @@ class Mechanisms:
         return self.config.privacy.enabled
 
     @classmethod
-    def build(cls, config: RunConfig, sites: list[SiteId]) -> Mechanisms:
+    def build(cls, config: RunConfig, sites: list[SiteId], deployed: bool = False) -> Mechanisms:
         p, fed = config.privacy, config.federation
         client_dp = None
         if p.client_dp:
             k = min(len(sites), max(fed.min_sites, math.ceil(fed.fraction * len(sites))))
-            seed = int(np.random.SeedSequence([config.seed, 5]).generate_state(1)[0])
-            client_dp = ClientDP(p.clip, p.noise, k / len(sites), torch.Generator().manual_seed(seed))
-        return cls(config, sites, client_dp)
+            seed = None if deployed else int(np.random.SeedSequence([config.seed, 5])
+                                             .generate_state(1)[0])
+            client_dp = ClientDP(p.clip, p.noise, k / len(sites), randomness(seed))
+        return cls(config, sites, client_dp, deployed)
 
-    def wrap_sites(self, trainers: dict[SiteId, LocalSite], first_index: int = 0
+    def wrap_sites(self, trainers: dict[SiteId, LocalSite], first_index: int = 0,
+                   spent: dict[SiteId, list[tuple[float, float, int]]] | None = None
                    ) -> dict[SiteId, LocalSite]:
         """DP-SGD and secure-aggregation masking around each site's trainer. first_index: the
         site's position in the federation (a deployed client wraps only its own site, and its DP
-        noise must be seeded as that site's, not as the first one's)."""
+        noise must be seeded as that site's, not as the first one's). spent: a site's DP-SGD
+        accountant history from its ledger (a deployed site continues its epsilon)."""
         p, t = self.config.privacy, self.config.training
         settings = DPSGDSettings(p.noise_multiplier, p.max_grad_norm, p.target_epsilon, p.delta)
         out: dict[SiteId, LocalSite] = {}
         for k, (site, trainer) in enumerate(trainers.items(), start=first_index):
             if p.dp_sgd and isinstance(trainer, SiteTrainer):
-                seed = int(np.random.SeedSequence([self.config.seed, 4, k]).generate_state(1)[0])
+                seed = None if self.deployed else int(
+                    np.random.SeedSequence([self.config.seed, 4, k]).generate_state(1)[0])
                 trainer = DPSite(trainer, settings, t.batch_size,
-                                 self.config.federation.rounds * t.local_epochs, seed)
+                                 self.config.federation.rounds * t.local_epochs, seed,
+                                 (spent or {}).get(site))
                 self.dp_sites[site] = trainer
             if p.secure_aggregation:
                 trainer = SecureSite(trainer, clip=p.clip if p.client_dp else None)
@@ -93,14 +101,15 @@ class Mechanisms:
     def report(self) -> dict:
         """summary.json's `privacy`: epsilon per site, delta, each mechanism's parameters."""
         p = self.config.privacy
-        out: dict = {"delta": p.delta, "epsilon": {}}
+        out: dict = {"delta": p.delta, "epsilon": {},
+                     "noise": OS_ENTROPY if self.deployed else SEEDED}
         if p.dp_sgd:
             out["epsilon"] = {s: d.budget.spent() for s, d in self.dp_sites.items()}
             out["dp_sgd"] = self._dp_sgd_report()
         if self.client_dp is not None:
             out["client_dp"] = {"clip": p.clip, "noise_multiplier": p.noise,
                                 "sample_rate": self.client_dp.sample_rate,
-                                "rounds": len(self.client_dp.accountant.history),
+                                "rounds": self.client_dp.rounds,
                                 "epsilon": self.client_dp.epsilon(p.delta)}
         if p.secure_aggregation:
             out["secure_aggregation"] = {

@@ -211,8 +211,8 @@ class SecureAggregation:
         weight = int(total[-1:].view(np.int64)[0])
         summed = self.codec.decode(total[:-1])
         if self.client_dp is not None:
-            noise = torch.randn(summed.shape, generator=self.client_dp.generator, dtype=torch.float64)
-            summed = summed + noise.numpy() * self.client_dp.std
+            noise = self.client_dp.noise.normal(summed.shape, self.client_dp.std, torch.float64)
+            summed = summed + noise.numpy()
             self.client_dp.record_round()
         self._apply(summed / weight)
         self._trained |= set(request.survivors)

@@ -282,6 +282,11 @@ class FederationServicer:
                 if message.WhichOneof("body") == "hello":  # again, once the site loaded its data
                     channel.info = _info(message.hello)
                     self.on_hello(channel.site, channel.info)
+                    if channel.info.get("refused"):  # the site's own policy refuses the plan
+                        reason = "refused the plan"
+                        self.registry.audit("site_refused", site=channel.site, peer=channel.peer,
+                                            by="the site", reason=str(channel.info["refused"])[:300])
+                        break
                     self.registry.mark_ready(channel)
                 else:
                     channel.receive(message)

@@ -9,12 +9,13 @@ import torch
 from opacus.accountants.analysis import rdp as rdp_analysis
 
 from medfed.algorithms.fedavg import FedAvg
+from medfed.privacy.noise import Seeded
 from medfed.privacy.client_dp import ClientDP, clip_delta
 from medfed.types import Update
 
 
 def dp(noise=1.0, clip=1.0, rate=1.0, seed=0):
-    return ClientDP(clip, noise, rate, torch.Generator().manual_seed(seed))
+    return ClientDP(clip, noise, rate, Seeded(seed))
 
 
 def test_clip_delta_bounds_the_norm_and_keeps_small_changes():

@@ -9,6 +9,7 @@ import torch
 from medfed.algorithms.fedavg import FedAvg
 from medfed.client.trainer import TrainOptions
 from medfed.errors import TransportError
+from medfed.privacy.noise import Seeded
 from medfed.privacy.client_dp import ClientDP
 from medfed.privacy.secagg import SecureAggregationError
 from medfed.privacy.secure_round import WEIGHT_KEY, InProcessCoordinator, SecureAggregation, SecureSite
@@ -140,8 +141,7 @@ def test_too_many_dropouts_fail_the_round_clearly():
 
 
 def test_client_dp_under_secure_aggregation_clips_at_the_sites_and_noises_the_sum():
-    dp = ClientDP(clip=0.5, noise_multiplier=0.0 + 1e-12, sample_rate=1.0,
-                  generator=torch.Generator().manual_seed(0))
+    dp = ClientDP(clip=0.5, noise_multiplier=0.0 + 1e-12, sample_rate=1.0, noise=Seeded(0))
     fakes, transport, strategy = federation(client_dp=dp)
     run(strategy, transport, list(fakes))
     start = initial()
