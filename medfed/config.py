@@ -233,8 +233,10 @@ class PrivacyConfig:
     def __post_init__(self) -> None:
         if self.dp_sgd and self.noise_multiplier is None and self.target_epsilon is None:
             raise ConfigError("dp_sgd needs noise_multiplier (sigma) or target_epsilon")
-        for name in ("max_grad_norm", "clip", "noise", "fixed_point_scale"):
+        for name in ("max_grad_norm", "clip", "fixed_point_scale"):
             _positive(name, getattr(self, name))
+        if self.noise < 0:  # 0: clipping only, no privacy (epsilon infinite): a test setting
+            raise ConfigError(f"noise must be >= 0, got {self.noise}")
         for name in ("noise_multiplier", "target_epsilon"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
@@ -253,6 +255,9 @@ def _check_privacy(config: RunConfig) -> None:
     if p.dp_sgd and config.model.norm == "batch":
         raise ConfigError("DP-SGD clips each sample's gradient, which BatchNorm mixes across the "
                           "batch; use --norm group or --norm instance")
+    if (p.dp_sgd or p.client_dp) and config.training.logit_adjust:
+        raise ConfigError("--logit-adjust puts each site's label counts into every gradient, "
+                          "unclipped and without noise: it is refused with DP-SGD or client-level DP")
     if p.dp_sgd and fed.algorithm in ("fedprox", "scaffold"):
         raise ConfigError(f"DP-SGD trains the plain task loss; {fed.algorithm} changes it "
                           "(use fedavg, fedadam, fedyogi, fednova, fedbn, swt, cwt or ensemble)")

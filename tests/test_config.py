@@ -356,10 +356,10 @@ def test_impossible_federation_settings_are_refused_before_any_work():
         RunConfig(federation=FederationConfig(algorithm="swt", rounds=3))
 
 
-def test_a_federation_file_runs_in_simulation_its_deployment_table_left_aside():
+def test_a_federation_file_runs_in_simulation_its_task_and_deployment_tables_left_aside():
     example = Path(__file__).resolve().parents[1] / "examples" / "federation.toml"
-    config = load_config(example)
-    assert config.data.sites == 3 and config.federation.rounds == 3
+    config = load_config(example)  # no data in a federation file: the simulation's default data
+    assert config.data.dataset == "synthetic" and config.federation.rounds == 3
 
 
 def test_sites_unset_means_the_data_decides_for_a_natural_partition():

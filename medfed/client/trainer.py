@@ -29,6 +29,9 @@ class TrainOptions:
     proximal_mu: float = 0.0  # FedProx: (mu/2)||w - w_global||^2 added to the loss
     scaffold: bool = False  # SCAFFOLD: the model arrives with the server's control variate
     logit_adjust: float = 0.0  # tau: train on logits + tau * log(the site's label prior)
+    # The round being trained (from 0). A site draws its data order and augmentation from (its seed,
+    # the round), so a round run again (a resumed server, a retried round) trains exactly alike.
+    round: int = 0
 
 
 class LocalSite(Protocol):
@@ -50,6 +53,7 @@ class SiteTrainer:
         self.task = task
         self.preprocess = preprocess
         self.device = device
+        self.seed = seed
         self.shuffle = torch.Generator().manual_seed(seed)
         spatial_dims = data.train.x.ndim - 2
         self.augment = (RandomAugment(spatial_dims, np.random.default_rng(seed))
@@ -64,6 +68,7 @@ class SiteTrainer:
         return self.data.site
 
     def train(self, state: StateDict, options: TrainOptions) -> Update:
+        self._reseed(options.round)
         state, server_control = split_control(state) if options.scaffold else (state, None)
         self.model.load_state_dict(state)
         self.model.train()
@@ -74,6 +79,13 @@ class SiteTrainer:
             state_out |= self._next_control(state, state_out, server_control, steps, options.lr)
         return Update(site=self.site, state=state_out, n_samples=len(self.data.train),
                       n_steps=steps, metrics={"train_loss": total_loss / max(steps, 1)})
+
+    def _reseed(self, round_index: int) -> None:
+        """The round's data order and augmentation, a function of (seed, round) only."""
+        mixed = np.random.SeedSequence([self.seed, round_index]).generate_state(2)
+        self.shuffle = torch.Generator().manual_seed(int(mixed[0]))
+        if self.augment is not None:
+            self.augment.rng = np.random.default_rng(int(mixed[1]))
 
     def _local_steps(self, options: TrainOptions,
                      correction: list[tuple[nn.Parameter, torch.Tensor]]) -> tuple[float, int]:

@@ -124,6 +124,7 @@ def serve(args: ServerArgs) -> dict[str, Any]:
     registry = SiteRegistry(sites, audit.record)
     transport = GrpcTransport(registry, deployment.round_deadline, deployment.eval_deadline)
     fed = Federation(config, federation.task, deployment, model, sites, store, audit, transport)
+    _restore_accountant(fed)
     watch = HandshakeWatch(audit.record)
     watch.start()
     server = _listen(fed, address, credentials)
@@ -251,6 +252,17 @@ def _quantiles(raw: Any) -> Quantiles | None:
     return Quantiles(array, n)
 
 
+ACCOUNTANT = "client_dp_accountant"  # the state key of client-level DP's RDP history
+
+
+def _restore_accountant(fed: Federation) -> None:
+    """A resumed server continues client-level DP's epsilon from its state, not from zero (its
+    noise needs no state: it is fresh OS entropy every round)."""
+    stored = fed.store.get(ACCOUNTANT)
+    if fed.privacy.client_dp is not None and stored is not None:
+        fed.privacy.client_dp.accountant.history = [tuple(h) for h in json.loads(stored)]
+
+
 def _last_epsilon(history: list[dict]) -> dict[str, float]:
     """Each site's epsilon as its last update reported it (DP-SGD's accountant lives at the site)."""
     spent: dict[str, float] = {}
@@ -309,6 +321,9 @@ class DeployObserver:
             self.fed.audit.record("update_rejected", round=result.round + 1, site=site, reason=why)
         meta = {"algorithm": self.fed.config.federation.algorithm}
         digest = self.fed.store.record_round(result, self.strategy.global_state, meta)
+        client_dp = self.fed.privacy.client_dp
+        if client_dp is not None:  # with the round's checkpoint: --resume continues epsilon exactly
+            self.fed.store.put(ACCOUNTANT, json.dumps(client_dp.accountant.history))
         self.fed.audit.record("round_closed", round=result.round + 1, aggregated=result.sites,
                               left_out=sorted(result.failed), aggregation=result.aggregation,
                               aggregate_sha256=digest)

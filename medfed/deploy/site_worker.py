@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -218,8 +218,8 @@ class SiteWorker:
         state = build_model(self.config.model.model, spec, self.config.seed).state_dict()
         trainer = self._trainer(self.base.data)
         options = train_options(self.config)
-        for _ in range(self.config.federation.rounds):
-            state = trainer.train(state, options).state
+        for r in range(self.config.federation.rounds):  # as the simulation's local baseline
+            state = trainer.train(state, replace(options, round=r)).state
         probs, loss = trainer.predictor.predict(state, test)
         task = self.welcome.task.kind
         return {"test": _metrics(task, test.y, probs, loss), "paired": _paired(task, test.y,

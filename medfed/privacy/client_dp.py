@@ -19,6 +19,7 @@ the sites clip their own updates and the server adds the noise to the unmasked s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -68,7 +69,9 @@ class ClientDP:
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
 
     def epsilon(self, delta: float) -> float:
-        return self.accountant.get_epsilon(delta) if self.accountant.history else 0.0
+        if not self.accountant.history:
+            return 0.0
+        return self.accountant.get_epsilon(delta) if self.noise_multiplier > 0 else math.inf
 
     @property
     def rounds(self) -> int:

@@ -86,7 +86,7 @@ def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId]
         result = RoundResult(round=r)
         stages = strategy.stages(r, sampled)
         for stage in stages:
-            _run_stage(strategy, transport, stage, options, result, observer)
+            _run_stage(strategy, transport, stage, replace(options, round=r), result, observer)
         asked = {site for stage in stages for site in stage}
         if len(set(result.sites)) < min(plan.min_sites, len(asked)):
             raise NotEnoughSites(f"round {r + 1}: {len(result.sites)} usable updates, "
