@@ -77,12 +77,15 @@ start_timeout = 60.0
     return path
 
 
-def write_site_config(path: Path, site: str, data: dict | None = None) -> Path:
-    """A site's own SITE.toml (its data: by default its share of the synthetic federation)."""
+def write_site_config(path: Path, site: str, data: dict | None = None, policy: dict | None = None
+                      ) -> Path:
+    """A site's own SITE.toml (its data: by default its share of the synthetic federation); its
+    state folder is state-SITE beside the file."""
     import tomli_w
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"site": site, "state": f"state-{site}", "seed": 0, "data": data or SYNTHETIC_DATA}
+    body = {"site": site, "state": f"state-{site}", "seed": 0, "data": data or SYNTHETIC_DATA,
+            "policy": policy or {}}
     path.write_text(tomli_w.dumps(body), encoding="utf-8")
     return path
 
