@@ -42,6 +42,7 @@ from medfed.experiment import make_site_trainer, train_options
 from medfed.models import build_model
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.privacy.secure_round import SecureSite
+from medfed.privacy.signing import SigningIdentity
 from medfed.task_schema import TaskSchema
 from medfed.transport.codec import decode_state, encode_state
 from medfed.types import StateDict, Task
@@ -71,7 +72,10 @@ class Welcome:
 
 
 class SiteWorker:
-    def __init__(self, local: LocalData, welcome: Welcome, site: str) -> None:
+    def __init__(self, local: LocalData, welcome: Welcome, site: str,
+                 identity: SigningIdentity | None = None) -> None:
+        """identity: the site's certificate key and CA, which sign its secure-aggregation messages
+        (None with --insecure: the site then refuses secure aggregation)."""
         differences = welcome.task.differences(local.schema)
         if differences:
             raise ConfigError(f"this site's data does not fit the federation's task: "
@@ -89,8 +93,9 @@ class SiteWorker:
             data = harmonize_site(data, "zscore", local.source.max_value)
         self.base = self._trainer(data)
         privacy = Mechanisms.build(self.config, welcome.sites)
-        self.trainer: LocalSite = privacy.wrap_sites({site: self.base},
-                                                     first_index=welcome.index)[site]
+        identities = {site: identity} if identity is not None else {}
+        self.trainer: LocalSite = privacy.wrap_sites({site: self.base}, first_index=welcome.index,
+                                                     identities=identities)[site]
 
     def _trainer(self, data: SiteData) -> SiteTrainer:
         spec = self.welcome.task.model_spec(self.config.model)

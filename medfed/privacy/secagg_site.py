@@ -96,7 +96,7 @@ class SiteSession:
             try:
                 self.identity.trust.verify(advert.certificate, v, advert.signature, message)
             except SignatureError as exc:
-                raise self._stop(f"the key advert of {v} {exc} (for this round); the server may "
+                raise self._stop(f"the key advert of {v} {exc}; the server may "
                                  "have substituted its keys") from None
         mine = (book[self.site].cipher_key, book[self.site].mask_key)
         if mine != (raw_public(self._cipher), raw_public(self._mask)):
