@@ -16,22 +16,27 @@ survived" and sites 2-3 "site-0 dropped", and the server rebuilt b_0 and s_0^SK 
 exactly. The positive controls re-run (a) and (b) with the defending check switched off and read
 x_0 exactly, so `recover` is not vacuous.
 
-Mutations of the mechanism tried by hand (each made at least one test here fail):
-  - Params: the t > n/2 check removed                -> the t <= n/2 refusals
-  - SiteSession._check_book: signatures not verified -> (b) every variant
+Mutations of the mechanism tried by hand (each made the named tests fail; restored after):
+  - Params: the t > n/2 check removed                -> (a) the old attack with t = 2 of 5 (the
+                                                        server reads x_0), the t <= n/2 refusals
+  - SiteSession._check_book: adverts not verified    -> (b) every variant, other params
   - Trust._check: issuer not checked                 -> (b) "a CA of the server's own"
   - Trust._check: common name not checked            -> (b) "a colluding site's certificate"
   - Trust._check: client-auth / not-a-CA not checked -> (b) "the server's own certificate"
-  - advert_message without the params digest         -> test_an_advert_signed_for_other_params
-  - sign_survivors signs a second, different set     -> (a) and (c)
-  - unmask answers a set other than the one signed   -> (c)
-  - unmask without checking the t signatures         -> (a) the minority group answers
-  - unmask trusts the request's dropped list         -> (c) "site-0 dropped after signing"
+  - advert_message without the params digest         -> (b) other params
+  - own advert not compared with the session's keys  -> (b) a replayed advert of the site itself
+  - sign_survivors signs a second, different set     -> (a) split view, (c) dropped after signing
+  - unmask answers a set other than the one signed   -> (c) both
+  - unmask without checking the t signatures         -> (a) split view (the minority answers),
+                                                        (c) called dropped
+  - unmask trusts the request's dropped list         -> (c) dropped after signing
+  - SecureSite sends n_k, n_steps or its metrics in  -> test_secure_round.py's
+    the clear metadata                                  test_what_the_server_receives_never_...
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -160,10 +165,22 @@ def split_view(r: Round) -> tuple[list, list, dict[str, str]]:
 
 # ---- (a) split view ------------------------------------------------------------------------------
 
-def test_a_threshold_at_or_below_half_the_round_is_refused_by_every_site():
-    proposal = {"sites": list(SITES), "threshold": 2, "length": LENGTH, "context": ""}
-    with pytest.raises(SecureAggregationError, match="t = 2 is not above half of the round's 5"):
-        wire.params_from_json(proposal)  # what a site does with the server's proposal
+def test_the_old_attack_with_t_2_of_5_fails_at_every_site(identities):
+    """The server proposes t = 2 for 5 sites; every site refuses the round. (Were one to accept,
+    the attack is played to its end and must still fail.)"""
+    proposal = {"sites": list(SITES), "threshold": 2, "length": LENGTH, "context": "cm91bmQgMA=="}
+    refusals = {}
+    for site in SITES:
+        try:  # what a site does with the server's proposal (secure_exchange.answer)
+            SiteSession(site, wire.params_from_json(proposal), identities[site])
+        except SecureAggregationError as exc:
+            refusals[site] = str(exc)
+    if len(refusals) < N:
+        r = masked_round(identities, threshold=2)
+        survived, dropped, _ = split_view(r)
+        assert recover(r, *victim_shares(survived + dropped)) is None
+    assert all("threshold t = 2 is not above half of the round's 5 sites" in e and "use t >= 3" in e
+               for e in refusals.values())
 
 
 def test_split_unmask_requests_recover_nothing_and_the_minority_says_why(identities):
@@ -251,8 +268,8 @@ def substitute_keys(r: Round, folder: Path, how: str) -> tuple[np.ndarray | None
 @pytest.mark.parametrize("how, reason", [
     ("kept", "carries a signature that is not site-1's"),
     ("a CA of the server's own", "carries a certificate the federation's CA did not issue"),
-    ("the server's own certificate", "carries a certificate that is not a site's (a CA's or a "
-                                     "server's)"),
+    ("the server's own certificate", ("carries a certificate that is not a site's (a CA's or a "
+                                     "server's)")),
     ("a colluding site's certificate", "carries a certificate for site-4, not for site-1"),
 ])
 def test_substituted_keys_are_refused_before_any_share_leaves(identities, federation_certs, how,
@@ -270,6 +287,17 @@ def test_positive_control_substituted_keys_read_a_site_without_signature_checks(
     r = keys_exchanged(identities)
     x, _ = substitute_keys(r, federation_certs, "kept")
     np.testing.assert_array_equal(x, r.x[VICTIM])
+
+
+def test_a_replayed_advert_of_the_site_itself_is_refused(identities):
+    """The server asks site-0 to advertise twice in a round and lists its first keys: validly
+    signed, but not the keys its session holds."""
+    r = keys_exchanged(identities)
+    stale = SiteSession(VICTIM, r.params, identities[VICTIM]).advertise()
+    fresh = SiteSession(VICTIM, r.params, identities[VICTIM])
+    fresh.advertise()
+    with pytest.raises(SecureAggregationError, match="its own key advert came back altered"):
+        fresh.share_keys(dict(r.book) | {VICTIM: stale})
 
 
 def test_an_advert_signed_for_other_params_is_refused(identities):
