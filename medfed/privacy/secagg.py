@@ -36,8 +36,8 @@ Against a malicious server:
   so the server cannot get shares of b_v from some sites and of s_v^SK from others (split view),
   nor drop v after the check.
 - t > n/2 (Params): two disjoint groups of t sites cannot exist, so the server cannot commit two
-  groups to two different sets. With sites colluding with the server the bound is weaker (§6:
-  t > (n + colluders) / 2); medfed's threat model has curious sites, the limit is in the README.
+  groups to two different sets. With c sites colluding with the server (they sign and reveal
+  anything) the same counting needs t > (n + c) / 2: a limit the README states.
 The PRG is the ChaCha20 stream cipher keyed by the 32-byte seed.
 """
 
