@@ -170,7 +170,8 @@ class SiteSession:
     def _survivor_set(self, survivors: tuple[SiteId, ...]) -> tuple[SiteId, ...]:
         """U3 in the round's order, after checking it can be one: >= t sites of the book, this
         site among them (and it did send a masked input)."""
-        chosen = tuple(v for v in self.params.sites if v in set(survivors))
+        listed = set(survivors)
+        chosen = tuple(v for v in self.params.sites if v in listed)
         if len(chosen) != len(survivors) or not set(chosen) <= set(self._book):
             raise self._stop(f"the survivor set {_names(tuple(survivors))} is not a set of the key "
                              "book's sites")
@@ -194,9 +195,10 @@ class SiteSession:
                 raise self._stop(f"the signature of {v} is not on this survivor set; the server "
                                  "may be showing sites different survivor sets") from None
         if len(signatures) < self.params.threshold:
-            raise self._stop(f"only {len(signatures)} sites signed the survivor set, fewer than "
-                             f"t = {self.params.threshold}; the server may be showing sites "
-                             "different survivor sets")
+            signers = f"{len(signatures)} site" + ("s" if len(signatures) != 1 else "")
+            raise self._stop(f"only {signers} signed the survivor set, fewer than t = "
+                             f"{self.params.threshold}; the server may be showing sites different "
+                             "survivor sets")
 
     def _stop(self, why: str) -> SecureAggregationError:
         return SecureAggregationError(f"site {self.site} stops the round: {why}")

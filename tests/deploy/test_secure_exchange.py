@@ -13,7 +13,7 @@ import torch
 
 from medfed.algorithms.fedavg import FedAvg
 from medfed.client.trainer import TrainOptions
-from medfed.config import PrivacyConfig, RunConfig
+from medfed.config import DataConfig, PrivacyConfig, RunConfig
 from medfed.deploy import secure_exchange
 from medfed.deploy.secure_exchange import GrpcCoordinator
 from medfed.errors import TransportError
@@ -30,7 +30,8 @@ from tests.privacy.test_secure_round import initial, plain_mean
 from tests.transport.test_grpc import FakeSite, Rounds, result
 
 SITES = ["site-0", "site-1", "site-2"]
-CONFIG = RunConfig(privacy=PrivacyConfig(secure_aggregation=True, threshold=2))
+CONFIG = RunConfig(data=DataConfig(sites=len(SITES)),
+                   privacy=PrivacyConfig(secure_aggregation=True, threshold=2))
 IDENTITIES = ephemeral_identities(SITES)
 
 
@@ -150,7 +151,8 @@ def test_fewer_survivors_than_the_threshold_fail_the_round_clearly(serve):
 def test_a_site_refuses_a_threshold_below_its_configuration():
     site = SecureSite(TrainingSite("site-0", 0, 10), identity=IDENTITIES["site-0"])
     params = {"sites": SITES, "threshold": 2, "length": 5, "context": ""}
-    strict = RunConfig(privacy=PrivacyConfig(secure_aggregation=True, threshold=3))
+    strict = RunConfig(data=DataConfig(sites=len(SITES)),
+                       privacy=PrivacyConfig(secure_aggregation=True, threshold=3))
     with pytest.raises(SecureAggregationError, match="refuses threshold 2, below 3"):
         secure_exchange.answer(site, strict, secure_exchange.ADVERTISE, {"params": params})
     params["threshold"] = 3  # stricter than configured is fine
