@@ -10,12 +10,15 @@ aggregation costs per round.
 proportions 20:25:15:30:22, seed 0 (the setting of the robustness benchmarks), and appends one line
 per run to benchmarks/out/privacy-auc.jsonl. `secagg` times the aggregation path alone on random
 updates of a 1,000,000-parameter model: the plain sample-weighted sum (WeightedMean) against the
-whole protocol (key agreement, share encryption, fixed-point encoding and masking at every site,
-unmasking at the server), with and without a site dropping after masking. `round` times whole
-simulated FedAvg rounds (every site's local epoch, encoding, masking, unmasking) of `cnn --width 60`
-(975,362 parameters) on PneumoniaMNIST split over 5, 10 and 20 sites (Dirichlet 0.5), plain and
-secure alternately; the sites train one after another in this process, so the ratio is of the
-total work of a round, not of a deployment's latency.
+whole protocol (signed key adverts verified against a CA, key agreement, share encryption,
+fixed-point encoding and masking at every site, the consistency check's signatures, unmasking at
+the server), with and without a site dropping after masking. `round` times whole simulated FedAvg
+rounds (every site's local epoch, signing and verifying the adverts, encoding, masking, signing and
+verifying the survivor set, unmasking) of `cnn --width 60` (975,362 parameters) on PneumoniaMNIST
+split over 5, 10 and 20 sites (Dirichlet 0.5), plain and secure alternately; the sites train one
+after another in this process, so the ratio is of the total work of a round, not of a
+deployment's latency. The simulation's ephemeral CA and site keys (privacy/signing.py) are made
+once per run, before its first round, as a deployment's certificates are made before it starts.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from medfed.experiment import prepare, train, train_options
 from medfed.privacy import secagg
 from medfed.privacy.dp_sgd import DPSite
 from medfed.privacy.fixed_point import FixedPoint
+from medfed.privacy.secagg_site import SiteSession
+from medfed.privacy.signing import ephemeral_identities
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
@@ -143,13 +148,15 @@ def _plain(states: list[dict], weights: list[int]) -> float:
 
 
 def _secure(states: list[dict], weights: list[int], drop: int) -> dict[str, float]:
-    """Seconds: setup (rounds 0-1, per site), masking (per site), unmasking (server)."""
+    """Seconds: setup (rounds 0-1, per site), masking (per site), consistency check and
+    unmasking (rounds 3-4: the sites' signing and verifying and the server's unmasking)."""
     n = len(states)
     sites = tuple(f"site-{k}" for k in range(n))
     params = secagg.Params(sites, n // 2 + 1, PARAMETERS + 1, b"bench")
     codec = FixedPoint(sites=n)
+    identities = ephemeral_identities(sites)  # a deployment's certificates exist before it runs
     start = time.perf_counter()
-    sessions = {s: secagg.SiteSession(s, params) for s in sites}
+    sessions = {s: SiteSession(s, params, identities[s]) for s in sites}
     book = secagg.key_book([sessions[s].advertise() for s in sites], params)
     inbox = secagg.route_shares([sessions[s].share_keys(book) for s in sites])
     for s in sites:
@@ -164,6 +171,8 @@ def _secure(states: list[dict], weights: list[int], drop: int) -> dict[str, floa
     mask = (time.perf_counter() - start) / (n - drop)
     start = time.perf_counter()
     request = secagg.unmask_request(masked, book, params)
+    signatures = [sessions[s].sign_survivors(request.survivors) for s in request.survivors]
+    request = secagg.signed_request(request, signatures, params)
     responses = [sessions[s].unmask(request) for s in request.survivors]
     masked_sum = None
     for message in masked.values():  # the server streams them as they arrive

@@ -222,7 +222,7 @@ class PrivacyConfig:
     clip: float = 1.0  # S
     noise: float = 1.0  # client-level sigma: the sum gets N(0, (sigma S)^2)
     secure_aggregation: bool = False  # the server learns only the sum of the updates
-    threshold: int | None = None  # t survivors needed to unmask; None: a majority of the round
+    threshold: int | None = None  # t survivors needed to unmask, > half the round; None: a majority
     fixed_point_scale: float = 2.0 ** 24  # secure aggregation's resolution
 
     @property
@@ -277,6 +277,10 @@ def _check_privacy(config: RunConfig) -> None:
     if p.secure_aggregation and p.threshold is not None and p.threshold > sampled:
         raise ConfigError(f"threshold is {p.threshold} but a round samples only {sampled} sites "
                           f"(fraction {fed.fraction}); raise --fraction or lower --threshold")
+    if p.secure_aggregation and p.threshold is not None and 2 * p.threshold <= sampled:
+        raise ConfigError(f"threshold is {p.threshold} but a round samples {sampled} sites: secure "
+                          f"aggregation against a malicious server needs more than half of them "
+                          f"(at least {sampled // 2 + 1}); raise threshold or leave it unset")
 
 
 @dataclass(frozen=True)

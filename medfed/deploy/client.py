@@ -34,6 +34,7 @@ from medfed.deploy.site_worker import (
     write_site_results,
 )
 from medfed.errors import ConfigError
+from medfed.privacy.signing import SigningIdentity
 from medfed.transport import chunks
 from medfed.transport.grpc_channel import CLIENT_OPTIONS, allow_insecure, channel_credentials
 from medfed.transport.grpc_server import METHOD, REPLACED
@@ -59,8 +60,10 @@ def run_client(args: ClientArgs) -> int:
     site = args.site.site
     if args.insecure:
         allow_insecure(args.server, "client")
-    credentials = None if args.insecure else channel_credentials(load_identity(args.certs or Path(),
-                                                                               site))
+    identity = None if args.insecure else load_identity(args.certs or Path(), site)
+    credentials = None if identity is None else channel_credentials(identity)
+    signer = None if identity is None else SigningIdentity.from_pem(
+        site, identity.certificate, identity.key, identity.ca)  # signs secure aggregation's messages
     local = load_site_data(args.site)  # first: a wrong path is the site's error, before any network
     _say(site, f"data: {args.site.data.dataset}, {local.sizes['n_train']} training / "
                f"{local.sizes['n_val']} validation / {local.sizes['n_test']} test samples")
@@ -69,7 +72,7 @@ def run_client(args: ClientArgs) -> int:
     while True:
         try:
             with _channel(args.server, credentials) as channel:
-                worker, finished = _session(channel, args, local, worker)
+                worker, finished = _session(channel, args, local, worker, signer)
             if finished:
                 _say(site, "the federation is over")
                 return 0
@@ -93,7 +96,8 @@ def _channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.
 
 
 def _session(channel: grpc.Channel, args: ClientArgs, local: LocalData,
-             worker: SiteWorker | None) -> tuple[SiteWorker | None, bool]:
+             worker: SiteWorker | None, signer: SigningIdentity | None = None
+             ) -> tuple[SiteWorker | None, bool]:
     """One connection: returns (the worker, whether the server said goodbye)."""
     site = args.site.site
     outbox: queue.Queue = queue.Queue()
@@ -107,7 +111,7 @@ def _session(channel: grpc.Channel, args: ClientArgs, local: LocalData,
         for message in responses:
             kind = message.WhichOneof("body")
             if kind == "welcome":
-                worker = worker or _worker(args, local, message.welcome, outbox)
+                worker = worker or _worker(args, local, message.welcome, outbox, signer)
                 outbox.put(pb.SiteMessage(hello=pb.Hello(info_json=json.dumps(worker.info))))
                 connected = True
                 _say(site, "connected")
@@ -133,14 +137,14 @@ def _session(channel: grpc.Channel, args: ClientArgs, local: LocalData,
     return worker, False
 
 
-def _worker(args: ClientArgs, local: LocalData, welcome: pb.Welcome, outbox: queue.Queue
-            ) -> SiteWorker:
+def _worker(args: ClientArgs, local: LocalData, welcome: pb.Welcome, outbox: queue.Queue,
+            signer: SigningIdentity | None) -> SiteWorker:
     """The worker for this federation; a plan the site's policy refuses is told to the server
     (which audits it) and ends the client with that one line."""
     site = args.site
     try:
         return SiteWorker(local, Welcome.parse(welcome.config_toml, welcome.federation), site.site,
-                          site.policy, site.state)
+                          site.policy, site.state, signer)
     except PlanRefused as exc:
         refusal = {"site": site.site, "refused": str(exc)}
         outbox.put(pb.SiteMessage(hello=pb.Hello(info_json=json.dumps(refusal))))

@@ -4,14 +4,20 @@ answers to it.
 The server relays the protocol's messages (privacy/secagg.py) as tasks on each site's Session
 stream, in JSON (privacy/secagg_json.py):
 
-    secagg.advertise  {params}            -> {advert}      round 0: each site's public keys
-    secagg.share      {book}              -> {shares}      round 1: shares, AES-GCM site to site
-    secagg.receive    {shares for it}     -> {}
+    secagg.advertise    {params}          -> {advert}      round 0: each site's signed public keys
+    secagg.share        {book}            -> {shares}      round 1: the site verifies every advert,
+                                                                    shares AES-GCM site to site
+    secagg.receive      {shares for it}   -> {}
     (train: the masked input, as the site's update)                  round 2
-    secagg.unmask     {request}           -> {response}    round 3: shares for unmasking
+    secagg.consistency  {survivors}       -> {signature}   round 3: the site signs U3, once
+    secagg.unmask       {request}         -> {response}    round 4: with >= t signatures of U3;
+                                                                    shares for unmasking
 
-The server sees public keys and ciphertexts, never a share in the clear. The audit trail records
-who took part in each step, never a key or a share. A site that gives no answer before the round's
+The server only relays: every check of the malicious-server variant (signatures against the
+federation's CA, one survivor set per round, t above half the round) runs at the site, in the same
+SiteSession as in simulation; a site that stops says why in its task's error, which the server
+audits. The server sees public keys, certificates, signatures and ciphertexts, never a share in
+the clear. The audit trail records who took part in each step, never a key or a share. A site that gives no answer before the round's
 deadline is left out of that step, as a site that drops out; the protocol decides whether the
 round can still finish (secagg.py's errors name why not).
 """
@@ -29,8 +35,9 @@ from medfed.privacy.secure_round import SecureSite
 from medfed.transport.grpc_transport import GrpcTransport
 from medfed.types import SiteId
 
-ADVERTISE, SHARE, RECEIVE, UNMASK = "secagg.advertise", "secagg.share", "secagg.receive", "secagg.unmask"
-KINDS = (ADVERTISE, SHARE, RECEIVE, UNMASK)
+ADVERTISE, SHARE, RECEIVE = "secagg.advertise", "secagg.share", "secagg.receive"
+CONSISTENCY, UNMASK = "secagg.consistency", "secagg.unmask"
+KINDS = (ADVERTISE, SHARE, RECEIVE, CONSISTENCY, UNMASK)
 T = TypeVar("T")
 
 
@@ -69,11 +76,21 @@ class GrpcCoordinator:
                     left_out=[s for s in params.sites if s not in book])
         return book
 
+    def consistency_check(self, survivors: tuple[SiteId, ...]) -> list[secagg.SurvivorSignature]:
+        body = {"survivors": list(survivors)}
+        answers = self._exchange(CONSISTENCY, {s: body for s in survivors})
+        parsed = self._parse(CONSISTENCY, answers,
+                             lambda a: wire.signature_from_json(a["signature"]))
+        signatures = [x for s, x in parsed.items() if x.site == s]
+        self._audit("survivors_signed", survivors=list(survivors),
+                    sites=[x.site for x in signatures])
+        return signatures
+
     def unmask(self, request: secagg.UnmaskRequest) -> list[secagg.UnmaskResponse]:
         self._audit("unmask_requested", survivors=list(request.survivors),
                     dropped=list(request.dropped))
         body = {"request": wire.request_to_json(request)}
-        answers = self._exchange(UNMASK, {s: body for s in request.survivors})
+        answers = self._exchange(UNMASK, {s: body for s in request.signatures})
         parsed = self._parse(UNMASK, answers, lambda a: wire.response_from_json(a["response"]))
         responses = [r for s, r in parsed.items() if r.site == s]
         self._audit("unmask_answered", sites=[r.site for r in responses])
@@ -111,7 +128,7 @@ class GrpcCoordinator:
 def answer(site: SecureSite, config: RunConfig, kind: str, body: Any) -> dict[str, Any]:
     """A site's answer to one secure aggregation task, with the same SecureSite as in simulation.
     The site takes the fixed-point scale from the federation's configuration, and refuses a
-    threshold lower than the configuration's (a majority of the round's sites by default)."""
+    threshold lower than the configuration's or not above half of the round's sites (Params)."""
     if kind == ADVERTISE:
         params = wire.params_from_json(_get(body, "params"))
         p = config.privacy
@@ -127,6 +144,9 @@ def answer(site: SecureSite, config: RunConfig, kind: str, body: Any) -> dict[st
     if kind == RECEIVE:
         site.receive_shares([wire.share_from_json(x) for x in _get(body, "shares")])
         return {}
+    if kind == CONSISTENCY:
+        survivors = wire.sites_from_json(_get(body, "survivors"))
+        return {"signature": wire.signature_to_json(site.sign_survivors(survivors))}
     if kind == UNMASK:
         response = site.unmask(wire.request_from_json(_get(body, "request")))
         return {"response": wire.response_to_json(response)}

@@ -49,6 +49,7 @@ from medfed.models import build_model
 from medfed.privacy.ledger import PrivacyLedger
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.privacy.secure_round import SecureSite
+from medfed.privacy.signing import SigningIdentity
 from medfed.task_schema import TaskSchema
 from medfed.transport.codec import decode_state, encode_state
 from medfed.types import StateDict, Task
@@ -83,7 +84,11 @@ class PlanRefused(ConfigError):
 
 class SiteWorker:
     def __init__(self, local: LocalData, welcome: Welcome, site: str,
-                 policy: SitePolicy | None = None, state: Path | None = None) -> None:
+                 policy: SitePolicy | None = None, state: Path | None = None,
+                 identity: SigningIdentity | None = None) -> None:
+        """policy: the site's own [policy]; state: its state folder (the privacy ledger);
+        identity: its certificate key and CA, which sign its secure-aggregation messages (None with
+        --insecure: the site then refuses secure aggregation)."""
         differences = welcome.task.differences(local.schema)
         if differences:
             raise ConfigError(f"this site's data does not fit the federation's task: "
@@ -105,8 +110,9 @@ class SiteWorker:
         self.ledger = PrivacyLedger(state) if state is not None else None
         spent = {site: self.ledger.history()} if self.ledger else None
         self.privacy = Mechanisms.build(self.config, welcome.sites, deployed=True)
-        self.trainer: LocalSite = self.privacy.wrap_sites({site: self.base},
-                                                          first_index=welcome.index, spent=spent)[site]
+        identities = {site: identity} if identity is not None else {}
+        self.trainer: LocalSite = self.privacy.wrap_sites(
+            {site: self.base}, first_index=welcome.index, spent=spent, identities=identities)[site]
         for dp in self.privacy.dp_sites.values():  # the site's own cap on top of the plan's target
             dp.budget.target = self.policy.epsilon_cap(dp.budget.target)
         self.last_final: dict[str, Any] | None = None

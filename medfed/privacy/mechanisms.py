@@ -7,6 +7,10 @@ spent (summary.json's `privacy` block).
 
 A simulated malicious site (client/attacks.py) is left without DP-SGD: an attacker does not follow
 the protocol's privacy rules (it is still masked under secure aggregation).
+
+Secure aggregation signs its key adverts and survivor sets with each site's certificate key
+(signing.py): a deployed site brings its own (`identities`); a simulation gets an ephemeral CA and
+keys made here, so the same verification runs.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from medfed.privacy.secure_round import (
     SecureAggregation,
     SecureSite,
 )
+from medfed.privacy.signing import SigningIdentity, ephemeral_identities
 from medfed.types import SiteId
 
 
@@ -60,14 +65,20 @@ class Mechanisms:
         return cls(config, sites, client_dp, deployed)
 
     def wrap_sites(self, trainers: dict[SiteId, LocalSite], first_index: int = 0,
-                   spent: dict[SiteId, list[tuple[float, float, int]]] | None = None
+                   spent: dict[SiteId, list[tuple[float, float, int]]] | None = None,
+                   identities: dict[SiteId, SigningIdentity] | None = None
                    ) -> dict[SiteId, LocalSite]:
         """DP-SGD and secure-aggregation masking around each site's trainer. first_index: the
         site's position in the federation (a deployed client wraps only its own site, and its DP
         noise must be seeded as that site's, not as the first one's). spent: a site's DP-SGD
-        accountant history from its ledger (a deployed site continues its epsilon)."""
+        accountant history from its ledger (a deployed site continues its epsilon). identities:
+        the sites' signing keys for secure aggregation; None in a simulation (an ephemeral CA signs
+        keys for all of `trainers`); a deployed site passes its own, and one missing from it
+        refuses secure aggregation."""
         p, t = self.config.privacy, self.config.training
         settings = DPSGDSettings(p.noise_multiplier, p.max_grad_norm, p.target_epsilon, p.delta)
+        if p.secure_aggregation and identities is None:
+            identities = ephemeral_identities(trainers)
         out: dict[SiteId, LocalSite] = {}
         for k, (site, trainer) in enumerate(trainers.items(), start=first_index):
             if p.dp_sgd and isinstance(trainer, SiteTrainer):
@@ -78,7 +89,8 @@ class Mechanisms:
                                  (spent or {}).get(site))
                 self.dp_sites[site] = trainer
             if p.secure_aggregation:
-                trainer = SecureSite(trainer, clip=p.clip if p.client_dp else None)
+                trainer = SecureSite(trainer, clip=p.clip if p.client_dp else None,
+                                     identity=(identities or {}).get(site))
                 self.secure_sites[site] = trainer
             out[site] = trainer
         return out
@@ -116,7 +128,9 @@ class Mechanisms:
                 "threshold": p.threshold or "majority of each round's sites",
                 "fixed_point_scale": p.fixed_point_scale, "ring_bits": RING_BITS,
                 "key_agreement": "X25519 + HKDF-SHA256", "prg": "ChaCha20",
-                "secret_sharing": "Shamir over GF(2^521 - 1)"}
+                "secret_sharing": "Shamir over GF(2^521 - 1)",
+                "signatures": "ECDSA P-256 certificates of the federation's CA (adverts and "
+                              "survivor sets)"}
         return out
 
     def _dp_sgd_report(self) -> dict:

@@ -1,47 +1,62 @@
-"""Secure aggregation: the server learns the sum of the sites' vectors and nothing else.
+"""Secure aggregation: the server learns the sum of the sites' vectors and nothing else, even if it
+is malicious.
 
 Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning", CCS 2017,
-Figure 4 (the honest-but-curious server, one server), as messages and pure steps:
+Figure 4 with the active-adversary additions of §4 and §6 (signed adverts, ConsistencyCheck), as
+messages and pure steps:
 
-    site u                                          server
-    0  advertise(): KeyAdvert(c_u^PK, s_u^PK)  ->   key_book(adverts)            (needs >= t sites)
-    1  share_keys(book): for each v, Enc_{c_uv}(u, v, b_u share, s_u^SK share) -> route_shares()
+    site u (secagg_site.SiteSession)                server (here)
+    0  advertise(): KeyAdvert(c_u^PK, s_u^PK,       ->   key_book(adverts)            (needs >= t sites)
+       certificate, signature over params + keys)
+    1  share_keys(book): verify every advert (signing.py), then for each v
+       Enc_{c_uv}(u, v, b_u share, s_u^SK share)    ->   route_shares()
        receive_shares(the ciphertexts addressed to u)
     2  mask(x_u): y_u = x_u + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)  (mod 2^64)
-                                                    ->   unmask_request(masked)  (survivors >= t)
-    3  unmask(request): shares of b_v for each      ->   unmask(...) = sum of the survivors' x_u
-       survivor v, of s_v^SK for each dropped v
+                                                    ->   unmask_request(masked)  (survivors U3 >= t)
+    3  sign_survivors(U3): sign U3, once per round  ->   signed_request(...)     (>= t signatures)
+    4  unmask(request): verify >= t signatures of   ->   unmask(...) = sum of the survivors' x_u
+       U3 on U3; shares of b_v for each v in U3, of s_v^SK for each v in the book but not in U3
 
 s_uv = HKDF(X25519(s_u^SK, s_v^PK)) is the seed u and v share; the lower site (in the order of
 `Params.sites`) adds its mask and the higher one subtracts it, so the masks of two survivors cancel.
 A site that dropped after round 1 left its pairwise masks in the survivors' vectors: the survivors
 reveal shares of its mask key s_v^SK, the server recomputes s_uv and removes them. The self-mask b_u
 stops the server from learning x_u of a site that was only slow (its key would be recovered as if
-dropped): a site never reveals shares of both b_v and s_v^SK for the same v. Shares travel
-encrypted (AES-GCM under HKDF(X25519(c_u^SK, c_v^PK))), so the server that routes them cannot read
-them. Keys are fresh per round; `Params.context` binds every derived key to the round.
+dropped). Shares travel encrypted (AES-GCM under HKDF(X25519(c_u^SK, c_v^PK))), so the server that
+routes them cannot read them. Keys are fresh per round; `Params.context` binds every derived key
+and every signature to the round.
 
-Simplifications: no signatures (the paper's active-adversary variant), no consistency check round.
+Against a malicious server:
+- Signed adverts: a site signs (params, its name, c_u^PK, s_u^PK) with its certificate's key and
+  verifies every advert of the book against the federation's CA before sharing anything; a server
+  that substitutes keys (to read the shares, or to pose as a site) is caught there. Signing the
+  params makes the book's sites agree on the round (sites, t, vector length, context).
+- ConsistencyCheck: a site signs one survivor set U3 per round, and reveals shares only for the set
+  it signed, once at least t sites of U3 have signed that same set. Each site commits to one set,
+  so the server cannot get shares of b_v from some sites and of s_v^SK from others (split view),
+  nor drop v after the check.
+- t > n/2 (Params): two disjoint groups of t sites cannot exist, so the server cannot commit two
+  groups to two different sets. With c sites colluding with the server (they sign and reveal
+  anything) the same counting needs t > (n + c) / 2: a limit the README states.
 The PRG is the ChaCha20 stream cipher keyed by the 32-byte seed.
 """
 
 from __future__ import annotations
 
 import functools
-import secrets
+import hashlib
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from medfed.errors import MedfedError
 from medfed.privacy import shamir
+from medfed.privacy.signing import encode
 from medfed.types import SiteId
 
 SEED_BYTES = 32
@@ -61,9 +76,23 @@ class Params:
     context: bytes = b""  # e.g. the round number: keys of one round never serve another
 
     def __post_init__(self) -> None:
-        if not 2 <= self.threshold <= len(self.sites):
-            raise SecureAggregationError(f"threshold must be between 2 and the {len(self.sites)} "
-                                         f"sites of the round, got {self.threshold}")
+        n, t = len(self.sites), self.threshold
+        if len(set(self.sites)) != n:
+            raise SecureAggregationError("the round lists a site twice")
+        if not 2 <= t <= n:
+            raise SecureAggregationError(f"threshold must be between 2 and the {n} sites of the "
+                                         f"round, got {t}")
+        if 2 * t <= n:
+            raise SecureAggregationError(
+                f"threshold t = {t} is not above half of the round's {n} sites: a malicious server "
+                f"could unmask one site's input from two disjoint groups of t sites; use t >= "
+                f"{n // 2 + 1}")
+
+    @functools.cached_property
+    def digest(self) -> bytes:
+        """What every signature of the round is bound to: its sites, t, length and context."""
+        return hashlib.sha256(encode(*(s.encode() for s in self.sites), str(self.threshold).encode(),
+                                     str(self.length).encode(), self.context)).digest()
 
     def index(self, site: SiteId) -> int:
         """The site's Shamir evaluation point (1-based)."""
@@ -77,6 +106,8 @@ class KeyAdvert:
     site: SiteId
     cipher_key: bytes  # c_u^PK: encrypts the shares sent to u
     mask_key: bytes  # s_u^PK: agrees the pairwise mask seeds
+    certificate: bytes  # the site's certificate (PEM), issued by the federation's CA
+    signature: bytes  # the site's signature of advert_message(...)
 
 
 @dataclass(frozen=True)
@@ -93,9 +124,16 @@ class MaskedInput:
 
 
 @dataclass(frozen=True)
+class SurvivorSignature:
+    site: SiteId
+    signature: bytes  # the site's signature of survivors_message(params, U3)
+
+
+@dataclass(frozen=True)
 class UnmaskRequest:
-    survivors: tuple[SiteId, ...]  # their masked inputs arrived
+    survivors: tuple[SiteId, ...]  # U3: their masked inputs arrived
     dropped: tuple[SiteId, ...]  # advertised keys, but no masked input arrived
+    signatures: dict[SiteId, bytes] = field(default_factory=dict)  # v -> v's signature of U3
 
 
 @dataclass(frozen=True)
@@ -130,108 +168,22 @@ def agree(private: X25519PrivateKey, public: bytes, purpose: bytes, context: byt
     return derive(private.exchange(X25519PublicKey.from_public_bytes(public)), purpose, context)
 
 
-def _raw_private(key: X25519PrivateKey) -> bytes:
+def advert_message(params: Params, site: SiteId, cipher_key: bytes, mask_key: bytes) -> bytes:
+    """What a site signs in round 0: the round, its name and its two public keys."""
+    return encode(b"medfed/secagg/advert", params.digest, site.encode(), cipher_key, mask_key)
+
+
+def survivors_message(params: Params, survivors: tuple[SiteId, ...]) -> bytes:
+    """What a site signs in the ConsistencyCheck: the round and the survivor set U3."""
+    return encode(b"medfed/secagg/survivors", params.digest, *(s.encode() for s in survivors))
+
+
+def raw_private(key: X25519PrivateKey) -> bytes:
     return key.private_bytes(RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
 
 
-def _raw_public(key: X25519PrivateKey) -> bytes:
+def raw_public(key: X25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(RAW, serialization.PublicFormat.Raw)
-
-
-# ---- site side -----------------------------------------------------------------------------------
-
-class SiteSession:
-    """One site's part of one round of the protocol (fresh keys and self-mask every round)."""
-
-    def __init__(self, site: SiteId, params: Params) -> None:
-        if site not in params.sites:
-            raise SecureAggregationError(f"site {site} is not among the round's sites")
-        self.site, self.params = site, params
-        self._cipher = X25519PrivateKey.generate()
-        self._mask = X25519PrivateKey.generate()
-        self._self_seed = secrets.token_bytes(SEED_BYTES)  # b_u
-        self._book: dict[SiteId, KeyAdvert] = {}
-        self._held: dict[SiteId, tuple[bytes, bytes]] = {}  # v -> (share of b_v, share of s_v^SK)
-        self._revealed: dict[SiteId, str] = {}  # v -> "self" or "key": never both for one v
-
-    def advertise(self) -> KeyAdvert:
-        return KeyAdvert(self.site, _raw_public(self._cipher), _raw_public(self._mask))
-
-    def share_keys(self, book: dict[SiteId, KeyAdvert]) -> list[EncryptedShare]:
-        """Shamir-share b_u and s_u^SK among the sites of the book, each share encrypted for its
-        recipient; this site keeps its own share."""
-        if len(book) < self.params.threshold or self.site not in book:
-            raise SecureAggregationError(f"{len(book)} sites advertised keys, fewer than the "
-                                         f"threshold {self.params.threshold}")
-        self._book = dict(book)
-        n, t = len(self.params.sites), self.params.threshold
-        self_shares = shamir.split(self._self_seed, n, t)
-        key_shares = shamir.split(_raw_private(self._mask), n, t)
-        out = []
-        for v in book:
-            i = self.params.index(v) - 1
-            pair = (self_shares[i].to_bytes(), key_shares[i].to_bytes())
-            if v == self.site:
-                self._held[v] = pair
-                continue
-            key = agree(self._cipher, book[v].cipher_key, b"share", self.params.context)
-            nonce = secrets.token_bytes(12)
-            sealed = AESGCM(key).encrypt(nonce, pair[0] + pair[1], _header(self.site, v))
-            out.append(EncryptedShare(self.site, v, nonce + sealed))
-        return out
-
-    def receive_shares(self, shares: list[EncryptedShare]) -> None:
-        for message in shares:
-            if message.recipient != self.site or message.sender not in self._book:
-                raise SecureAggregationError(f"share from {message.sender} to {message.recipient} "
-                                             f"reached {self.site}")
-            key = agree(self._cipher, self._book[message.sender].cipher_key, b"share",
-                        self.params.context)
-            nonce, sealed = message.ciphertext[:12], message.ciphertext[12:]
-            try:
-                plain = AESGCM(key).decrypt(nonce, sealed, _header(message.sender, self.site))
-            except InvalidTag:
-                raise SecureAggregationError(f"share from {message.sender} failed authentication"
-                                             ) from None
-            half = len(plain) // 2
-            self._held[message.sender] = (plain[:half], plain[half:])
-
-    def mask(self, x: np.ndarray) -> MaskedInput:
-        """y_u = x_u + PRG(b_u) + sum_v sign(u, v) PRG(s_uv) in Z_{2^64}."""
-        if x.dtype != np.uint64 or x.shape != (self.params.length,):
-            raise SecureAggregationError(f"a masked input is {self.params.length} uint64 ring "
-                                         f"elements, got {x.dtype} {x.shape}")
-        y = x + prg(self._self_seed, self.params.length)  # a new array: x stays as it was
-        me = self.params.index(self.site)
-        for v, advert in self._book.items():
-            if v == self.site:
-                continue
-            pairwise = prg(agree(self._mask, advert.mask_key, b"mask", self.params.context),
-                           self.params.length)
-            if me < self.params.index(v):
-                y += pairwise
-            else:
-                y -= pairwise
-        return MaskedInput(self.site, y)
-
-    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
-        """Shares of b_v for survivors and of s_v^SK for dropped sites, never both for one v."""
-        survivors, dropped = set(request.survivors), set(request.dropped)
-        if survivors & dropped or self.site not in survivors \
-                or len(survivors) < self.params.threshold or not (survivors | dropped) <= set(self._book):
-            raise SecureAggregationError(f"site {self.site} refuses an inconsistent unmask request")
-        for v in survivors | dropped:
-            kind = "self" if v in survivors else "key"
-            if self._revealed.setdefault(v, kind) != kind:
-                raise SecureAggregationError(f"site {self.site} already revealed the other secret "
-                                             f"of {v}; revealing both would expose its input")
-        return UnmaskResponse(self.site,
-                              {v: self._held[v][0] for v in request.survivors if v in self._held},
-                              {v: self._held[v][1] for v in request.dropped if v in self._held})
-
-
-def _header(sender: SiteId, recipient: SiteId) -> bytes:
-    return f"{sender}->{recipient}".encode()
 
 
 # ---- server side ---------------------------------------------------------------------------------
@@ -251,6 +203,19 @@ def route_shares(bundles: list[list[EncryptedShare]]) -> dict[SiteId, list[Encry
         for message in bundle:
             inbox.setdefault(message.recipient, []).append(message)
     return inbox
+
+
+def signed_request(request: UnmaskRequest, signatures: list[SurvivorSignature], params: Params
+                   ) -> UnmaskRequest:
+    """The unmask request with the survivors' signatures of U3 (the ConsistencyCheck's answers);
+    fewer than t signers and no site would reveal a share, so the round stops here."""
+    signed = {s.site: s.signature for s in signatures if s.site in request.survivors}
+    if len(signed) < params.threshold:
+        raise SecureAggregationError(
+            f"only {len(signed)} of the {len(request.survivors)} survivors signed the survivor "
+            f"set, fewer than the threshold t = {params.threshold}: no site reveals a share and "
+            "the round fails")
+    return replace(request, signatures=signed)
 
 
 def add_masked(total: np.ndarray | None, message: MaskedInput) -> np.ndarray:

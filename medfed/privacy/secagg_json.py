@@ -28,12 +28,15 @@ def params_from_json(raw: Any) -> secagg.Params:
 
 def advert_to_json(advert: secagg.KeyAdvert) -> dict[str, Any]:
     return {"site": advert.site, "cipher_key": _b64(advert.cipher_key),
-            "mask_key": _b64(advert.mask_key)}
+            "mask_key": _b64(advert.mask_key), "certificate": advert.certificate.decode("ascii"),
+            "signature": _b64(advert.signature)}
 
 
 def advert_from_json(raw: Any) -> secagg.KeyAdvert:
     return secagg.KeyAdvert(_field(raw, "site", str), _bytes(_field(raw, "cipher_key", str)),
-                            _bytes(_field(raw, "mask_key", str)))
+                            _bytes(_field(raw, "mask_key", str)),
+                            _field(raw, "certificate", str).encode("ascii", "replace"),
+                            _bytes(_field(raw, "signature", str)))
 
 
 def share_to_json(share: secagg.EncryptedShare) -> dict[str, Any]:
@@ -46,13 +49,30 @@ def share_from_json(raw: Any) -> secagg.EncryptedShare:
                                  _bytes(_field(raw, "ciphertext", str)))
 
 
+def sites_from_json(raw: Any) -> tuple[str, ...]:
+    """A list of site names (the survivor set of the ConsistencyCheck)."""
+    if not isinstance(raw, list):
+        raise SecureAggregationError(f"expected a list of site names, got {raw!r:.60}")
+    return tuple(_str(s) for s in raw)
+
+
+def signature_to_json(signature: secagg.SurvivorSignature) -> dict[str, Any]:
+    return {"site": signature.site, "signature": _b64(signature.signature)}
+
+
+def signature_from_json(raw: Any) -> secagg.SurvivorSignature:
+    return secagg.SurvivorSignature(_field(raw, "site", str), _bytes(_field(raw, "signature", str)))
+
+
 def request_to_json(request: secagg.UnmaskRequest) -> dict[str, Any]:
-    return {"survivors": list(request.survivors), "dropped": list(request.dropped)}
+    return {"survivors": list(request.survivors), "dropped": list(request.dropped),
+            "signatures": {v: _b64(b) for v, b in request.signatures.items()}}
 
 
 def request_from_json(raw: Any) -> secagg.UnmaskRequest:
     return secagg.UnmaskRequest(tuple(_str(s) for s in _field(raw, "survivors", list)),
-                                tuple(_str(s) for s in _field(raw, "dropped", list)))
+                                tuple(_str(s) for s in _field(raw, "dropped", list)),
+                                {_str(v): _bytes(b) for v, b in _field(raw, "signatures", dict).items()})
 
 
 def response_to_json(response: secagg.UnmaskResponse) -> dict[str, Any]:

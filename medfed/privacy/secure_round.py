@@ -12,14 +12,19 @@ the server divides the unmasked sum by the unmasked total, so it learns neither 
 With client-level DP the sites clip their change to S and weigh 1; the server adds N(0, (sigma S)^2)
 to the unmasked sum (client_dp.py). The averaged model then goes through the wrapped strategy as a
 single update (so FedAdam's server step still applies). Integer buffers (BatchNorm's counters) are
-not aggregated: they come back as they were sent. Sample counts and training losses still travel in
-the clear in Update.metrics; the count the server sees is 1.
+not aggregated: they come back as they were sent.
+
+Nothing else leaves a SecureSite with its update: the count in its metadata is the constant 1, the
+step count 0, no metrics (no training loss, no epsilon): n_k, n_steps (n_k / batch) and epsilon
+(a function of q = batch / n_k) would each give the server the site's size. The round loop records
+NaN for the loss and no epsilon for such a round. The server learns sum_k n_k of the round's
+survivors and sum_k n_k (x_k - x); across rounds with different survivor sets, the difference of
+two sums is a site's count (inherent to summing: the README lists it as a limit).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -30,6 +35,8 @@ from medfed.errors import TransportError
 from medfed.privacy import secagg
 from medfed.privacy.client_dp import ClientDP
 from medfed.privacy.fixed_point import FixedPoint, FixedPointError
+from medfed.privacy.secagg_site import SiteSession
+from medfed.privacy.signing import SigningIdentity
 from medfed.types import Metrics, Prediction, SiteId, StateDict, Update
 
 WEIGHT_KEY = "secagg.weight"
@@ -69,12 +76,16 @@ class Layout:
 
 
 class SecureSite:
-    """A site (any LocalSite) that sends its change masked: trains, pre-scales, encodes, masks."""
+    """A site (any LocalSite) that sends its change masked: trains, pre-scales, encodes, masks.
+    identity: its signing key and the CA it trusts (signing.py); without one it refuses to take
+    part, since unsigned adverts would let the server substitute its own keys."""
 
-    def __init__(self, trainer: LocalSite, clip: float | None = None) -> None:
+    def __init__(self, trainer: LocalSite, clip: float | None = None,
+                 identity: SigningIdentity | None = None) -> None:
         self.trainer = trainer
         self.clip = clip  # client-level DP: clip the change to S and weigh 1
-        self.session: secagg.SiteSession | None = None
+        self.identity = identity
+        self.session: SiteSession | None = None
         self.codec = FixedPoint()
 
     @property
@@ -82,7 +93,11 @@ class SecureSite:
         return self.trainer.site
 
     def advertise(self, params: secagg.Params, codec: FixedPoint) -> secagg.KeyAdvert:
-        self.session, self.codec = secagg.SiteSession(self.site, params), codec
+        if self.identity is None:
+            raise secagg.SecureAggregationError(
+                f"site {self.site} has no certificate key to sign its key advert, so it refuses "
+                "secure aggregation (run the client with --certs, not --insecure)")
+        self.session, self.codec = SiteSession(self.site, params, self.identity), codec
         return self.session.advertise()
 
     def share_keys(self, book: dict[SiteId, secagg.KeyAdvert]) -> list[secagg.EncryptedShare]:
@@ -90,6 +105,9 @@ class SecureSite:
 
     def receive_shares(self, shares: list[secagg.EncryptedShare]) -> None:
         self._session().receive_shares(shares)
+
+    def sign_survivors(self, survivors: tuple[SiteId, ...]) -> secagg.SurvivorSignature:
+        return self._session().sign_survivors(survivors)
 
     def unmask(self, request: secagg.UnmaskRequest) -> secagg.UnmaskResponse:
         return self._session().unmask(request)
@@ -104,32 +122,38 @@ class SecureSite:
             change, weight = change * min(1.0, self.clip / norm) if norm else change, 1
         try:
             encoded = self.codec.encode(weight * change)
-        except FixedPointError as exc:  # NaN, or too large: this site's failure, not the run's
-            raise TransportError(f"site {self.site} cannot send its update: {exc}") from None
+        except FixedPointError:  # NaN, or too large: this site's failure (its size stays unsaid)
+            raise TransportError(f"site {self.site} cannot send its update: not finite, or beyond "
+                                 f"the fixed-point bound at scale {self.codec.scale:g}") from None
         ring = np.concatenate([encoded, np.array([weight], np.uint64)])
         masked = self._session().mask(ring)
-        return replace(honest, state=layout.to_state(masked.vector, state), n_samples=1)
+        return Update(self.site, layout.to_state(masked.vector, state), n_samples=1, n_steps=0)
 
     def evaluate(self, state: StateDict, split: str) -> Metrics:
         return self.trainer.evaluate(state, split)
 
-    def _session(self) -> secagg.SiteSession:
+    def _session(self) -> SiteSession:
         if self.session is None:
             raise secagg.SecureAggregationError(f"site {self.site} has no secure aggregation round")
         return self.session
 
 
 class Coordinator(Protocol):
-    """Carries rounds 0, 1 and 3 of the protocol (keys, shares, unmasking) between the server and
-    the sites: in process (InProcessCoordinator) or over gRPC (deploy/secure_exchange.py). Round 2,
-    the masked inputs, travels as the sites' updates through the round loop's transport."""
+    """Carries rounds 0, 1, 3 and 4 of the protocol (keys, shares, consistency, unmasking) between
+    the server and the sites: in process (InProcessCoordinator) or over gRPC
+    (deploy/secure_exchange.py). Round 2, the masked inputs, travels as the sites' updates through
+    the round loop's transport."""
 
     def setup(self, params: secagg.Params, codec: FixedPoint) -> dict[SiteId, secagg.KeyAdvert]:
         """Rounds 0 and 1: the key book of the sites that advertised keys and shared them."""
         ...
 
+    def consistency_check(self, survivors: tuple[SiteId, ...]) -> list[secagg.SurvivorSignature]:
+        """Round 3 (ConsistencyCheck): the survivors' signatures of the survivor set."""
+        ...
+
     def unmask(self, request: secagg.UnmaskRequest) -> list[secagg.UnmaskResponse]:
-        """Round 3: the answers of the survivors that answered."""
+        """Round 4: the answers of the signers (request.signatures) that answered."""
         ...
 
 
@@ -147,8 +171,11 @@ class InProcessCoordinator:
             self.sites[s].receive_shares(inbox.get(s, []))
         return book
 
+    def consistency_check(self, survivors: tuple[SiteId, ...]) -> list[secagg.SurvivorSignature]:
+        return [self.sites[s].sign_survivors(survivors) for s in survivors]
+
     def unmask(self, request: secagg.UnmaskRequest) -> list[secagg.UnmaskResponse]:
-        return [self.sites[s].unmask(request) for s in request.survivors]
+        return [self.sites[s].unmask(request) for s in request.signatures]
 
 
 class SecureAggregation:
@@ -179,10 +206,11 @@ class SecureAggregation:
         sites = tuple(self._stages.pop(0))
         self.layout = Layout(self.inner.global_state)
         threshold = self.threshold or len(sites) // 2 + 1
-        if not 2 <= threshold <= len(sites):
+        if not len(sites) < 2 * threshold <= 2 * len(sites):
             raise secagg.SecureAggregationError(
-                f"secure aggregation needs between 2 and the {len(sites)} sites of round "
-                f"{self._round + 1} as threshold, got {threshold}; raise --fraction or lower --threshold")
+                f"secure aggregation needs a threshold above half of the {len(sites)} sites of round "
+                f"{self._round + 1} and at most all of them, got {threshold}; adjust --fraction or "
+                "--threshold")
         self.params = secagg.Params(sites, threshold, self.layout.length,
                                     context=f"round {self._round}".encode())
         self.codec = FixedPoint(self.scale, sites=len(sites))
@@ -206,6 +234,8 @@ class SecureAggregation:
         if self._masked_sum is None:
             return  # nobody delivered: the model stays as it was
         request = secagg.unmask_request(self._delivered, self.book, self.params)
+        signatures = self.coordinator.consistency_check(request.survivors)
+        request = secagg.signed_request(request, signatures, self.params)
         responses = self.coordinator.unmask(request)
         total = secagg.unmask(self._masked_sum, request, responses, self.book, self.params)
         weight = int(total[-1:].view(np.int64)[0])

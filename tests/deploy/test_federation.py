@@ -29,8 +29,8 @@ from tests.deploy.processes import (
     events,
     free_port,
     make_certs,
-    wait_until,
     simulation_config,
+    wait_until,
     write_federation,
 )
 

@@ -13,12 +13,13 @@ import torch
 
 from medfed.algorithms.fedavg import FedAvg
 from medfed.client.trainer import TrainOptions
-from medfed.config import PrivacyConfig, RunConfig
+from medfed.config import DataConfig, PrivacyConfig, RunConfig
 from medfed.deploy import secure_exchange
 from medfed.deploy.secure_exchange import GrpcCoordinator
 from medfed.errors import TransportError
 from medfed.privacy.secagg import SecureAggregationError
 from medfed.privacy.secure_round import WEIGHT_KEY, SecureAggregation, SecureSite
+from medfed.privacy.signing import ephemeral_identities
 from medfed.server.round_loop import RoundPlan, run_rounds
 from medfed.transport.codec import decode_state, encode_state
 from medfed.transport.grpc_channel import CLIENT_OPTIONS
@@ -29,7 +30,9 @@ from tests.privacy.test_secure_round import initial, plain_mean
 from tests.transport.test_grpc import FakeSite, Rounds, result
 
 SITES = ["site-0", "site-1", "site-2"]
-CONFIG = RunConfig(privacy=PrivacyConfig(secure_aggregation=True, threshold=2))
+CONFIG = RunConfig(data=DataConfig(sites=len(SITES)),
+                   privacy=PrivacyConfig(secure_aggregation=True, threshold=2))
+IDENTITIES = ephemeral_identities(SITES)
 
 
 class Recording(GrpcTransport):
@@ -56,7 +59,9 @@ def answering(site: SecureSite, silent_at_unmask: bool = False):
             update = site.train(decode_state(blob), TrainOptions())
         except TransportError as exc:  # the site reports its failure, as medfed client does
             return [pb.SiteMessage(result=pb.Result(task_id=task.task_id, error=str(exc)))]
-        return result(task, encode_state(update.state), meta={"n_samples": 1, "n_steps": 1})
+        return result(task, encode_state(update.state),
+                      meta={"n_samples": update.n_samples, "n_steps": update.n_steps,
+                            "metrics": update.metrics})
 
     return answer
 
@@ -65,7 +70,8 @@ def federation(serve, failing=(), silent=()):
     registry, port, audit = serve(SITES)
     honest = {s: TrainingSite(s, k, 10 * (k + 1), s in failing) for k, s in enumerate(SITES)}
     fakes = [FakeSite(grpc.insecure_channel(f"127.0.0.1:{port}", options=CLIENT_OPTIONS), s,
-                      answering(SecureSite(honest[s]), s in silent)) for s in SITES]
+                      answering(SecureSite(honest[s], identity=IDENTITIES[s]), s in silent))
+             for s in SITES]
     assert registry.wait_for(len(SITES), timeout=10)
     transport = Recording(registry, round_seconds=20.0, eval_seconds=5.0)
     transport.received = []
@@ -88,7 +94,8 @@ def test_the_server_receives_masked_inputs_over_grpc_and_unmasks_their_weighted_
     assert len(transport.received) == 6
     for i, got in enumerate(transport.received):
         sent = honest[got.site].sent[i // 3]
-        assert got.n_samples == 1 and got.state[WEIGHT_KEY].dtype == torch.int64
+        assert got.n_samples == 1 and got.n_steps == 0 and got.metrics == {}
+        assert got.state[WEIGHT_KEY].dtype == torch.int64
         for key in ("w", "b"):
             assert got.state[key].dtype == torch.int64  # ring elements, not weights
             change = (sent.state[key] - initial()[key]).double() * sent.n_samples
@@ -97,6 +104,8 @@ def test_the_server_receives_masked_inputs_over_grpc_and_unmasks_their_weighted_
     events = [e for e, _ in audit]
     assert events.count("masked_input_received") == 6 and "update_received" not in events
     assert events.count("secagg_keys_shared") == 2 and events.count("unmask_requested") == 2
+    signed = [f for e, f in audit if e == "survivors_signed"]
+    assert [f["sites"] for f in signed] == [SITES, SITES]
 
 
 def test_one_round_over_grpc_gives_the_plain_weighted_mean(serve):
@@ -140,11 +149,26 @@ def test_fewer_survivors_than_the_threshold_fail_the_round_clearly(serve):
 
 
 def test_a_site_refuses_a_threshold_below_its_configuration():
-    site = SecureSite(TrainingSite("site-0", 0, 10))
+    site = SecureSite(TrainingSite("site-0", 0, 10), identity=IDENTITIES["site-0"])
     params = {"sites": SITES, "threshold": 2, "length": 5, "context": ""}
-    strict = RunConfig(privacy=PrivacyConfig(secure_aggregation=True, threshold=3))
+    strict = RunConfig(data=DataConfig(sites=len(SITES)),
+                       privacy=PrivacyConfig(secure_aggregation=True, threshold=3))
     with pytest.raises(SecureAggregationError, match="refuses threshold 2, below 3"):
         secure_exchange.answer(site, strict, secure_exchange.ADVERTISE, {"params": params})
     params["threshold"] = 3  # stricter than configured is fine
     reply = secure_exchange.answer(site, CONFIG, secure_exchange.ADVERTISE, {"params": params})
     assert reply["advert"]["site"] == "site-0"
+
+
+def test_a_site_refuses_a_threshold_at_or_below_half_the_round():
+    site = SecureSite(TrainingSite("site-0", 0, 10), identity=IDENTITIES["site-0"])
+    params = {"sites": [*SITES, "site-3"], "threshold": 2, "length": 5, "context": ""}
+    with pytest.raises(SecureAggregationError, match="threshold t = 2 is not above half"):
+        secure_exchange.answer(site, CONFIG, secure_exchange.ADVERTISE, {"params": params})
+
+
+def test_a_site_without_a_certificate_key_refuses_to_advertise():
+    site = SecureSite(TrainingSite("site-0", 0, 10))  # a client started with --insecure
+    params = {"sites": SITES, "threshold": 2, "length": 5, "context": ""}
+    with pytest.raises(SecureAggregationError, match="no certificate key .* not --insecure"):
+        secure_exchange.answer(site, CONFIG, secure_exchange.ADVERTISE, {"params": params})

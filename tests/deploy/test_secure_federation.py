@@ -19,8 +19,8 @@ from tests.deploy.processes import (
     events,
     free_port,
     make_certs,
-    wait_until,
     simulation_config,
+    wait_until,
     write_federation,
 )
 
@@ -62,6 +62,9 @@ def test_three_sites_two_secure_rounds_same_model_as_the_simulation(tmp_path: Pa
     assert all(len(e["sha256"]) == 64 for e in masked) and not events(audit, "update_received")
     assert len(events(audit, "secagg_keys_shared")) == 2 and len(events(audit, "unmask_requested")) == 2
     assert all(e["dropped"] == [] for e in events(audit, "unmask_requested"))
+    signed = events(audit, "survivors_signed")  # the consistency check, with certificate keys
+    assert [(e["round"], e["sites"]) for e in signed] == [(1, list(SITES)), (2, list(SITES))]
+    assert all(e["n_samples"] == 1 for e in masked)  # n_k travels masked, never in the clear
     text = audit.read_text()  # nothing secret: no share, no key, no ciphertext
     assert "ciphertext" not in text and "mask_key" not in text and "shares" not in text
 

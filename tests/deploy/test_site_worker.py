@@ -60,7 +60,7 @@ def test_the_final_answer_is_aggregates_that_the_server_can_parse_and_no_per_ima
         assert summary.n == worker.local.sizes[f"n_{split}"]
     text = json.dumps(final)
     n_test = worker.local.sizes["n_test"]
-    assert len(text) < 20_000  # histograms and counts, not a score per image
+    assert len(text) < 40_000  # histograms and counts (about 6.5 KB a split), not a score per image
     assert final["local"]["paired"]["method"] in ("DeLong", "none")
     assert final["metrics"]["test"]["n"] == n_test
 

@@ -9,8 +9,8 @@ import torch
 from opacus.accountants.analysis import rdp as rdp_analysis
 
 from medfed.algorithms.fedavg import FedAvg
-from medfed.privacy.noise import Seeded
 from medfed.privacy.client_dp import ClientDP, clip_delta
+from medfed.privacy.noise import Seeded
 from medfed.types import Update
 
 

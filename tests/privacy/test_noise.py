@@ -29,6 +29,7 @@ from medfed.privacy.dp_sgd import DPSGDSettings, DPSite
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.privacy.noise import OsEntropy, Seeded
 from medfed.privacy.secure_round import InProcessCoordinator, SecureAggregation, SecureSite
+from medfed.privacy.signing import ephemeral_identities
 from medfed.server.round_loop import RoundPlan, run_rounds
 from medfed.transport.inprocess import InProcessTransport
 from medfed.types import Update
@@ -123,7 +124,9 @@ class StillSite:
 def test_client_dp_noise_under_secure_aggregation_has_the_calibrated_variance():
     sigma, clip, m = 3.0, 0.5, 4
     dp = ClientDP(clip, sigma, 1.0, Seeded(2))
-    sites = {f"site-{k}": SecureSite(StillSite(f"site-{k}"), clip=clip) for k in range(m)}
+    still = {f"site-{k}": StillSite(f"site-{k}") for k in range(m)}
+    keys = ephemeral_identities(still)
+    sites = {s: SecureSite(site, clip=clip, identity=keys[s]) for s, site in still.items()}
     strategy = SecureAggregation(FedAvg(big_state()), InProcessCoordinator(sites), None,
                                  client_dp=dp)
     run_rounds(strategy, InProcessTransport(sites), list(sites), RoundPlan(1, eval_every=0),

@@ -64,6 +64,9 @@ def test_all_three_mechanisms_compose(tmp_path, capsys):
     (["--secure-aggregation", "--threshold", "4"], "threshold is 4 but there are only 3 sites"),
     (["--secure-aggregation", "--threshold", "3", "--fraction", "0.5"],
      "a round samples only 2 sites"),
+    (["--secure-aggregation", "--threshold", "2", "--sites", "4"],
+     "threshold is 2 but a round samples 4 sites: secure aggregation against a malicious server "
+     "needs more than half of them (at least 3)"),
     (["--secure-aggregation", "--aggregator", "median"], "secure_aggregation replaces the"),
     (["--client-dp", "--algorithm", "scaffold"], "client_dp replaces the"),
     (["--client-dp", "--clip", "0"], "clip must be > 0"),

@@ -1,4 +1,5 @@
-"""The protocol of secagg.py end to end, with sites that drop out."""
+"""The protocol of secagg.py end to end, with sites that drop out (an honest server; a malicious
+one is test_malicious_server.py)."""
 
 import numpy as np
 import pytest
@@ -7,21 +8,33 @@ from hypothesis import strategies as st
 
 from medfed.privacy import secagg
 from medfed.privacy.fixed_point import FixedPoint, ring_sum
+from medfed.privacy.secagg_site import SiteSession
+from medfed.privacy.signing import ephemeral_identities
+
+IDENTITIES = ephemeral_identities(f"site-{k}" for k in range(10))
+
+
+def sessions_with_shares(params):
+    """Rounds 0 and 1 for every site of params: sessions that hold each other's shares."""
+    sessions = {s: SiteSession(s, params, IDENTITIES[s]) for s in params.sites}
+    book = secagg.key_book([sessions[s].advertise() for s in params.sites], params)
+    inbox = secagg.route_shares([sessions[s].share_keys(book) for s in params.sites])
+    for s in params.sites:
+        sessions[s].receive_shares(inbox.get(s, []))
+    return sessions, book
 
 
 def run_protocol(vectors, threshold, drop=(), drop_before_unmask=()):
-    """All four rounds in process; `drop` sites vanish after sharing their keys (their masked
-    input never arrives), `drop_before_unmask` after sending it."""
+    """All five rounds in process; `drop` sites vanish after sharing their keys (their masked
+    input never arrives), `drop_before_unmask` after sending it and signing the survivor set."""
     sites = tuple(vectors)
     length = len(next(iter(vectors.values())))
     params = secagg.Params(sites, threshold, length, context=b"round-0")
-    sessions = {s: secagg.SiteSession(s, params) for s in sites}
-    book = secagg.key_book([sessions[s].advertise() for s in sites], params)
-    inbox = secagg.route_shares([sessions[s].share_keys(book) for s in sites])
-    for s in sites:
-        sessions[s].receive_shares(inbox.get(s, []))
+    sessions, book = sessions_with_shares(params)
     masked = {s: sessions[s].mask(vectors[s]) for s in sites if s not in drop}
     request = secagg.unmask_request(masked, book, params)
+    signatures = [sessions[s].sign_survivors(request.survivors) for s in request.survivors]
+    request = secagg.signed_request(request, signatures, params)
     responses = [sessions[s].unmask(request) for s in request.survivors if s not in drop_before_unmask]
     masked_sum = None
     for message in masked.values():
@@ -80,25 +93,28 @@ def test_too_few_unmask_answers_fail_clearly():
         run_protocol(ring, threshold=4, drop=("site-0",), drop_before_unmask=("site-1",))
 
 
-def test_a_site_never_reveals_both_secrets_of_another():
+def test_a_site_answers_only_for_the_one_survivor_set_it_signed():
     _, _, ring = ring_vectors(4, 5, 5)
-    sites = tuple(ring)
-    params = secagg.Params(sites, 2, 5)
-    sessions = {s: secagg.SiteSession(s, params) for s in sites}
-    book = secagg.key_book([sessions[s].advertise() for s in sites], params)
-    inbox = secagg.route_shares([sessions[s].share_keys(book) for s in sites])
-    for s in sites:
-        sessions[s].receive_shares(inbox[s])
-    sessions["site-0"].unmask(secagg.UnmaskRequest(("site-0", "site-1"), ("site-2", "site-3")))
-    with pytest.raises(secagg.SecureAggregationError, match="revealing both"):
-        sessions["site-0"].unmask(secagg.UnmaskRequest(("site-0", "site-2"), ("site-1",)))
+    params = secagg.Params(tuple(ring), 3, 5)
+    sessions, book = sessions_with_shares(params)
+    for s in params.sites:
+        sessions[s].mask(ring[s])
+    first = secagg.unmask_request(["site-0", "site-1", "site-2"], book, params)
+    signed = secagg.signed_request(
+        first, [sessions[s].sign_survivors(first.survivors) for s in first.survivors], params)
+    sessions["site-0"].unmask(signed)
+    with pytest.raises(secagg.SecureAggregationError, match="will not sign"):
+        sessions["site-0"].sign_survivors(("site-0", "site-1", "site-3"))
+    other = secagg.UnmaskRequest(("site-0", "site-1", "site-2", "site-3"), (), signed.signatures)
+    with pytest.raises(secagg.SecureAggregationError, match="answers only for the survivor set"):
+        sessions["site-0"].unmask(other)
 
 
 def test_shares_are_encrypted_for_their_recipient():
     _, _, ring = ring_vectors(3, 5, 6)
     sites = tuple(ring)
     params = secagg.Params(sites, 2, 5)
-    sessions = {s: secagg.SiteSession(s, params) for s in sites}
+    sessions = {s: SiteSession(s, params, IDENTITIES[s]) for s in sites}
     book = secagg.key_book([sessions[s].advertise() for s in sites], params)
     bundle = sessions["site-0"].share_keys(book)
     wrong = secagg.EncryptedShare("site-0", "site-2", bundle[0].ciphertext)  # meant for site-1
@@ -110,3 +126,11 @@ def test_shares_are_encrypted_for_their_recipient():
 def test_threshold_must_fit_the_round():
     with pytest.raises(secagg.SecureAggregationError, match="threshold must be between 2 and the 3"):
         secagg.Params(("a", "b", "c"), 4, 10)
+
+
+@pytest.mark.parametrize("n, t", [(4, 2), (5, 2), (6, 3), (10, 5)])
+def test_a_threshold_at_or_below_half_the_round_is_refused(n, t):
+    with pytest.raises(secagg.SecureAggregationError,
+                       match=rf"threshold t = {t} is not above half of the round's {n} sites"):
+        secagg.Params(tuple(f"s{k}" for k in range(n)), t, 10)
+    secagg.Params(tuple(f"s{k}" for k in range(n)), n // 2 + 1, 10)  # a majority is fine

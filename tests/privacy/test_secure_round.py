@@ -9,10 +9,11 @@ import torch
 from medfed.algorithms.fedavg import FedAvg
 from medfed.client.trainer import TrainOptions
 from medfed.errors import TransportError
-from medfed.privacy.noise import Seeded
 from medfed.privacy.client_dp import ClientDP
+from medfed.privacy.noise import Seeded
 from medfed.privacy.secagg import SecureAggregationError
 from medfed.privacy.secure_round import WEIGHT_KEY, InProcessCoordinator, SecureAggregation, SecureSite
+from medfed.privacy.signing import ephemeral_identities
 from medfed.server.round_loop import RoundPlan, run_rounds
 from medfed.transport.inprocess import InProcessTransport
 from medfed.types import Update
@@ -61,7 +62,9 @@ class RecordingTransport(InProcessTransport):
 def federation(n_sites=5, failing=(), threshold=None, client_dp=None):
     fakes = {f"site-{k}": FakeSite(f"site-{k}", k, 10 * (k + 1), f"site-{k}" in failing)
              for k in range(n_sites)}
-    secure = {s: SecureSite(f, clip=client_dp.clip if client_dp else None) for s, f in fakes.items()}
+    identities = ephemeral_identities(fakes)
+    secure = {s: SecureSite(f, clip=client_dp.clip if client_dp else None, identity=identities[s])
+              for s, f in fakes.items()}
     transport = RecordingTransport(secure)
     strategy = SecureAggregation(FedAvg(initial()), InProcessCoordinator(secure), threshold,
                                  client_dp=client_dp)
@@ -97,7 +100,8 @@ def test_what_the_server_receives_never_equals_a_site_update():
     honest = {(u.site, r): u for f in fakes.values() for r, u in enumerate(f.sent)}
     for i, got in enumerate(transport.received):
         sent = honest[(got.site, i // 5)]
-        assert got.n_samples == 1  # the sample count travels masked
+        # the sample count travels masked; nothing else that follows a site's size travels at all
+        assert got.n_samples == 1 and got.n_steps == 0 and got.metrics == {}
         assert got.state[WEIGHT_KEY].dtype == torch.int64
         for key in ("w", "b"):
             assert got.state[key].dtype == torch.int64  # ring elements, not weights
@@ -153,3 +157,16 @@ def test_client_dp_under_secure_aggregation_clips_at_the_sites_and_noises_the_su
         clipped.append(change * min(1.0, 0.5 / float(change.norm())))
     torch.testing.assert_close(mean_change, torch.stack(clipped).mean(0), atol=1e-6, rtol=0)
     assert len(dp.accountant.history) == 1
+
+
+def test_a_site_without_a_signing_key_refuses_secure_aggregation():
+    fakes, transport, strategy = federation(n_sites=3)
+    strategy.coordinator.sites["site-1"].identity = None
+    with pytest.raises(SecureAggregationError, match="site site-1 has no certificate key to sign"):
+        run(strategy, transport, list(fakes))
+
+
+def test_a_configured_threshold_at_or_below_half_the_round_stops_it():
+    fakes, transport, strategy = federation(n_sites=4, threshold=2)
+    with pytest.raises(SecureAggregationError, match="threshold above half of the 4 sites"):
+        run(strategy, transport, list(fakes))
