@@ -60,6 +60,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     audit_what = audit.add_subparsers(dest="audit_command", required=True, parser_class=type(audit))
     verify = audit_what.add_parser("verify", help="print ok, or the first broken line (exit 1)")
     verify.add_argument("file", type=Path)
+    verify.add_argument("--state", type=Path, help="the server's state folder, whose database "
+                        "holds the trail's signed head (default: FILE's folder, if it holds one)")
+    verify.add_argument("--cert", type=Path, help="the server's certificate (server.crt) to check "
+                        "the signatures with (default: the key recorded in the state database)")
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -74,11 +78,7 @@ def execute(args: argparse.Namespace) -> int:
             print(certs.issue(args.out, args.name, hosts))
         return 0
     if args.command == "audit":
-        from medfed.deploy.audit import verify
-
-        verdict = verify(args.file)
-        print("ok" if verdict.ok else f"broken at line {verdict.line}: {verdict.reason}")
-        return 0 if verdict.ok else 1
+        return _verify_audit(args)
     _need_certs(args)
     if args.command == "server":
         from medfed.deploy.server import ServerArgs, serve
@@ -95,6 +95,26 @@ def execute(args: argparse.Namespace) -> int:
     site = load_site_config(args.site_config, args.site, data, args.state, args.seed)
     return run_client(ClientArgs(args.server, site, args.certs, args.insecure, args.retry_for,
                                  args.max_backoff))
+
+
+def _verify_audit(args: argparse.Namespace) -> int:
+    from medfed.deploy.audit_verify import verify
+    from medfed.deploy.signatures import load_public_key, public_from_pem
+    from medfed.deploy.state import read_anchor
+
+    state = args.state
+    if state is None and (args.file.parent / "medfed.sqlite").is_file():
+        state = args.file.parent
+    anchor = read_anchor(state) if state is not None else None
+    key = load_public_key(args.cert) if args.cert is not None else (
+        public_from_pem(anchor.key_pem) if anchor is not None and anchor.key_pem else None)
+    verdict = verify(args.file, key, anchor)
+    if not verdict.ok:
+        print(f"broken at line {verdict.line}: {verdict.reason}" if verdict.line
+              else f"broken: {verdict.reason}")
+        return 1
+    print("ok: " + "; ".join(verdict.notes))
+    return 0
 
 
 def _need_certs(args: argparse.Namespace) -> None:
