@@ -149,7 +149,7 @@ def open_trail(path: Path, store: StateStore, key: PrivateKey | None, resume: bo
         todo = "start with --resume to repair it" if RESUME_REPAIRS in verdict.reason else (
             "keep the folder for investigation and start a new federation in a new --state folder")
         raise StateError(f"the audit trail {path} does not agree with the state: broken at "
-                         f"{where}: {verdict.reason.split('; ')[0]}; {todo}")
+                         f"{where}: {verdict.reason.removesuffix('; ' + RESUME_REPAIRS)}; {todo}")
     if missing and not resume:
         raise StateError(f"round {missing[0]} is committed but {path} never closes it (a crash "
                          "between the two); start with --resume to record it")
