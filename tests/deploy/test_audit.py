@@ -5,11 +5,11 @@ flood of refusals writes a bounded number of lines, and names are bounded.
 
 Hand mutations that make these tests fail (each tried once):
 - signature unchecked (`signed_by` returns True): the forged line, the re-chained deletion and the
-  trail re-signed with a site's key verify as ok;
+  trail re-signed with a site's key (both with the database rewritten to match) verify as ok;
 - head not compared with the database (`_check_head` returns None): cutting one or five lines,
   keeping line 1 and emptying the file verify as ok;
-- the head stored in the database but never updated (AuditLog without on_head): the intact trail
-  fails to verify;
+- the head never stored in the database (AuditLog without on_head): the intact trail fails to
+  verify (and every rewriting test fails with it);
 - committed rounds not compared with round_closed (`round_gaps` returns no gaps): the crash
   between commit and audit verifies as ok and is not repaired;
 - the torn tail ignored by `check`: the torn-line test verifies as ok;
@@ -19,6 +19,7 @@ Hand mutations that make these tests fail (each tried once):
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -32,14 +33,14 @@ from tests.deploy.trails import Made, commit_round, make_state, open_state, serv
 
 
 def rechain(records: list[dict], key=None) -> list[str]:
-    """The records as lines with seq, prev and hash recomputed (and re-signed with key, if any)."""
+    """The records as lines with seq, prev and hash recomputed, re-signed with key if one is given
+    (else each keeps its old signature)."""
     lines, prev = [], "0" * 64
-    for seq, record in enumerate(records, start=1):
-        record = {k: v for k, v in record.items() if k not in ("hash", "sig")}
+    for seq, old in enumerate(records, start=1):
+        record = {k: v for k, v in old.items() if k not in ("hash", "sig")}
         record |= {"seq": seq, "prev": prev}
         record["hash"] = sha256(canonical(record))
-        if key is not None:
-            record["sig"] = sign(key, record["hash"])
+        record["sig"] = sign(key, record["hash"]) if key is not None else old.get("sig", "")
         line = json.dumps(record, sort_keys=True, separators=(",", ":"))
         lines.append(line)
         prev = sha256(line.encode())
@@ -50,27 +51,49 @@ def write_lines(path: Path, lines: list[str]) -> None:
     path.write_text("".join(line + "\n" for line in lines))
 
 
+def move_head(made: Made, last_line: str, drop_round: int | None = None) -> None:
+    """The insider also rewrites the state database: its head now names the trail's new last
+    record (with that record's signature, whatever it is), and a round disappears with its record."""
+    record = json.loads(last_line)
+    with sqlite3.connect(made.state / "medfed.sqlite") as db:
+        db.execute("UPDATE audit_head SET seq = ?, hash = ?, sig = ?",
+                   (record["seq"], record["hash"], record.get("sig", "")))
+        if drop_round is not None:
+            db.execute("DELETE FROM rounds WHERE round = ?", (drop_round - 1,))
+    db.close()
+
+
 def forge_append(made: Made) -> None:
+    """A stranger's connection that never happened, correctly chained, with a real signature
+    copied from another record (the database's head may lag one record after a crash)."""
     lines = made.lines()
     last = json.loads(lines[-1])
-    forged = {"seq": last["seq"] + 1, "time": last["time"], "event": "round_closed", "round": 4,
-              "aggregate_sha256": "0" * 64, "prev": sha256(lines[-1].encode())}
+    forged = {"seq": last["seq"] + 1, "time": last["time"], "event": "site_connected",
+              "site": "site-x", "peer": "ipv4:10.9.9.9:1", "prev": sha256(lines[-1].encode())}
     forged["hash"] = sha256(canonical(forged))
-    forged["sig"] = last["sig"]  # a real signature, of another record
+    forged["sig"] = last["sig"]
     write_lines(made.audit, lines + [json.dumps(forged, sort_keys=True, separators=(",", ":"))])
 
 
 def delete_round_closed_and_rechain(made: Made) -> None:
+    """Round 2 erased: its round_closed removed, the rest re-chained (old signatures kept), the
+    database's head and its round 2 rewritten to match."""
     records = [json.loads(line) for line in made.lines()]
     middle = next(i for i, r in enumerate(records) if r["event"] == "round_closed" and r["round"] == 2)
-    write_lines(made.audit, rechain(records[:middle] + records[middle + 1:]))
+    kept = records[:middle] + records[middle + 1:]
+    lines = rechain(kept)
+    write_lines(made.audit, lines)
+    move_head(made, lines[-1], drop_round=2)
 
 
 def resign_with_a_site_key(made: Made) -> None:
-    """An insider holding a site's key (a certificate of the same authority): edits and re-signs."""
+    """An insider holding a site's key (a certificate of the same authority) edits a sample count,
+    re-chains and re-signs every record, and moves the database's head to match."""
     records = [json.loads(line) for line in made.lines()]
     records[3]["n_samples"] = 10**6
-    write_lines(made.audit, rechain(records, load_private_key(made.certs / "site-a.key")))
+    lines = rechain(records, load_private_key(made.certs / "site-a.key"))
+    write_lines(made.audit, lines)
+    move_head(made, lines[-1])
 
 
 TAMPERING = {
@@ -79,8 +102,9 @@ TAMPERING = {
     "only line 1 kept": lambda m: write_lines(m.audit, m.lines()[:1]),
     "file emptied": lambda m: m.audit.write_bytes(b""),
     "forged line appended, correctly chained": forge_append,
-    "a middle round_closed deleted and the rest re-chained": delete_round_closed_and_rechain,
-    "a record edited, the trail re-chained and re-signed with a site's key": resign_with_a_site_key,
+    "a middle round_closed deleted, re-chained, the database to match": delete_round_closed_and_rechain,
+    "a record edited, re-chained, re-signed with a site's key, the database to match":
+        resign_with_a_site_key,
 }
 
 

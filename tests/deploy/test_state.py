@@ -5,7 +5,8 @@ broken database issue 19 found instead of restarting from round 0 or crashing.
 
 Hand mutations that make these tests fail (each tried once):
 - no lock (`lock_folder` returns without flock): the second server is not refused;
-- no quick check (`_check` skips PRAGMA quick_check): the garbled middle pages are not refused;
+- no quick check (`_check` skips PRAGMA quick_check): the page only the quick check reads is
+  not refused;
 - no "holds a federation" check on --resume: the emptied database and the lost WAL restart from 0;
 - files created with the default mode (os.open without 0o600): the permissions test fails.
 """
@@ -143,6 +144,16 @@ def test_resume_refuses_a_broken_database_in_one_line(tmp_path: Path,
     assert status == 2 and err.startswith("medfed: error: ")
     assert re.search(message, err), err
     assert any(todo in err for todo in ("new --state folder", "backup", "drop --resume")), err
+
+
+def test_a_page_only_the_quick_check_reads_is_refused(tmp_path: Path):
+    """Attacker: a failing disk, under a page the server would read only rounds later (a crash
+    then, not a refusal now)."""
+    made = make_state(tmp_path, rounds=2)
+    garble(database(made), 0.75, 0.85)
+    with pytest.raises(StateError, match="is corrupt \\(Page \\d+") as refused:
+        StateStore(made.state, resume=True)
+    assert "\n" not in str(refused.value)
 
 
 def crash_snapshot(tmp_path: Path):
