@@ -32,6 +32,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     issue.add_argument("--out", type=Path, required=True, help="the folder that holds the CA")
     issue.add_argument("--hosts", default="", help="server only: host names / IPs it is reached at, "
                                                    "comma-separated (default localhost,127.0.0.1)")
+    issue.add_argument("--force", action="store_true", help="replace an existing NAME.key and NAME.crt")
     server = commands.add_parser("server", help="coordinate a deployed federation (gRPC + mTLS)")
     server.add_argument("--config", type=Path, required=True, help="federation TOML file")
     server.add_argument("--certs", type=Path, help="folder with ca.crt, server.crt, server.key")
@@ -75,11 +76,12 @@ def execute(args: argparse.Namespace) -> int:
             print(certs.init_ca(args.out))
         else:
             hosts = tuple(h.strip() for h in args.hosts.split(",") if h.strip())
-            print(certs.issue(args.out, args.name, hosts))
+            print(certs.issue(args.out, args.name, hosts, force=args.force))
         return 0
     if args.command == "audit":
         return _verify_audit(args)
     _need_certs(args)
+    _check_addresses(args)
     if args.command == "server":
         from medfed.deploy.server import ServerArgs, serve
 
@@ -115,6 +117,23 @@ def _verify_audit(args: argparse.Namespace) -> int:
         return 1
     print("ok: " + "; ".join(verdict.notes))
     return 0
+
+
+def _check_addresses(args: argparse.Namespace) -> None:
+    """HOST:PORT with a port gRPC can bind (1-65535; port 0 would pick another), and client
+    timings that make sense; checked before anything starts."""
+    from medfed.errors import ConfigError
+    from medfed.transport.grpc_channel import split_address
+
+    flag, address = (("--address", args.address) if args.command == "server"
+                     else ("--server", args.server))
+    if address is not None:
+        _, port = split_address(address)
+        if not 0 < port < 65536:
+            raise ConfigError(f"{flag}: port must be 1-65535, got {port}")
+    if args.command == "client" and not (args.max_backoff > 0 and args.retry_for >= 0):
+        raise ConfigError(f"--max-backoff must be > 0 and --retry-for >= 0 (seconds), got "
+                          f"{args.max_backoff:g} and {args.retry_for:g}")
 
 
 def _need_certs(args: argparse.Namespace) -> None:
