@@ -160,6 +160,6 @@ def test_a_client_killed_mid_round_then_the_server_killed_and_resumed_every_roun
     assert len(events(audit, "server_started")) == 2
     assert len((state / "rounds.jsonl").read_text().splitlines()) == 3
     summary = json.loads((state / "summary.json").read_text())
-    assert summary["rounds"] == 3 and "site-c" in summary["failed_updates"]["0"]
+    assert summary["rounds"] == 3 and "site-c" in summary["failed_updates"]["1"]
     status, printed = verify_audit(audit, capsys)
     assert status == 0 and printed.startswith("ok: ") and "signed by the server's key" in printed
