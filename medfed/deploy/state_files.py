@@ -83,7 +83,8 @@ def _check(path: Path, resume: bool) -> None:
     try:
         verdict = db.execute("PRAGMA quick_check").fetchall()
         if verdict != [("ok",)]:
-            raise StateError(f"the state database {path} is corrupt ({str(verdict[0][0])[:120]}); "
+            found = " ".join(str(verdict[0][0]).replace("*** in database main ***", "").split())
+            raise StateError(f"the state database {path} is corrupt ({found[:120]}); "
                              f"restore it from a backup, or {NEW_STATE}")
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if resume and not ({"federation", "rounds"} <= tables and db.execute(
