@@ -15,6 +15,11 @@ class DataError(MedfedError):
     """A data file is missing, unreadable, or cannot be split as asked."""
 
 
+class StateError(MedfedError):
+    """A state folder or its audit trail cannot be used as it is (locked, missing, corrupt, or
+    disagreeing with each other); the message says what to do."""
+
+
 class IncompatibleUpdate(MedfedError):
     """A site's update does not match the global model (keys, shapes, dtypes, values)."""
 

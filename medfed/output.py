@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,17 @@ def prepare_out_dir(path: str | Path) -> Path:
     return out
 
 
-def write_json(path: Path, data: Any) -> None:
-    """JSON without NaN (not valid JSON): undefined metrics are written as null."""
-    path.write_text(json.dumps(finite(data), indent=2) + "\n", encoding="utf-8")
+def write_json(path: Path, data: Any, private: bool = False) -> None:
+    """JSON without NaN (not valid JSON): undefined metrics are written as null. private: readable
+    by its owner only (mode 0600), from its creation on (a deployment's state)."""
+    text = (json.dumps(finite(data), indent=2) + "\n").encode()
+    if not private:
+        path.write_bytes(text)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
 
 
 def write_config(out: Path, config: RunConfig) -> None:

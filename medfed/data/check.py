@@ -23,7 +23,7 @@ from medfed.config import DataConfig
 from medfed.data.chestxray14 import scan_chestxray14
 from medfed.data.dicom import scan_dicom
 from medfed.data.images import scan_images
-from medfed.data.labels import LabelMap, load_label_map
+from medfed.data.labels import LabelMap, case_variants, load_label_map
 from medfed.data.nifti import scan_nifti
 from medfed.data.scan import Scan, Skipped, site_of
 from medfed.errors import ConfigError
@@ -132,6 +132,7 @@ def check_command(config: DataConfig, console: Console | None = None,
     scan = scan_for(config)
     if config.label_map:
         map_labels(scan, load_label_map(config.label_map))
+    pair = case_variants({r.label for r in scan.records if isinstance(r.label, str)})
     reports = site_reports(scan)
     if json_path is not None:
         json_path.write_text(json.dumps(shareable(reports, scan), indent=2) + "\n", encoding="utf-8")
@@ -139,6 +140,9 @@ def check_command(config: DataConfig, console: Console | None = None,
     for r in reports:
         for s in r.skipped:
             console.print(f"skipped {s.path}: {s.reason}")
+    if pair is not None:
+        console.print(f"[bold red]WARNING: labels '{pair[0]}' and '{pair[1]}' differ only in case; "
+                      "a run refuses them: write them alike, or map both with --label-map[/]")
     if scan.phi:
         tags = ", ".join(f"{k} ({n})" for k, n in scan.phi.items())
         console.print(f"identifying tags found (files): {tags}; a run needs --allow-phi to use them")

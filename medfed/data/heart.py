@@ -43,6 +43,12 @@ CATEGORICAL = {"cp": (1, 2, 3, 4), "restecg": (0, 1, 2), "slope": (1, 2, 3), "th
 NUMERIC = tuple(f for f in FEATURES if f not in CATEGORICAL)
 FEATURE_NAMES = (*NUMERIC, *(f"{name}={code}" for name, codes in CATEGORICAL.items() for code in codes))
 SPLIT_SEED = 20220101  # fixed: the test rows do not move with --seed
+# The plausible range of each attribute (heart-disease.names: units and codes; the bounds are wide
+# physiological limits, not the data's): a value outside is a typo or a corrupt file, refused.
+# trestbps 0 occurs once in the VA file and is kept as recorded; chol 0 means missing (above).
+RANGES = {"age": (1, 120), "sex": (0, 1), "trestbps": (0, 300), "chol": (0, 1000), "fbs": (0, 1),
+          "thalach": (30, 250), "exang": (0, 1), "oldpeak": (-10, 10), "ca": (0, 3), "num": (0, 4)}
+INTEGER = ("sex", "fbs", "exang", "ca", "num")
 TEST_TAG = 0x4EA7  # a hospital's stream for its test rows
 FILE_NAME = re.compile(r"processed\.(?P<hospital>[^.]+)\.data")
 
@@ -57,11 +63,11 @@ def read_hospital(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if len(cells) != len(FEATURES) + 1:
             raise DataError(f"{path}:{number}: {len(cells)} columns, expected {len(FEATURES) + 1} "
                             f"({', '.join(FEATURES)}, num)")
-        try:
-            rows.append([np.nan if c.strip() == "?" else float(c) for c in cells])
-        except ValueError:
-            raise DataError(f"{path}:{number}: a value is neither a number nor '?'") from None
+        rows.append([_value(c, name, f"{path}:{number}")
+                     for c, name in zip(cells, (*FEATURES, "num"), strict=True)])
         _check_codes(rows[-1], f"{path}:{number}")
+    if not rows:
+        raise DataError(f"{path} holds no rows (one patient per line: {', '.join(FEATURES)}, num)")
     table = np.asarray(rows, dtype=np.float64)
     if np.isnan(table[:, -1]).any():
         raise DataError(f"{path}: a row has no diagnosis (num); every row needs one")
@@ -70,6 +76,25 @@ def read_hospital(path: Path) -> tuple[np.ndarray, np.ndarray]:
         column = features[:, FEATURES.index(name)]
         column[column == 0] = np.nan
     return features, (table[:, -1] > 0).astype(np.int64)
+
+
+def _value(cell: str, name: str, where: str) -> float:
+    """One cell: '?' is missing (NaN); anything else a finite number in the column's range."""
+    text = cell.strip()
+    if text == "?":
+        return np.nan
+    try:
+        value = float(text)
+    except ValueError:
+        value = np.nan
+    if not np.isfinite(value):  # also 'nan', 'inf' and an empty field
+        raise DataError(f"{where}: {name} is '{text[:20]}'; write a number, or '?' when missing")
+    low, high = RANGES.get(name, (-np.inf, np.inf))
+    if not low <= value <= high or (name in INTEGER and value != int(value)):
+        kind = "an integer " if name in INTEGER else ""
+        raise DataError(f"{where}: {name} is {value:g}; heart-disease.names documents {kind}"
+                        f"{low:g} to {high:g} (or '?' when missing)")
+    return value
 
 
 def _check_codes(row: list[float], where: str) -> None:

@@ -135,6 +135,7 @@ def encode_labels(sites: list[str], names: list[str], label_map: LabelMap | None
         classes = label_map.classes
     else:
         found = set(names)
+        _refuse_case_variants(found)
         numeric = all(n.lstrip("-").isdigit() for n in found)
         classes = tuple(sorted(found, key=int if numeric else str))
         if len(classes) < 2:
@@ -142,3 +143,21 @@ def encode_labels(sites: list[str], names: list[str], label_map: LabelMap | None
                             "a classifier needs at least two")
     index = {c: k for k, c in enumerate(classes)}
     return classes, np.array([index[n] for n in names], dtype=np.int64)
+
+
+def case_variants(found: set[str]) -> tuple[str, str] | None:
+    """Two label names that differ only in case ('Opacity', 'opacity'), if any."""
+    seen: dict[str, str] = {}
+    for name in sorted(found):
+        other = seen.setdefault(name.casefold(), name)
+        if other != name:
+            return other, name
+    return None
+
+
+def _refuse_case_variants(found: set[str]) -> None:
+    """'Opacity' and 'opacity' are one class misspelt, not two: never a silent extra class."""
+    pair = case_variants(found)
+    if pair is not None:
+        raise DataError(f"labels '{pair[0]}' and '{pair[1]}' differ only in case; write them "
+                        "alike, or map both with a label map (--label-map) if they are one class")

@@ -86,9 +86,16 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             if missing:
                 raise DataError(f"{path} is not a MedMNIST file: missing keys {', '.join(missing)}; "
                                 f"expected {', '.join(KEYS)}")
-            return {k: npz[k] for k in KEYS}
+            arrays = {k: npz[k] for k in KEYS}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot read {path} as .npz: {exc}") from None
+    for split in ("train", "val", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim < 3 or len(images) != len(labels):
+            raise DataError(f"{path}: {split}_images holds {len(images)} images of shape "
+                            f"{images.shape[1:]} but {split}_labels {len(labels)} labels; one "
+                            "label per image (N, H, W[, C]) is needed")
+    return arrays
 
 
 def _flag_of(path: Path) -> str:

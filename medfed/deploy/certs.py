@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from medfed.deploy.signatures import load_private_key, public_pem
 from medfed.errors import ConfigError
 
 CA_NAME = "ca"
@@ -27,6 +29,7 @@ SERVER_NAME = "server"
 DEFAULT_SERVER_HOSTS = ("localhost", "127.0.0.1")
 VALID_DAYS = 825
 CA_VALID_DAYS = 3650
+HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 @dataclass(frozen=True)
@@ -60,11 +63,17 @@ def init_ca(out: Path, name: str = "medfed federation CA") -> Path:
     return out / "ca.crt"
 
 
-def issue(out: Path, name: str, hosts: tuple[str, ...] = ()) -> Path:
+def issue(out: Path, name: str, hosts: tuple[str, ...] = (), force: bool = False) -> Path:
     """Issue NAME.crt and NAME.key signed by the CA in out. With hosts (or for the name "server")
-    the certificate is a server certificate for those host names and IPs; otherwise a site's."""
+    the certificate is a server certificate for those host names and IPs; otherwise a site's.
+    An existing NAME.key is replaced only with force (a key in use would stop working)."""
     _check_name(name)
+    for host in hosts:
+        _check_host(host)
     ca_key, ca_cert = _load_ca(out)
+    if not force and ((out / f"{name}.key").exists() or (out / f"{name}.crt").exists()):
+        raise ConfigError(f"{out} already holds {name}.key / {name}.crt; add --force to replace "
+                          "them (whoever uses the old key must then get the new one)")
     server = bool(hosts) or name == SERVER_NAME
     hosts = hosts or (DEFAULT_SERVER_HOSTS if server else ())
     key = ec.generate_private_key(ec.SECP256R1())
@@ -95,7 +104,23 @@ def load_identity(folder: Path, name: str) -> Identity:
             raise ConfigError(f"missing {path}; create it with `medfed certs init` / "
                               f"`medfed certs issue --name {name}`")
     cert, key, ca = (p.read_bytes() for p in paths)
+    _check_pair(paths[0], paths[1], paths[2])
     return Identity(certificate=cert, key=key, ca=ca)
+
+
+def _check_pair(cert_path: Path, key_path: Path, ca_path: Path) -> None:
+    """PEM files that parse, and a key that belongs to its certificate: gRPC would otherwise fail
+    later, deep in its C core, without saying which file is wrong."""
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        x509.load_pem_x509_certificate(ca_path.read_bytes())
+    except ValueError:
+        raise ConfigError(f"{cert_path} or {ca_path} is not a PEM certificate; issue it again "
+                          "with `medfed certs`") from None
+    key = load_private_key(key_path)
+    if public_pem(key) != public_pem(certificate.public_key()):
+        raise ConfigError(f"{key_path} is not the key of {cert_path}; issue both again with "
+                          "`medfed certs issue --force`")
 
 
 def common_name(pem: bytes) -> str:
@@ -128,6 +153,18 @@ def _san(host: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
         return x509.DNSName(host)
+
+
+def _check_host(host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    labels = host.split(".")
+    if len(host) > 253 or not all(HOST_LABEL.fullmatch(label) for label in labels):
+        raise ConfigError(f"--hosts: '{host}' is neither an IP address nor a host name (letters, "
+                          "digits and '-' between dots, e.g. fl.example.org)")
 
 
 def _check_name(name: str) -> None:

@@ -32,6 +32,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     issue.add_argument("--out", type=Path, required=True, help="the folder that holds the CA")
     issue.add_argument("--hosts", default="", help="server only: host names / IPs it is reached at, "
                                                    "comma-separated (default localhost,127.0.0.1)")
+    issue.add_argument("--force", action="store_true", help="replace an existing NAME.key and NAME.crt")
     server = commands.add_parser("server", help="coordinate a deployed federation (gRPC + mTLS)")
     server.add_argument("--config", type=Path, required=True, help="federation TOML file")
     server.add_argument("--certs", type=Path, help="folder with ca.crt, server.crt, server.key")
@@ -60,6 +61,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     audit_what = audit.add_subparsers(dest="audit_command", required=True, parser_class=type(audit))
     verify = audit_what.add_parser("verify", help="print ok, or the first broken line (exit 1)")
     verify.add_argument("file", type=Path)
+    verify.add_argument("--state", type=Path, help="the server's state folder, whose database "
+                        "holds the trail's signed head (default: FILE's folder, if it holds one)")
+    verify.add_argument("--cert", type=Path, help="the server's certificate (server.crt) to check "
+                        "the signatures with (default: the key recorded in the state database)")
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -71,15 +76,12 @@ def execute(args: argparse.Namespace) -> int:
             print(certs.init_ca(args.out))
         else:
             hosts = tuple(h.strip() for h in args.hosts.split(",") if h.strip())
-            print(certs.issue(args.out, args.name, hosts))
+            print(certs.issue(args.out, args.name, hosts, force=args.force))
         return 0
     if args.command == "audit":
-        from medfed.deploy.audit import verify
-
-        verdict = verify(args.file)
-        print("ok" if verdict.ok else f"broken at line {verdict.line}: {verdict.reason}")
-        return 0 if verdict.ok else 1
+        return _verify_audit(args)
     _need_certs(args)
+    _check_addresses(args)
     if args.command == "server":
         from medfed.deploy.server import ServerArgs, serve
 
@@ -95,6 +97,43 @@ def execute(args: argparse.Namespace) -> int:
     site = load_site_config(args.site_config, args.site, data, args.state, args.seed)
     return run_client(ClientArgs(args.server, site, args.certs, args.insecure, args.retry_for,
                                  args.max_backoff))
+
+
+def _verify_audit(args: argparse.Namespace) -> int:
+    from medfed.deploy.audit_verify import verify
+    from medfed.deploy.signatures import load_public_key, public_from_pem
+    from medfed.deploy.state import read_anchor
+
+    state = args.state
+    if state is None and (args.file.parent / "medfed.sqlite").is_file():
+        state = args.file.parent
+    anchor = read_anchor(state) if state is not None else None
+    key = load_public_key(args.cert) if args.cert is not None else (
+        public_from_pem(anchor.key_pem) if anchor is not None and anchor.key_pem else None)
+    verdict = verify(args.file, key, anchor)
+    if not verdict.ok:
+        print(f"broken at line {verdict.line}: {verdict.reason}" if verdict.line
+              else f"broken: {verdict.reason}")
+        return 1
+    print("ok: " + "; ".join(verdict.notes))
+    return 0
+
+
+def _check_addresses(args: argparse.Namespace) -> None:
+    """HOST:PORT with a port gRPC can bind (1-65535; port 0 would pick another), and client
+    timings that make sense; checked before anything starts."""
+    from medfed.errors import ConfigError
+    from medfed.transport.grpc_channel import split_address
+
+    flag, address = (("--address", args.address) if args.command == "server"
+                     else ("--server", args.server))
+    if address is not None:
+        _, port = split_address(address)
+        if not 0 < port < 65536:
+            raise ConfigError(f"{flag}: port must be 1-65535, got {port}")
+    if args.command == "client" and not (args.max_backoff > 0 and args.retry_for >= 0):
+        raise ConfigError(f"--max-backoff must be > 0 and --retry-for >= 0 (seconds), got "
+                          f"{args.max_backoff:g} and {args.retry_for:g}")
 
 
 def _need_certs(args: argparse.Namespace) -> None:

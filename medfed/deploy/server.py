@@ -39,11 +39,13 @@ from medfed.config import RunConfig
 from medfed.config_file import to_toml
 from medfed.data.harmonize import QUANTILE_LEVELS, Quantiles, reference
 from medfed.deploy.audit import AuditLog
+from medfed.deploy.audit_verify import open_trail
 from medfed.deploy.certs import SERVER_NAME, load_identity
 from medfed.deploy.evaluation import combine_answers, gather
 from medfed.deploy.handshakes import HandshakeWatch
 from medfed.deploy.secure_exchange import GrpcCoordinator
 from medfed.deploy.settings import DeploymentConfig, load_federation
+from medfed.deploy.signatures import load_private_key
 from medfed.deploy.site_worker import REFERENCE
 from medfed.deploy.state import StateStore, atomic_write
 from medfed.errors import ConfigError, NotEnoughSites
@@ -372,7 +374,7 @@ def _write_outputs(fed: Federation, strategy: Strategy, summary: dict[str, Any],
     out = fed.store.folder
     summary["files"] = ["summary.json", "rounds.jsonl", "model.safetensors", "audit.jsonl",
                         "medfed.sqlite"]
-    write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary, private=True)
     lines = "".join(json.dumps(h) + "\n" for h in history)
     atomic_write(out / "rounds.jsonl", lines.encode())
     meta = {"algorithm": fed.config.federation.algorithm, "task": json.dumps(fed.task.to_json())}
@@ -385,19 +387,21 @@ def _write_outputs(fed: Federation, strategy: Strategy, summary: dict[str, Any],
 
 
 def _open_state(args: ServerArgs, config: RunConfig, task: TaskSchema) -> tuple[StateStore, AuditLog]:
-    args.state.mkdir(parents=True, exist_ok=True)
-    store = StateStore(args.state)
-    audit = AuditLog(args.state / "audit.jsonl")
-    done = store.completed_rounds()
-    if done and not args.resume:
+    store = StateStore(args.state, resume=args.resume)  # locked and checked (deploy/state_files.py)
+    try:
+        done = store.completed_rounds()
+        if done and not args.resume:
+            raise ConfigError(f"{args.state} holds a federation with {done} completed rounds; add "
+                              "--resume to continue it, or give a new --state folder")
+        if done and config.federation.algorithm not in RESUMABLE:
+            raise ConfigError(f"--resume supports {', '.join(RESUMABLE)}; "
+                              f"{config.federation.algorithm} keeps server state a checkpoint lacks")
+        key = None if args.insecure else load_private_key((args.certs or Path()) / "server.key")
+        audit = open_trail(args.state / "audit.jsonl", store, key, args.resume)
+        _record_config(store, audit, to_toml(config) + json.dumps(task.to_json()))
+    except BaseException:
         store.close()
-        raise ConfigError(f"{args.state} holds a federation with {done} completed rounds; add "
-                          "--resume to continue it, or give a new --state folder")
-    if done and config.federation.algorithm not in RESUMABLE:
-        store.close()
-        raise ConfigError(f"--resume supports {', '.join(RESUMABLE)}; "
-                          f"{config.federation.algorithm} keeps server state a checkpoint lacks")
-    _record_config(store, audit, to_toml(config) + json.dumps(task.to_json()))
+        raise
     return store, audit
 
 

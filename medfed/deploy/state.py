@@ -5,6 +5,12 @@ A round is completed when its row is committed. The checkpoint is written first 
 fsync, atomic rename), then the row that names it, in one transaction with the round's metrics: a
 crash at any point leaves either the round fully recorded or not at all, and the round's primary key
 makes recording it twice impossible.
+
+The store also keeps the audit trail's anchor: the latest signed head (record count, hash,
+signature), updated with every audit record (deploy/audit.py), and the public key that signs the
+trail; `medfed audit verify` and `--resume` compare the trail with it (deploy/audit_verify.py).
+Opening a store locks its folder (one server per folder) and checks its database
+(deploy/state_files.py).
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ import math
 import os
 import sqlite3
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medfed.errors import ConfigError
+from medfed.deploy.state_files import (DATABASE, atomic_write, lock_folder, open_database,
+                                       private_dir, unlock_folder)
+from medfed.errors import ConfigError, StateError
 from medfed.output import round_record
 from medfed.server.round_loop import RoundResult
 from medfed.transport.codec import decode_state, encode_state
@@ -34,24 +43,68 @@ CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY, closed_at TEXT NOT
                                    sha256 TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS metrics (round INTEGER, site TEXT, name TEXT, value REAL,
                                     PRIMARY KEY (round, site, name));
+CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL,
+                                       hash TEXT NOT NULL, sig TEXT NOT NULL);
 """
+__all__ = ["AuditAnchor", "AuditHead", "StateStore", "atomic_write", "read_anchor"]
+
+
+@dataclass(frozen=True)
+class AuditHead:
+    """The audit trail's last record as the database knows it: its seq (the record count), its
+    hash, and the server's signature of that hash ("" when the server ran without a key)."""
+
+    seq: int
+    hash: str
+    sig: str
+
+
+@dataclass(frozen=True)
+class AuditAnchor:
+    """What the state database says about the audit trail."""
+
+    head: AuditHead | None
+    key_pem: str | None  # the public key that signs the trail; "" unsigned; None not yet known
+    rounds: dict[int, str]  # completed rounds (numbered from 1) -> their checkpoint's SHA-256
+
+
 KEEP_CHECKPOINTS = 2
 
 
 class StateStore:
-    def __init__(self, folder: Path) -> None:
+    """A state folder, locked while open. resume=True: the database must exist and hold a
+    federation (StateError otherwise, one line)."""
+
+    def __init__(self, folder: Path, resume: bool = False) -> None:
         self.folder = folder
-        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if resume and not folder.is_dir():
+            raise StateError(f"--resume: there is no state folder {folder}; give the folder of the "
+                             "federation to continue, or drop --resume to start a new one")
+        private_dir(folder / "checkpoints")
+        os.chmod(folder, 0o700)
         self._lock = threading.Lock()  # gRPC threads record sites while the loop records rounds
-        self._db = sqlite3.connect(folder / "medfed.sqlite", check_same_thread=False,
-                                   isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._lockfd = lock_folder(folder)
+        try:
+            self._db = open_database(folder / DATABASE, resume, SCHEMA)
+        except BaseException:
+            unlock_folder(self._lockfd)
+            raise
+        self._closed = False
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+                unlock_folder(self._lockfd)
+
+    def set_audit_head(self, head: AuditHead) -> None:
+        self._write([("INSERT OR REPLACE INTO audit_head VALUES (1, ?, ?, ?)",
+                      (head.seq, head.hash, head.sig))])
+
+    def anchor(self) -> AuditAnchor:
+        with self._lock:
+            return _anchor(self._db)
 
     def get(self, key: str) -> str | None:
         row = self._query("SELECT value FROM federation WHERE key = ?", (key,))
@@ -112,6 +165,8 @@ class StateStore:
 
     def _write(self, statements: list[tuple[str, tuple]]) -> None:
         with self._lock:
+            if self._closed:
+                raise StateError(f"the state store {self.folder} is closed")
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 for sql, args in statements:
@@ -126,19 +181,31 @@ class StateStore:
             return self._db.execute(sql, args).fetchall()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file, fsync it, rename it over path, fsync the folder."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
+def read_anchor(folder: Path) -> AuditAnchor:
+    """The audit anchor of a state folder, read-only and without its lock (a running server's
+    state can be checked)."""
+    path = folder / DATABASE
+    if not path.is_file() or not path.stat().st_size:
+        raise StateError(f"no state database {path}; give --state the server's state folder")
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return _anchor(db)
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"the state database {path} cannot be read ({exc})") from None
+
+
+def _anchor(db: sqlite3.Connection) -> AuditAnchor:
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    head = db.execute("SELECT seq, hash, sig FROM audit_head").fetchall() \
+        if "audit_head" in tables else []
+    key = db.execute("SELECT value FROM federation WHERE key = 'audit_key'").fetchall() \
+        if "federation" in tables else []
+    rounds = db.execute("SELECT round, sha256 FROM rounds").fetchall() if "rounds" in tables else []
+    return AuditAnchor(AuditHead(*head[0]) if head else None, key[0][0] if key else None,
+                       {int(r) + 1: str(digest) for r, digest in rounds})
 
 
 def _now() -> str:

@@ -28,17 +28,27 @@ SECTIONS = (
 )
 
 
+def _sections(folder: Path):
+    if (folder / "compare.json").is_file():
+        return compare_sections(folder)
+    if (folder / "summary.json").is_file():
+        summary = read_json(folder / "summary.json")
+        if not isinstance(summary, dict):
+            raise MedfedError(f"{folder / 'summary.json'} holds no summary (a JSON object)")
+        return (deployment_sections if summary.get("mode") == "deployment" else run_sections)(folder)
+    raise MedfedError(f"{folder} is neither a `medfed run` nor a `medfed compare` output "
+                      "(no summary.json or compare.json)")
+
+
 def build_report(folder: str | Path) -> Path:
     """Write folder/report.html; raises MedfedError for a folder that is neither output."""
     folder = Path(folder)
-    if (folder / "compare.json").is_file():
-        title, sections = compare_sections(folder)
-    elif (folder / "summary.json").is_file():
-        deployed = read_json(folder / "summary.json").get("mode") == "deployment"
-        title, sections = (deployment_sections if deployed else run_sections)(folder)
-    else:
-        raise MedfedError(f"{folder} is neither a `medfed run` nor a `medfed compare` output "
-                          "(no summary.json or compare.json)")
+    try:
+        title, sections = _sections(folder)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # valid JSON without what a report reads: a file edited by hand, or of another version
+        raise MedfedError(f"the results in {folder} lack what a report reads ({type(exc).__name__}: "
+                          f"{str(exc)[:120]}); were they written by this medfed version?") from None
     path = folder / "report.html"
     path.write_text(page(title, sections), encoding="utf-8")
     return path

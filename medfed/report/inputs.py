@@ -10,18 +10,31 @@ from typing import Any
 
 import numpy as np
 
+from medfed.errors import MedfedError
 from medfed.report.artifacts import read_predictions
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MedfedError(f"{path} is not valid JSON ({_first_line(exc)}); restore it, or write it "
+                          "again with the run that made it") from None
 
 
 def read_rounds(path: Path) -> list[dict[str, Any]]:
     """One dict per round of a rounds .jsonl file; [] when the file was not saved."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MedfedError(f"{path} is not valid JSON lines ({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
 
 
 def read_scores(path: Path, task: str) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:

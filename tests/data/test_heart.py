@@ -16,6 +16,8 @@ from medfed.data.heart import (
     FEATURE_NAMES,
     FEATURES,
     HOSPITALS,
+    INTEGER,
+    RANGES,
     load_heart_disease,
     read_hospital,
 )
@@ -26,13 +28,14 @@ ROW = "63,1,1,145,233,1,2,150,0,2.3,3,0,6,{num}"
 
 def write_hospitals(root: Path, rows_per_site: int = 20, seed: int = 0,
                     overrides: dict[str, list[str]] | None = None) -> Path:
-    """Four small hospital files with random values, some '?', and a disease label per row."""
+    """Four small hospital files with random values in each column's documented range (shifted
+    per hospital), some '?', and a disease label per row."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     for k, hospital in enumerate(HOSPITALS):
         lines = []
         for i in range(rows_per_site):
-            values = [f"{v:.1f}" for v in rng.normal(50 + 10 * k, 10, len(FEATURES))]
+            values = [_plausible(name, rng.normal(50 + 10 * k, 10), rng) for name in FEATURES]
             for name, codes in CATEGORICAL.items():
                 values[FEATURES.index(name)] = str(rng.choice(codes))
             if i % 5 == 0:
@@ -41,6 +44,15 @@ def write_hospitals(root: Path, rows_per_site: int = 20, seed: int = 0,
         (root / f"processed.{hospital}.data").write_text(
             "\n".join((overrides or {}).get(hospital, lines)) + "\n")
     return root
+
+
+def _plausible(name: str, value: float, rng: np.random.Generator) -> str:
+    low, high = RANGES.get(name, (1, 7))  # the nominal codes are replaced by the caller
+    if name in INTEGER:
+        return str(int(rng.integers(low, high + 1)))
+    if name == "oldpeak":
+        value = value / 20 - 2  # ST depression: a few millimetres
+    return f"{np.clip(value, low, high):.1f}"
 
 
 def config(root: Path, **changes) -> DataConfig:
@@ -60,7 +72,7 @@ def test_read_hospital_marks_question_marks_and_zero_cholesterol_missing(tmp_pat
 
 @pytest.mark.parametrize(("text", "fragment"), [
     ("63,1,1\n", "processed.va.data:1: 3 columns, expected 14"),
-    (ROW.format(num=0) + "\n" + ROW.format(num="x") + "\n", "processed.va.data:2: a value is neither"),
+    (ROW.format(num=0) + "\n" + ROW.format(num="x") + "\n", "processed.va.data:2: num is 'x'"),
     (ROW.format(num="?") + "\n", "a row has no diagnosis"),
     (ROW.format(num=0).replace(",0,6,", ",0,5,") + "\n",
      "processed.va.data:1: thal is 5; its codes are 3, 6, 7"),
@@ -102,7 +114,7 @@ def test_scaling_is_fitted_on_a_sites_own_training_rows_only(tmp_path):
     base = load_heart_disease(config(write_hospitals(tmp_path / "a", seed=0)), seed=0)
     other_lines = (tmp_path / "a" / "processed.va.data").read_text().splitlines()
     changed_root = write_hospitals(tmp_path / "b", seed=0,
-                                   overrides={"va": [line.replace(",", ",9", 1)
+                                   overrides={"va": ["7" + line[line.index(","):]
                                                      for line in other_lines]})
     changed = load_heart_disease(config(changed_root), seed=0)
     for k in range(3):  # cleveland, hungarian, switzerland: untouched by VA's new values

@@ -10,7 +10,8 @@ import grpc
 import torch
 
 from medfed.config_file import config_from_dict
-from medfed.deploy.audit import AuditLog, verify
+from medfed.deploy.audit import AuditLog
+from medfed.deploy.audit_verify import verify
 from medfed.deploy.server import Federation, ServerModel, _listen, _run_federation
 from medfed.deploy.settings import DeploymentConfig
 from medfed.deploy.state import StateStore
