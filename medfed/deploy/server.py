@@ -37,12 +37,12 @@ from medfed.algorithms.registry import StrategyContext, build_strategy
 from medfed.algorithms.strategy import Strategy
 from medfed.config import RunConfig
 from medfed.config_file import to_toml
-from medfed.data.harmonize import QUANTILE_LEVELS, Quantiles, reference
 from medfed.deploy.audit import AuditLog
 from medfed.deploy.audit_verify import open_trail
 from medfed.deploy.certs import SERVER_NAME, load_identity
 from medfed.deploy.evaluation import combine_answers, gather
 from medfed.deploy.handshakes import HandshakeWatch
+from medfed.deploy.harmonization import share_reference
 from medfed.deploy.secure_exchange import GrpcCoordinator
 from medfed.deploy.settings import DeploymentConfig, load_federation
 from medfed.deploy.signatures import load_private_key
@@ -188,7 +188,7 @@ def _run_federation(fed: Federation) -> dict[str, Any]:
     strategy, attempts = None, 0
     while (done := fed.store.completed_rounds()) < fed.config.federation.rounds or strategy is None:
         _wait_for_sites(fed, need)
-        _share_reference(fed)
+        share_reference(fed.task, fed.transport, fed.store, fed.audit.record, _say)
         strategy = _strategy(fed)
         try:
             run_rounds(strategy, fed.transport, fed.sites, _plan(fed.config, done),
@@ -214,44 +214,6 @@ def _wait_for_sites(fed: Federation, need: int) -> None:
         raise NotEnoughSites(f"only {len(connected)} sites ({', '.join(connected) or 'none'}) "
                              f"connected within {fed.deployment.start_timeout:g} s; "
                              f"min_sites_to_start is {need}")
-
-
-def _share_reference(fed: Federation) -> None:
-    """Histogram harmonization: one reference from the connected sites' quantiles, fixed for the
-    federation (kept in the state, so a resumed server sends the same one)."""
-    if fed.task.harmonize != "histogram" or REFERENCE in fed.transport.common_options:
-        return
-    stored = fed.store.get("harmonize_reference")
-    if stored is None:
-        fits = {}
-        for site in fed.transport.registry.connected():
-            channel = fed.transport.registry.get(site)
-            fit = _quantiles(channel.info.get("quantiles")) if channel else None
-            if fit is not None:
-                fits[site] = fit
-        if not fits:
-            raise NotEnoughSites("no connected site sent its intensity quantiles for histogram "
-                                 "harmonization")
-        stored = json.dumps(reference(list(fits.values())).tolist())
-        fed.store.put("harmonize_reference", stored)
-        fed.audit.record("harmonization_reference", sites=sorted(fits),
-                         sha256=hashlib.sha256(stored.encode()).hexdigest())
-        _say(f"histogram reference combined from {', '.join(sorted(fits))}")
-    fed.transport.common_options[REFERENCE] = json.loads(stored)
-
-
-def _quantiles(raw: Any) -> Quantiles | None:
-    """A site's quantile summary, checked (a bad one leaves that site out of the reference)."""
-    if not isinstance(raw, dict):
-        return None
-    values, n = raw.get("values"), raw.get("n_pixels")
-    if not isinstance(values, list) or len(values) != len(QUANTILE_LEVELS) or isinstance(n, bool) \
-            or not isinstance(n, int) or not 0 < n < 1 << 50:
-        return None
-    array = np.asarray([v if isinstance(v, (int, float)) else np.nan for v in values], np.float64)
-    if not np.isfinite(array).all() or (np.diff(array) < 0).any():
-        return None
-    return Quantiles(array, n)
 
 
 ACCOUNTANT = "client_dp_accountant"  # the state key of client-level DP's RDP history
@@ -377,9 +339,10 @@ def _write_outputs(fed: Federation, strategy: Strategy, summary: dict[str, Any],
     write_json(out / "summary.json", summary, private=True)
     lines = "".join(json.dumps(h) + "\n" for h in history)
     atomic_write(out / "rounds.jsonl", lines.encode())
-    meta = {"algorithm": fed.config.federation.algorithm, "task": json.dumps(fed.task.to_json())}
+    meta: dict[str, Any] = {"algorithm": fed.config.federation.algorithm,
+                            "task": fed.task.to_json()}  # the preprocessing travels with the model
     if REFERENCE in fed.transport.common_options:
-        meta["harmonize_reference"] = json.dumps(fed.transport.common_options[REFERENCE])
+        meta["harmonize_reference"] = fed.transport.common_options[REFERENCE]
     model = encode_state(strategy.global_state, meta)
     atomic_write(out / "model.safetensors", model)
     fed.audit.record("model_written", sha256=hashlib.sha256(model).hexdigest())

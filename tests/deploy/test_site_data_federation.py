@@ -194,3 +194,36 @@ def test_a_site_whose_data_does_not_fit_the_task_is_refused_at_connect_time(
     reasons = {e["site"]: e["reason"] for e in events(audit, "site_refused")}
     assert "channels 3, expected 1" in reasons["site-rgb"]
     assert "classes" in reasons["site-names"]
+
+
+def test_histogram_harmonization_takes_its_reference_through_the_federation(
+        tmp_path: Path, procs: Processes, hospitals: Path):
+    """Each site sends its intensity quantiles (an aggregate), the server combines them into the
+    reference and sends it back with the model: the same global model as the simulation, whose
+    harmonization reads every site's pool in one process."""
+    port = free_port()
+    certs = make_certs(tmp_path / "certs")
+    task = TASK.replace("image_size = 24", 'image_size = 24\nharmonize = "histogram"')
+    federation = write_federation(tmp_path / "federation.toml", port, rounds=1, batch=8, task=task)
+    configs = {s: write_site_config(tmp_path / "sites" / f"{s}.toml", s, dicom_site(hospitals, s))
+               for s in SITES}
+    state = start(procs, tmp_path, federation, certs, configs)
+    assert procs.wait("server", 180) == 0, procs.log_text()
+    assert len(events(state / "audit.jsonl", "harmonization_reference")) == 1
+    data = {"dataset": "dicom", "data_dir": str(hospitals), "labels": str(hospitals / "labels.csv"),
+            "image_size": 24, "partition": "natural", "harmonize": "histogram"}
+    setup = prepare(simulation_config(federation, data))
+    simulated = train(setup, "fedavg", setup.federation.sites, "fedavg")
+    deployed = load_file(state / "model.safetensors")
+    for key, value in simulated.strategy.global_state.items():
+        torch.testing.assert_close(deployed[key], value, rtol=1e-4, atol=1e-5)
+    meta = json.loads(safe_open_metadata(state / "model.safetensors")["medfed"])
+    assert len(meta["harmonize_reference"]) == 101  # the reference travels with the model
+    assert meta["task"]["harmonize"] == "histogram"
+
+
+def safe_open_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
