@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from medfed.algorithms.checkpoint import Checkpoint, per_site, per_site_back
 from medfed.types import Prediction, SiteId, StateDict, Update
 
 
@@ -39,6 +40,12 @@ class LocalEnsemble:
 
     def site_state(self, site: SiteId) -> StateDict:
         return self._local.get(site, self._initial)
+
+    def checkpoint(self) -> Checkpoint:
+        return per_site(Checkpoint(), "local", self._local)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        self._local = per_site_back(checkpoint, "local")
 
     @property
     def trained_sites(self) -> list[SiteId]:

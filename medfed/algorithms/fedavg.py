@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from medfed.algorithms.aggregate import WeightedMean, cast_like
 from medfed.algorithms.aggregators import Aggregator, AggregatorFactory
+from medfed.algorithms.checkpoint import Checkpoint
 from medfed.algorithms.server_optimizer import AdaptiveServerOptimizer
 from medfed.types import Prediction, SiteId, StateDict, Update
 
@@ -67,6 +68,22 @@ class FedAvg:
 
     def site_state(self, site: SiteId) -> StateDict:
         return self._global
+
+    def checkpoint(self) -> Checkpoint:
+        """The global model, the server optimizer's moments, who has trained."""
+        checkpoint = Checkpoint(facts={"trained": sorted(self._trained)}).add("global/", self._global)
+        if self.server_optimizer is not None:
+            checkpoint.add("server_m/", self.server_optimizer.m).add("server_v/",
+                                                                     self.server_optimizer.v)
+        return checkpoint
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        self._global = checkpoint.part("global/")
+        self._trained = set(checkpoint.facts.get("trained", []))
+        if self.server_optimizer is not None:
+            self.server_optimizer.m = checkpoint.part("server_m/")
+            self.server_optimizer.v = checkpoint.part("server_v/")
+        self.open_stage()
 
     @property
     def trained_sites(self) -> list[SiteId]:

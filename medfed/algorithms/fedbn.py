@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from medfed.algorithms.checkpoint import Checkpoint, per_site, per_site_back
 from medfed.algorithms.fedavg import FedAvg
 from medfed.types import Prediction, SiteId, StateDict, Update
 
@@ -47,6 +48,13 @@ class FedBN:
 
     def site_state(self, site: SiteId) -> StateDict:
         return {**self.inner.global_state, **self._local.get(site, {})}
+
+    def checkpoint(self) -> Checkpoint:
+        return per_site(self.inner.checkpoint(), "local", self._local)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        self.inner.restore(checkpoint)
+        self._local = per_site_back(checkpoint, "local")
 
     @property
     def trained_sites(self) -> list[SiteId]:

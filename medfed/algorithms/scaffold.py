@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
+from medfed.algorithms.checkpoint import Checkpoint
 from medfed.algorithms.fedavg import FedAvg
 from medfed.types import CONTROL_PREFIX, SiteId, StateDict, Update, split_control
 
@@ -52,6 +53,13 @@ class Scaffold(FedAvg):
             total = self._control_sum.get(name)
             change64 = change.to(torch.float64)
             self._control_sum[name] = change64 if total is None else total + change64
+
+    def checkpoint(self) -> Checkpoint:
+        return super().checkpoint().add("control/", self.control)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        self.control = checkpoint.part("control/")
+        super().restore(checkpoint)
 
     def close_stage(self) -> None:
         super().close_stage()

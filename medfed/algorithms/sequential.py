@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from medfed.algorithms.checkpoint import Checkpoint
 from medfed.errors import ConfigError
 from medfed.types import Prediction, SiteId, StateDict, Update
 
@@ -57,6 +58,14 @@ class SequentialTransfer:
 
     def site_state(self, site: SiteId) -> StateDict:
         return self._global
+
+    def checkpoint(self) -> Checkpoint:
+        """The model where the last site left it (the round index gives whose turn is next)."""
+        return Checkpoint(facts={"trained": sorted(self._trained)}).add("global/", self._global)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        self._global = checkpoint.part("global/")
+        self._trained = set(checkpoint.facts.get("trained", []))
 
     @property
     def trained_sites(self) -> list[SiteId]:

@@ -25,18 +25,18 @@ class AdaptiveServerOptimizer:
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3
-    _m: StateDict = field(default_factory=dict)
-    _v: StateDict = field(default_factory=dict)
+    m: StateDict = field(default_factory=dict)  # first moment per parameter (its checkpoint)
+    v: StateDict = field(default_factory=dict)  # second moment
 
     def step(self, current: StateDict, averaged: StateDict) -> StateDict:
         out = dict(averaged)
         for key in self.parameter_keys & averaged.keys():
             delta = averaged[key].to(torch.float64) - current[key].to(torch.float64)
-            m = self._m.get(key, torch.zeros_like(delta))
-            v = self._v.get(key, torch.full_like(delta, self.tau**2))  # v_{-1} = tau^2 (paper)
+            m = self.m.get(key, torch.zeros_like(delta))
+            v = self.v.get(key, torch.full_like(delta, self.tau**2))  # v_{-1} = tau^2 (paper)
             m = self.beta1 * m + (1 - self.beta1) * delta
             v = self._second_moment(v, delta * delta)
-            self._m[key], self._v[key] = m, v
+            self.m[key], self.v[key] = m, v
             out[key] = current[key] + self.lr * m / (v.sqrt() + self.tau)
         return out
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from medfed.algorithms.checkpoint import Checkpoint
 from medfed.types import Prediction, SiteId, StateDict, Update
 
 
@@ -48,4 +49,12 @@ class Strategy(Protocol):
     @property
     def trained_sites(self) -> list[SiteId]:
         """Sites that delivered at least one update."""
+        ...
+
+    def checkpoint(self) -> Checkpoint:
+        """Everything the server holds between rounds (algorithms/checkpoint.py)."""
+        ...
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Continue from a checkpoint taken after a completed round."""
         ...

@@ -61,6 +61,9 @@ class SiteTrainer:
         self.loss_fn = loss_for(task)
         self.predictor = Predictor(self.model, task, preprocess, device)
         self.control: StateDict = {}  # SCAFFOLD's c_k: kept at the site from round to round
+        # c_k after each round trained, so a round run again (a resumed server) starts from the
+        # c_k it had the first time, not from what that first attempt made of it.
+        self._controls: dict[int, StateDict] = {}
         self._log_prior: torch.Tensor | None = None  # logit adjustment: the labels never change
 
     @property
@@ -72,11 +75,16 @@ class SiteTrainer:
         state, server_control = split_control(state) if options.scaffold else (state, None)
         self.model.load_state_dict(state)
         self.model.train()
+        if server_control is not None:
+            earlier = [r for r in self._controls if r < options.round]
+            self.control = dict(self._controls[max(earlier)]) if earlier else {}
         correction = self._correction(server_control) if server_control is not None else []
         total_loss, steps = self._local_steps(options, correction)
         state_out = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         if server_control is not None:
             state_out |= self._next_control(state, state_out, server_control, steps, options.lr)
+            self._controls = {r: c for r, c in self._controls.items() if r < options.round}
+            self._controls[options.round] = dict(self.control)
         return Update(site=self.site, state=state_out, n_samples=len(self.data.train),
                       n_steps=steps, metrics={"train_loss": total_loss / max(steps, 1)})
 

@@ -33,6 +33,7 @@ import grpc
 import numpy as np
 
 import medfed
+from medfed.algorithms.checkpoint import Checkpoint
 from medfed.algorithms.registry import StrategyContext, build_strategy
 from medfed.algorithms.strategy import Strategy
 from medfed.config import RunConfig
@@ -64,9 +65,6 @@ from medfed.transport.grpc_server import FederationServicer, SiteRegistry
 from medfed.transport.grpc_transport import GrpcTransport
 from medfed.transport.proto import medfed_pb2 as pb
 from medfed.types import SiteId, StateDict
-
-# Strategies whose whole server state is the global model: a checkpoint is enough to resume them.
-RESUMABLE = ("fedavg", "fedprox")
 
 
 @dataclass(frozen=True)
@@ -126,7 +124,6 @@ def serve(args: ServerArgs) -> dict[str, Any]:
     registry = SiteRegistry(sites, audit.record)
     transport = GrpcTransport(registry, deployment.round_deadline, deployment.eval_deadline)
     fed = Federation(config, federation.task, deployment, model, sites, store, audit, transport)
-    _restore_accountant(fed)
     watch = HandshakeWatch(audit.record)
     watch.start()
     server = _listen(fed, address, credentials)
@@ -197,8 +194,7 @@ def _run_federation(fed: Federation) -> dict[str, Any]:
             attempts += 1
             fed.audit.record("round_failed", round=fed.store.completed_rounds() + 1, reason=str(exc),
                              attempt=attempts)
-            if attempts > fed.deployment.round_retries or fed.config.federation.algorithm \
-                    not in RESUMABLE:
+            if attempts > fed.deployment.round_retries:
                 raise
             _say(f"{exc}; running the round again")
             strategy = None
@@ -216,15 +212,15 @@ def _wait_for_sites(fed: Federation, need: int) -> None:
                              f"min_sites_to_start is {need}")
 
 
-ACCOUNTANT = "client_dp_accountant"  # the state key of client-level DP's RDP history
+ACCOUNTANT = "client_dp_accountant"  # client-level DP's RDP history, in each round's checkpoint
 
 
-def _restore_accountant(fed: Federation) -> None:
-    """A resumed server continues client-level DP's epsilon from its state, not from zero (its
-    noise needs no state: it is fresh OS entropy every round)."""
-    stored = fed.store.get(ACCOUNTANT)
+def _restore_accountant(fed: Federation, checkpoint: Checkpoint) -> None:
+    """A resumed server continues client-level DP's epsilon from its checkpoint, not from zero
+    (its noise needs no state: it is fresh OS entropy every round)."""
+    stored = checkpoint.facts.get(ACCOUNTANT)
     if fed.privacy.client_dp is not None and stored is not None:
-        fed.privacy.client_dp.accountant.history = [tuple(h) for h in json.loads(stored)]
+        fed.privacy.client_dp.accountant.history = [tuple(h) for h in stored]
 
 
 def _last_epsilon(history: list[dict]) -> dict[str, float]:
@@ -239,16 +235,19 @@ def _strategy(fed: Federation) -> Strategy:
     """The strategy, from the initial model or from the last completed round's checkpoint."""
     checkpoint = fed.store.last_checkpoint()
     m = fed.model
-    initial = checkpoint[1] if checkpoint else m.initial
+    initial = m.initial
     # Client-level DP (DP-FedAvg): without secure aggregation the server's aggregator clips and
     # adds the noise; with it, SecureAggregation does (sites clip, the server noises the sum).
     ctx = StrategyContext(initial, m.parameter_keys, m.norm_keys, fed.sites, fed.config.federation,
                           fed.config.training, aggregator_override=fed.privacy.aggregator())
     strategy = build_strategy(fed.config.federation.algorithm, ctx)
-    if not fed.config.privacy.secure_aggregation:
-        return strategy
-    # The simulation's SecureAggregation; its key and unmask messages travel over the sessions.
-    return fed.privacy.wrap_strategy(strategy, GrpcCoordinator(fed.transport))
+    if fed.config.privacy.secure_aggregation:
+        # The simulation's SecureAggregation; its key and unmask messages travel over the sessions.
+        strategy = fed.privacy.wrap_strategy(strategy, GrpcCoordinator(fed.transport))
+    if checkpoint is not None:  # every algorithm continues where the last completed round left it
+        strategy.restore(checkpoint[1])
+        _restore_accountant(fed, checkpoint[1])
+    return strategy
 
 
 def _plan(config: RunConfig, done: int) -> RoundPlan:
@@ -284,10 +283,11 @@ class DeployObserver:
         for site, why in result.failed.items():
             self.fed.audit.record("update_rejected", round=result.round + 1, site=site, reason=why)
         meta = {"algorithm": self.fed.config.federation.algorithm}
-        digest = self.fed.store.record_round(result, self.strategy.global_state, meta)
+        checkpoint = self.strategy.checkpoint()  # everything the server holds, in one file
         client_dp = self.fed.privacy.client_dp
-        if client_dp is not None:  # with the round's checkpoint: --resume continues epsilon exactly
-            self.fed.store.put(ACCOUNTANT, json.dumps(client_dp.accountant.history))
+        if client_dp is not None:  # --resume continues epsilon exactly
+            checkpoint.facts[ACCOUNTANT] = [list(h) for h in client_dp.accountant.history]
+        digest = self.fed.store.record_round(result, checkpoint, meta)
         self.fed.audit.record("round_closed", round=result.round + 1, aggregated=result.sites,
                               left_out=sorted(result.failed), aggregation=result.aggregation,
                               aggregate_sha256=digest)
@@ -356,9 +356,6 @@ def _open_state(args: ServerArgs, config: RunConfig, task: TaskSchema) -> tuple[
         if done and not args.resume:
             raise ConfigError(f"{args.state} holds a federation with {done} completed rounds; add "
                               "--resume to continue it, or give a new --state folder")
-        if done and config.federation.algorithm not in RESUMABLE:
-            raise ConfigError(f"--resume supports {', '.join(RESUMABLE)}; "
-                              f"{config.federation.algorithm} keeps server state a checkpoint lacks")
         key = None if args.insecure else load_private_key((args.certs or Path()) / "server.key")
         audit = open_trail(args.state / "audit.jsonl", store, key, args.resume)
         _record_config(store, audit, to_toml(config) + json.dumps(task.to_json()))

@@ -26,12 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medfed.deploy.state_files import (DATABASE, atomic_write, lock_folder, open_database,
-                                       private_dir, unlock_folder)
+from medfed.algorithms.checkpoint import Checkpoint, from_bytes, to_bytes
+from medfed.deploy.state_files import (
+    DATABASE,
+    atomic_write,
+    lock_folder,
+    open_database,
+    private_dir,
+    unlock_folder,
+)
 from medfed.errors import ConfigError, StateError
 from medfed.output import round_record
 from medfed.server.round_loop import RoundResult
-from medfed.transport.codec import decode_state, encode_state
 from medfed.types import StateDict
 
 SCHEMA = """
@@ -126,12 +132,16 @@ class StateStore:
         return {name: json.loads(info) for name, info in
                 self._query("SELECT name, info_json FROM sites ORDER BY name", ())}
 
-    def record_round(self, result: RoundResult, state: StateDict, metadata: dict[str, Any]) -> str:
-        """Checkpoint the global model, then commit the round; returns the checkpoint's SHA-256."""
+    def record_round(self, result: RoundResult, checkpoint: Checkpoint | StateDict,
+                     metadata: dict[str, Any]) -> str:
+        """Checkpoint everything the strategy holds (algorithms/checkpoint.py; a bare state dict is
+        a checkpoint of the model alone), then commit the round; returns the checkpoint's SHA-256."""
         if self._query("SELECT 1 FROM rounds WHERE round = ?", (result.round,)):
             raise ConfigError(f"round {result.round + 1} is already recorded; it is never recorded "
                               "twice (nor its checkpoint overwritten)")
-        blob = encode_state(state, {**metadata, "round": result.round})
+        if not isinstance(checkpoint, Checkpoint):
+            checkpoint = Checkpoint(dict(checkpoint))
+        blob = to_bytes(checkpoint, {**metadata, "round": result.round})
         digest = hashlib.sha256(blob).hexdigest()
         name = f"checkpoints/round-{result.round + 1:05d}.safetensors"
         atomic_write(self.folder / name, blob)
@@ -147,12 +157,13 @@ class StateStore:
     def completed_rounds(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM rounds", ())[0][0])
 
-    def last_checkpoint(self) -> tuple[int, StateDict] | None:
+    def last_checkpoint(self) -> tuple[int, Checkpoint] | None:
         rows = self._query("SELECT round, checkpoint FROM rounds ORDER BY round DESC LIMIT 1", ())
         if not rows:
             return None
         round_index, name = rows[0]
-        return int(round_index), decode_state((self.folder / name).read_bytes())
+        checkpoint, _ = from_bytes((self.folder / name).read_bytes())
+        return int(round_index), checkpoint
 
     def history(self) -> list[dict[str, Any]]:
         return [json.loads(r[0]) for r in self._query("SELECT result_json FROM rounds ORDER BY round",
@@ -209,4 +220,4 @@ def _anchor(db: sqlite3.Connection) -> AuditAnchor:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    return dt.datetime.now(dt.UTC).isoformat()

@@ -30,6 +30,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from medfed.algorithms.checkpoint import Checkpoint
 from medfed.client.trainer import LocalSite, TrainOptions
 from medfed.errors import TransportError
 from medfed.privacy import secagg
@@ -271,3 +272,13 @@ class SecureAggregation:
     @property
     def trained_sites(self) -> list[SiteId]:
         return sorted(self._trained)
+
+    def checkpoint(self) -> Checkpoint:
+        """The inner strategy's state: a round's keys, shares and masks never outlive the round."""
+        checkpoint = self.inner.checkpoint()
+        checkpoint.facts["secure_trained"] = sorted(self._trained)
+        return checkpoint
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        self.inner.restore(checkpoint)
+        self._trained = set(checkpoint.facts.get("secure_trained", []))

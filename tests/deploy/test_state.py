@@ -43,8 +43,8 @@ def test_rounds_are_recorded_once_and_the_last_checkpoint_reloads(tmp_path: Path
 
     reopened = StateStore(tmp_path)
     assert reopened.completed_rounds() == 3
-    last, state = reopened.last_checkpoint()
-    assert last == 2 and torch.equal(state["w"], torch.full((2,), 2.0))
+    last, checkpoint = reopened.last_checkpoint()
+    assert last == 2 and torch.equal(checkpoint.tensors["w"], torch.full((2,), 2.0))
     assert [h["round"] for h in reopened.history()] == [1, 2, 3]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "round-00002.safetensors", "round-00003.safetensors"]
