@@ -14,7 +14,7 @@ from typing import Any
 from medfed.config import DataConfig, RunConfig
 from medfed.config_file import load_config, with_overrides
 from medfed.deploy import commands as deploy_commands
-from medfed.errors import MedfedError
+from medfed.errors import ConfigError, MedfedError
 
 # flag -> (config key, type, help). Names mirror the config keys (DESIGN.md's CLI contract).
 RUN_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(run)
     run.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None,
                      help="also train local-only and pooled baselines (on by default)")
+    run.add_argument("--resume", type=Path, metavar="DIR",
+                     help="continue an interrupted run from its last completed round")
     compare = commands.add_parser("compare", help="algorithms against local-only and pooled "
                                                   "baselines over seeds, with statistics")
     compare.add_argument("--algorithms", required=True,
@@ -177,6 +179,17 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     return with_overrides(config, overrides)
 
 
+def _resumed(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    """`medfed run --resume DIR`: the configuration the run was started with, nothing else."""
+    given = [f for f in RUN_FLAGS if getattr(args, f[2:].replace("-", "_")) is not None]
+    if args.config or args.out or given:
+        raise ConfigError("--resume DIR continues the run with the configuration in "
+                          "DIR/config.toml; give no --config, --out or other flags with it")
+    if not (args.resume / "config.toml").is_file():
+        raise ConfigError(f"{args.resume} is not a `medfed run` folder (no config.toml)")
+    return load_config(args.resume / "config.toml"), args.resume
+
+
 def data_config(args: argparse.Namespace) -> DataConfig:
     """`medfed data check`'s flags as a [data] config."""
     keys = {flag[2:].replace("-", "_"): RUN_FLAGS[flag][0] for flag in RUN_FLAGS}
@@ -222,12 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            config = run_config(args)  # flags are checked before torch and MONAI load (seconds)
-            _check_tensorboard(args)
+            config, out = _resumed(args) if args.resume else (run_config(args), None)
+            _check_tensorboard(args)  # flags are checked before torch and MONAI load (seconds)
             from medfed.run import execute_run
 
-            out = args.out or _fresh_run_dir()
-            execute_run(config, out)
+            out = out or args.out or _fresh_run_dir()
+            execute_run(config, out, resume=bool(args.resume))
             _tensorboard(args, out)
         elif args.command == "compare":
             config = run_config(args)

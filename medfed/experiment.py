@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,7 +29,9 @@ from medfed.errors import DataError, TransportError
 from medfed.evaluation.metrics import compute_metrics
 from medfed.models import ModelSpec, build_model, norm_keys, parameter_keys
 from medfed.privacy.mechanisms import Mechanisms
+from medfed.run_state import Resume, RunCheckpointer
 from medfed.server.round_loop import RoundObserver, RoundPlan, RoundResult, run_rounds
+from medfed.server.sampling import sample_sites
 from medfed.transport.inprocess import InProcessTransport
 from medfed.types import Metrics, Prediction, SiteId, StateDict, Task
 
@@ -91,11 +94,14 @@ def train_options(config: RunConfig) -> TrainOptions:
 
 
 def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str,
-          observer: RoundObserver | None = None, baseline: bool = False) -> Outcome:
+          observer: RoundObserver | None = None, baseline: bool = False,
+          checkpoints: Path | None = None, resume: Resume | None = None) -> Outcome:
     """Run one algorithm over the given sites through the in-process transport.
 
     baseline: every site trains every round whatever the sampling fraction (the full budget of
-    rounds x local epochs), and only the final models are scored: no curve of a baseline is kept."""
+    rounds x local epochs), and only the final models are scored: no curve of a baseline is kept.
+    checkpoints: a folder that gets rounds.jsonl and a checkpoint after every round (run_state.py);
+    resume: continue from such a checkpoint."""
     config = setup.config
     start = time.perf_counter()
     # Attacks are on the federation only: baselines stay the honest references they are meant to be.
@@ -110,11 +116,21 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     strategy = build_strategy(algorithm, ctx)
     strategy = privacy.wrap_strategy(strategy) if privacy else strategy
     fed = config.federation
+    start = resume.rounds_done if resume is not None else 0
     plan = (RoundPlan(fed.rounds, 1.0, fed.min_sites, eval_every=0) if baseline
-            else RoundPlan(fed.rounds, fed.fraction, fed.min_sites, fed.eval_every))
+            else RoundPlan(fed.rounds, fed.fraction, fed.min_sites, fed.eval_every, start=start))
     sampling = np.random.default_rng(np.random.SeedSequence([config.seed, 2]))
-    history = run_rounds(strategy, transport, list(sites), plan, train_options(config), sampling,
-                         observer)
+    earlier: list[RoundResult] = []
+    if resume is not None:
+        strategy.restore(resume.checkpoint)
+        resume.restore_privacy(privacy)
+        earlier = resume.history
+        for _ in range(start):  # the sampling stream, replayed past the rounds already done
+            sample_sites(list(sites), plan.fraction, sampling, minimum=plan.min_sites)
+    if checkpoints is not None:
+        observer = RunCheckpointer(checkpoints, observer, strategy, earlier, privacy)
+    history = earlier + run_rounds(strategy, transport, list(sites), plan, train_options(config),
+                                   sampling, observer)
     outcome = Outcome(name, strategy, history, transport, time.perf_counter() - start)
     if privacy is not None and privacy.active:
         outcome.privacy = privacy.report()

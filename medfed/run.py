@@ -25,20 +25,25 @@ from medfed.experiment import (
 from medfed.output import prepare_out_dir, write_config, write_json, write_models, write_rounds
 from medfed.progress import RichRoundProgress, results_table
 from medfed.report.artifacts import data_summary, gradcam_panels, write_gradcam, write_predictions
+from medfed.run_state import Resume, load_resume
 from medfed.summary import run_summary
 from medfed.types import Prediction
 
 LOCAL = "ensemble"  # the local-only baseline is the ensemble's training: every site on its own
 
 
-def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None = None
-                ) -> dict[str, Any]:
+def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None = None,
+                resume: bool = False) -> dict[str, Any]:
+    """resume: out_dir holds an interrupted run of this config; continue after its last round."""
     console = console or Console(stderr=True)
     started = time.perf_counter()
+    resumed = load_resume(Path(out_dir)) if resume else None
     setup = prepare(config)  # data and model first: a bad input leaves no half-made folder
     config = setup.config  # with the number of sites the data gave, if --sites was left out
     out = prepare_out_dir(out_dir)
     write_config(out, config)
+    if resumed is not None:
+        console.print(f"resuming after round {resumed.rounds_done} of {config.federation.rounds}")
     fed = setup.federation
     if fed.source.skipped:  # counted here; the paths stay at the site (`medfed data check`)
         console.print(f"skipped {len(fed.source.skipped)} unreadable or missing files "
@@ -51,8 +56,7 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     _announce_robustness(console, config, fed.site_ids)
     with RichRoundProgress(console) as progress:
         rounds = config.federation.rounds
-        federated = train(setup, config.federation.algorithm, fed.sites, config.federation.algorithm,
-                          progress.start_run(config.federation.algorithm, rounds))
+        federated = _train_federated(setup, out, progress, resumed, console)
         baselines, probs = (_baselines(setup, progress, rounds, federated) if config.baselines
                             else (None, {}))
     summary = _summary(setup, federated, baselines)
@@ -70,6 +74,20 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     Console().print(results_table(_table_rows(summary), f"held-out test set ({len(fed.source.test)} "
                                                         f"images) - results in {out}"))
     return summary
+
+
+def _train_federated(setup: Setup, out: Path, progress: RichRoundProgress, resumed: Resume | None,
+                     console: Console) -> Outcome:
+    """The federated training, checkpointed after every round into out (run_state.py)."""
+    algorithm, rounds = setup.config.federation.algorithm, setup.config.federation.rounds
+    try:
+        return train(setup, algorithm, setup.federation.sites, algorithm,
+                     progress.start_run(algorithm, rounds), checkpoints=out, resume=resumed)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: the completed rounds are in {out / 'rounds.jsonl'}; "
+                      f"`medfed run --resume {out}` continues after the last of them",
+                      soft_wrap=True, markup=False)
+        raise
 
 
 def _announce_robustness(console: Console, config: RunConfig, sites: list[str]) -> None:

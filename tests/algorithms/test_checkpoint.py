@@ -31,7 +31,7 @@ ROUNDS = 3
 def config(algorithm: str) -> RunConfig:
     return RunConfig(device="cpu", baselines=False,
                      data=DataConfig(sites=3, synthetic_samples=90, synthetic_test=20, image_size=16),
-                     federation=FederationConfig(algorithm=algorithm, rounds=ROUNDS, fraction=0.67,
+                     federation=FederationConfig(algorithm=algorithm, rounds=ROUNDS, fraction=0.5,
                                                  eval_every=0),
                      training=TrainingConfig(batch_size=16))
 
