@@ -96,7 +96,8 @@ def write_bundle(parent: Path, members: dict[str, StateDict], info: dict[str, An
     if len(names) == 1:
         tensors = dict(members[names[0]])
     else:
-        tensors = {f"member{k}.{key}": v for k, name in enumerate(names)
+        # FedBN's site states share the global tensors: copies, as safetensors stores no aliases
+        tensors = {f"member{k}.{key}": v.clone() for k, name in enumerate(names)
                    for key, v in members[name].items()}
     weights = encode_state(tensors, {"format": FORMAT})
     (folder / "model.safetensors").write_bytes(weights)

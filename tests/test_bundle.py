@@ -131,3 +131,26 @@ def test_export_without_the_extra_says_how_to_install_it(dicom_run, tmp_path, ca
                         lambda name, *a: None if name in ("onnx", "onnxruntime") else real(name, *a))
     code, _, err = run_cli(["export", str(out), "--onnx", str(tmp_path / "m.onnx")], capsys)
     assert_one_line_error(code, err, "pip install 'medfed[onnx]'")
+
+
+def test_a_personalized_bundle_predicts_the_mean_of_its_site_models(tmp_path):
+    import torch
+
+    from medfed.bundle import BundleModel, bundle_info, model_entry, write_bundle
+    from medfed.models import ModelSpec, build_model
+    from medfed.task_schema import TaskSchema
+    from medfed.types import Task
+
+    schema = TaskSchema(Task.BINARY, ("normal", "finding"), 2, 1, 16)
+    spec = ModelSpec(2, 1, 2, "batch", input_size=(16, 16))
+    nets = [build_model("cnn", spec, seed).eval() for seed in (1, 2)]
+    info = bundle_info(schema, model_entry("cnn", "batch", 16), 1.0, None,
+                       {"rule": "youden", "threshold": 0.4}, {"config_sha256": None})
+    write_bundle(tmp_path, {"site-a": nets[0].state_dict(), "site-b": nets[1].state_dict()}, info)
+    bundle = load_bundle(tmp_path)
+    assert bundle.info["prediction"]["members"] == ["site-a", "site-b"] and bundle.threshold == 0.4
+    x = torch.rand(3, 1, 16, 16)
+    with torch.no_grad():
+        expected = (nets[0](x).softmax(1) + nets[1](x).softmax(1)) / 2
+        got = BundleModel(bundle.networks(), Task.BINARY).eval()(x)
+    torch.testing.assert_close(got, expected)
