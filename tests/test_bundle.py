@@ -154,3 +154,18 @@ def test_a_personalized_bundle_predicts_the_mean_of_its_site_models(tmp_path):
         expected = (nets[0](x).softmax(1) + nets[1](x).softmax(1)) / 2
         got = BundleModel(bundle.networks(), Task.BINARY).eval()(x)
     torch.testing.assert_close(got, expected)
+
+
+def test_a_histogram_run_keeps_the_federations_reference(dicom_run, tmp_path, capsys):
+    root, labels, _ = dicom_run
+    out = tmp_path / "hist"
+    code, _, err = run_cli(["run", "--dataset", "dicom", "--data-dir", str(root), "--labels",
+                            str(labels), *FAST, "--harmonize", "histogram", "--out", str(out)], capsys)
+    assert code == 0, err
+    bundle = load_bundle(out)
+    assert bundle.schema.harmonize == "histogram" and bundle.harmonize_reference.shape == (101,)
+    code, _, err = run_cli(["predict", str(out), str(root / "scanner-a"), "--out",
+                            str(tmp_path / "p.csv")], capsys)
+    assert code == 0, err
+    rows = read_csv(tmp_path / "p.csv")
+    assert rows and all(r["decision"] in ("normal", "opacity") for r in rows.values())
