@@ -15,9 +15,9 @@ import medfed
 from medfed import bundle_commands
 from medfed.config import DataConfig, RunConfig
 from medfed.config_file import load_config, with_overrides
-from medfed.output_dir import check_out_dir
 from medfed.deploy import commands as deploy_commands
 from medfed.errors import MedfedError
+from medfed.output_dir import check_out_dir
 
 # flag -> (config key, type, help). Names mirror the config keys (DESIGN.md's CLI contract).
 RUN_FLAGS: dict[str, tuple[str, type, str]] = {

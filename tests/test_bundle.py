@@ -114,7 +114,7 @@ HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
                                          "(pip install 'medfed[onnx]')")
 def test_onnx_export_agrees_with_pytorch(dicom_run, tmp_path, capsys):
     _, _, out = dicom_run
-    code, printed, err = run_cli(["export", str(out), "--onnx", str(tmp_path / "m.onnx")], capsys)
+    code, _, err = run_cli(["export", str(out), "--onnx", str(tmp_path / "m.onnx")], capsys)
     assert code == 0, err
     from medfed.bundle import BundleModel
     from medfed.export import max_difference
