@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import medfed
+from medfed import bundle_commands
 from medfed.config import DataConfig, RunConfig
 from medfed.config_file import load_config, with_overrides
 from medfed.deploy import commands as deploy_commands
 from medfed.errors import ConfigError, MedfedError
+from medfed.output_dir import check_out_dir
 
 # flag -> (config key, type, help). Names mirror the config keys (DESIGN.md's CLI contract).
 RUN_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -84,6 +87,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="medfed", description="Federated learning for medical imaging.")
+    parser.add_argument("--version", action="version", version=f"medfed {medfed.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     run = commands.add_parser("run", help="one experiment in simulation, with baselines")
     _add_run_flags(run)
@@ -116,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", type=Path, help="also write the shareable aggregates (no file "
                                                  "names) to this JSON file")
     deploy_commands.add_parsers(commands)  # certs, server, client, audit (deployment)
+    bundle_commands.add_parsers(commands)  # predict, export (the model bundle)
     return parser
 
 
@@ -123,6 +128,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of a simulation (`run` and `compare`): every config key, see RUN_FLAGS."""
     parser.add_argument("--config", type=Path, help="a TOML config file (see README)")
     parser.add_argument("--out", type=Path, help="output folder (default runs/<time>)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty --out folder that is not a medfed output")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also write the round metrics as TensorBoard event files under "
                              "OUT/tensorboard/ (needs: pip install tensorboard)")
@@ -239,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             _check_tensorboard(args)  # flags are checked before torch and MONAI load (seconds)
             from medfed.run import execute_run
 
-            out = out or args.out or _fresh_run_dir()
+            out = out or check_out_dir(args.out, args.force) or _fresh_run_dir()
             execute_run(config, out, resume=bool(args.resume))
             _tensorboard(args, out)
         elif args.command == "compare":
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             _check_tensorboard(args)
             from medfed.compare import execute_compare
 
-            out = args.out or _fresh_run_dir()
+            out = check_out_dir(args.out, args.force) or _fresh_run_dir()
             execute_compare(config, options, out)
             _tensorboard(args, out)
         elif args.command == "report":
@@ -261,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             check_command(data_config(args), json_path=args.json)
         elif args.command in deploy_commands.COMMANDS:
             return deploy_commands.execute(args)
+        elif args.command in bundle_commands.COMMANDS:
+            return bundle_commands.execute(args)
     except MedfedError as exc:
         sys.stderr.write(f"medfed: error: {exc}\n")
         return 2

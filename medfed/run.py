@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
+from medfed.bundle_write import simulation_bundle
 from medfed.config import RunConfig
 from medfed.experiment import (
     Outcome,
@@ -66,6 +67,7 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
         _report_privacy(console, federated.privacy)
     summary["total_seconds"] = time.perf_counter() - started
     summary["files"] = _write(out, setup, federated, summary)
+    summary["files"] += simulation_bundle(out, setup, federated.strategy, summary)  # model/
     summary["files"] += [*_write_report_inputs(out, setup, federated, probs, summary), "report.html"]
     write_json(out / "summary.json", summary)
     from medfed.report.build import build_report

@@ -59,6 +59,8 @@ class DataSource:
     units: np.ndarray | None = None
     skipped: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
+    # histogram harmonization's reference quantile function, kept for the model bundle (bundle.py)
+    harmonize_reference: tuple[float, ...] | None = None
 
     @property
     def spatial_dims(self) -> int:

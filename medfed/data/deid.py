@@ -13,7 +13,6 @@ message cannot carry a patient's name.
 from __future__ import annotations
 
 import sys
-
 from collections import Counter
 from collections.abc import Iterable, Sized
 

@@ -67,6 +67,7 @@ def harmonize_source(source: DataSource, method: str) -> DataSource:
     pool_x = source.pool.x.astype(np.float32) / np.float32(source.max_value)
     test_x = source.test.x.astype(np.float32) / np.float32(source.max_value)
     pool_rows, test_rows = _site_rows(source)
+    target = None
     if method == "zscore":
         maps = [_zscore_map(pool_x[rows]) for rows in pool_rows]
         own_test = _zscore_map(test_x)
@@ -81,7 +82,9 @@ def harmonize_source(source: DataSource, method: str) -> DataSource:
             test_x[t] = site_map(test_x[t])
     if test_rows[0] is None:  # a test set without sites: harmonized as one site of its own
         test_x = own_test(test_x)
-    return _with_images(source, pool_x, test_x)
+    harmonized = _with_images(source, pool_x, test_x)
+    return harmonized if target is None else replace(
+        harmonized, harmonize_reference=tuple(float(v) for v in target))
 
 
 def _zscore_map(fit_on: np.ndarray):

@@ -36,6 +36,7 @@ import medfed
 from medfed.algorithms.checkpoint import Checkpoint
 from medfed.algorithms.registry import StrategyContext, build_strategy
 from medfed.algorithms.strategy import Strategy
+from medfed.bundle_write import deployment_bundle
 from medfed.config import RunConfig
 from medfed.config_file import to_toml
 from medfed.deploy.audit import AuditLog
@@ -335,7 +336,7 @@ def _write_outputs(fed: Federation, strategy: Strategy, summary: dict[str, Any],
                    history: list[dict[str, Any]]) -> None:
     out = fed.store.folder
     summary["files"] = ["summary.json", "rounds.jsonl", "model.safetensors", "audit.jsonl",
-                        "medfed.sqlite"]
+                        "medfed.sqlite", "model/model.safetensors", "model/model.json"]
     write_json(out / "summary.json", summary, private=True)
     lines = "".join(json.dumps(h) + "\n" for h in history)
     atomic_write(out / "rounds.jsonl", lines.encode())
@@ -346,6 +347,10 @@ def _write_outputs(fed: Federation, strategy: Strategy, summary: dict[str, Any],
     model = encode_state(strategy.global_state, meta)
     atomic_write(out / "model.safetensors", model)
     fed.audit.record("model_written", sha256=hashlib.sha256(model).hexdigest())
+    head = fed.store.anchor().head  # the bundle names the trail's head after model_written
+    deployment_bundle(out, fed.config, fed.task, strategy, fed.sites, summary,
+                      meta.get("harmonize_reference"), fed.store.get("config_sha256"),
+                      head and head.hash)
     _say(f"model written to {out / 'model.safetensors'}; summary in {out / 'summary.json'}")
 
 
