@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import queue
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,11 +25,13 @@ import grpc
 from medfed.deploy.certs import load_identity
 from medfed.deploy.site_config import SiteConfig
 from medfed.deploy.site_data import LocalData, load_site_data
+from medfed.deploy.site_log import SiteLog
 from medfed.deploy.site_worker import (
     PlanRefused,
     SiteWorker,
     Welcome,
     site_results,
+    welcome_key,
     write_site_results,
 )
 from medfed.errors import ConfigError
@@ -41,6 +42,7 @@ from medfed.transport.grpc_server import METHOD, REPLACED
 from medfed.transport.proto import medfed_pb2 as pb
 
 MAX_BACKOFF = 30.0
+TLS_ATTEMPTS = 3  # handshake refusals in a row before the site stops with the plain reason
 REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
            grpc.StatusCode.FAILED_PRECONDITION)
 
@@ -51,12 +53,15 @@ class ClientArgs:
     site: SiteConfig
     certs: Path | None
     insecure: bool = False
-    retry_for: float = 3600.0  # give up after this long without reaching the server
+    retry_for: float = 3600.0  # during a federation: give up after this long without the server
     max_backoff: float = MAX_BACKOFF  # the longest wait between two attempts to reconnect
+    once: bool = False  # exit after one federation instead of waiting for the next
 
 
 def run_client(args: ClientArgs) -> int:
-    """Serve the federation until it ends (0) or the server stays unreachable (1)."""
+    """A site agent: serve federation after federation until stopped (Ctrl-C or SIGTERM: 0), or
+    with `once` until the first federation ends (0); 1 when the server stays unreachable during a
+    federation; a refused certificate or plan is a ConfigError (one line, exit 2)."""
     site = args.site.site
     if args.insecure:
         allow_insecure(args.server, "client")
@@ -64,29 +69,63 @@ def run_client(args: ClientArgs) -> int:
     credentials = None if identity is None else channel_credentials(identity)
     signer = None if identity is None else SigningIdentity.from_pem(
         site, identity.certificate, identity.key, identity.ca)  # signs secure aggregation's messages
+    log = SiteLog(site, args.site.state / "site.log")
     local = load_site_data(args.site)  # first: a wrong path is the site's error, before any network
-    _say(site, f"data: {args.site.data.dataset}, {local.sizes['n_train']} training / "
-               f"{local.sizes['n_val']} validation / {local.sizes['n_test']} test samples")
+    log.say(f"data: {args.site.data.dataset}, {local.sizes['n_train']} training / "
+            f"{local.sizes['n_val']} validation / {local.sizes['n_test']} test samples; "
+            f"state in {args.site.state}")
+    try:
+        return _serve(args, local, credentials, signer, log)
+    except KeyboardInterrupt:
+        log.say("stopped")
+        return 0
+
+
+def _serve(args: ClientArgs, local: LocalData, credentials: grpc.ChannelCredentials | None,
+           signer: SigningIdentity | None, log: SiteLog) -> int:
     worker: SiteWorker | None = None
-    backoff, last_contact = min(1.0, args.max_backoff), time.monotonic()
+    backoff, last_contact, idle, refusals = min(1.0, args.max_backoff), time.monotonic(), False, 0
     while True:
         try:
             with _channel(args.server, credentials) as channel:
-                worker, finished = _session(channel, args, local, worker, signer)
-            if finished:
-                _say(site, "the federation is over")
+                worker, finished = _session(channel, args, local, worker, signer, log)
+            refusals = 0
+            if finished and args.once:
+                log.say("the federation is over")
                 return 0
+            if finished:
+                log.say("the federation is over; waiting for the next one (Ctrl-C stops this site)")
+                idle = True
+            elif worker is not None:
+                idle = False
             backoff, last_contact = min(1.0, args.max_backoff), time.monotonic()
         except grpc.RpcError as exc:
             if exc.code() in REFUSED:
-                raise ConfigError(f"the server refused site {site}: {exc.details()}") from None
-            _say(site, f"no connection to {args.server} ({exc.code().name}); retrying")
+                raise ConfigError(f"the server refused site {args.site.site}: {exc.details()}") from None
+            plain = tls_refusal(exc.details() or "")
+            refusals = refusals + 1 if plain else 0
+            if plain and refusals >= TLS_ATTEMPTS:
+                raise ConfigError(plain) from None
+            if not idle:
+                log.say(plain or f"no connection to {args.server} ({exc.code().name}); retrying")
         remaining = args.retry_for - (time.monotonic() - last_contact)
-        if remaining <= 0:
-            _say(site, f"gave up after {args.retry_for:g} s without the server")
+        if remaining <= 0 and not idle:
+            log.say(f"gave up after {args.retry_for:g} s without the server")
             return 1
-        time.sleep(min(backoff, remaining))
+        time.sleep(min(backoff, remaining) if not idle else backoff)
         backoff = min(backoff * 2, args.max_backoff)
+
+
+def tls_refusal(details: str) -> str | None:
+    """A plain sentence for a TLS refusal, from gRPC's connection error text (None: not one)."""
+    if "handshake failed" in details.lower():
+        return ("this site does not trust the server's certificate (TLS handshake failed): is "
+                "ca.crt in --certs the federation's authority, and was the server's certificate "
+                "issued for the host in --server?")
+    if "Socket closed" in details:
+        return ("the server closed the connection during the TLS handshake: it refused this site's "
+                "certificate (issued by another authority, expired, or not a site certificate?)")
+    return None
 
 
 def _channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
@@ -96,7 +135,7 @@ def _channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.
 
 
 def _session(channel: grpc.Channel, args: ClientArgs, local: LocalData,
-             worker: SiteWorker | None, signer: SigningIdentity | None = None
+             worker: SiteWorker | None, signer: SigningIdentity | None, log: SiteLog
              ) -> tuple[SiteWorker | None, bool]:
     """One connection: returns (the worker, whether the server said goodbye)."""
     site = args.site.site
@@ -111,10 +150,14 @@ def _session(channel: grpc.Channel, args: ClientArgs, local: LocalData,
         for message in responses:
             kind = message.WhichOneof("body")
             if kind == "welcome":
-                worker = worker or _worker(args, local, message.welcome, outbox, signer)
+                if worker is None or worker.welcome_key != welcome_key(message.welcome.config_toml, message.welcome.federation):
+                    worker = _worker(args, local, message.welcome, outbox, signer)
+                    log.say(f"joined a federation: {worker.config.federation.algorithm}, "
+                            f"{worker.config.federation.rounds} rounds, task "
+                            f"{worker.welcome.task.kind} ({', '.join(worker.welcome.task.classes)})")
                 outbox.put(pb.SiteMessage(hello=pb.Hello(info_json=json.dumps(worker.info))))
                 connected = True
-                _say(site, "connected")
+                log.say("connected")
             elif kind == "task":
                 task, assembly = message.task, chunks.Assembly(message.task.size, message.task.size)
             elif kind == "chunk" and assembly is not None and task is not None:
@@ -125,12 +168,12 @@ def _session(channel: grpc.Channel, args: ClientArgs, local: LocalData,
                                       "this one stops (run one client per site)")
                 return worker, True
             if task is not None and assembly is not None and assembly.complete and worker:
-                _answer(outbox, worker, task, assembly.result(), args.site.state)
+                _answer(outbox, worker, task, assembly.result(), args.site.state, log)
                 task, assembly = None, None
     except grpc.RpcError as exc:
         if not connected or exc.code() in REFUSED:
             raise
-        _say(site, f"connection lost ({exc.code().name})")
+        log.say(f"connection lost ({exc.code().name})")
     finally:
         outbox.put(None)
         responses.cancel()
@@ -153,8 +196,8 @@ def _worker(args: ClientArgs, local: LocalData, welcome: pb.Welcome, outbox: que
         raise
 
 
-def _answer(outbox: queue.Queue, worker: SiteWorker, task: pb.Task, blob: bytes, state: Path
-            ) -> None:
+def _answer(outbox: queue.Queue, worker: SiteWorker, task: pb.Task, blob: bytes, state: Path,
+            log: SiteLog) -> None:
     try:
         options = json.loads(task.options_json or "{}")
         if not isinstance(options, dict):
@@ -162,19 +205,25 @@ def _answer(outbox: queue.Queue, worker: SiteWorker, task: pb.Task, blob: bytes,
         meta, update = worker.run(task.kind, options, blob)
         if task.kind == "final" and worker.last_final is not None:
             written = write_site_results(state, site_results(worker, worker.last_final))
-            _say(worker.site, f"final model scored on this site's test split; report: {written[-1]}")
+            log.say(f"final model scored on this site's test split; report: {written[-1]}")
     except Exception as exc:  # noqa: BLE001 - the site reports its failure; the server goes on
-        _say(worker.site, f"task {task.kind} failed: {type(exc).__name__}: {exc}")
+        log.say(f"task {task.kind} failed: {type(exc).__name__}: {exc}")
         outbox.put(pb.SiteMessage(result=pb.Result(task_id=task.task_id,
                                                    error=f"{type(exc).__name__}: {exc}")))
         return
     if task.kind == "train":
-        _say(worker.site, f"round {task.round}: trained, sent {len(update)} bytes "
-                          f"(loss {_loss(meta)})")
+        log.say(f"round {task.round}: trained, sent {len(update)} bytes (loss {_loss(meta)})")
+    elif task.kind == "evaluate":
+        log.say(f"round {task.round}: validation {_auc(meta)}")
     outbox.put(pb.SiteMessage(result=pb.Result(task_id=task.task_id, meta_json=json.dumps(meta),
                                                size=len(update))))
     for piece in chunks.split(update):
         outbox.put(pb.SiteMessage(chunk=pb.Chunk(task_id=task.task_id, data=bytes(piece))))
+
+
+def _auc(meta: dict[str, Any]) -> str:
+    value = (meta.get("metrics") or {}).get("auc")
+    return f"AUC {value:.3f}" if isinstance(value, float) else "withheld or n/a"
 
 
 def _loss(meta: dict[str, Any]) -> str:
@@ -187,6 +236,3 @@ def _drain(outbox: queue.Queue) -> Iterator[pb.SiteMessage]:
         yield message
 
 
-def _say(site: str, text: str) -> None:
-    sys.stderr.write(f"medfed client {site}: {text}\n")
-    sys.stderr.flush()

@@ -57,6 +57,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     for flag, (key, kind, text) in SITE_DATA_FLAGS.items():
         client.add_argument(flag, dest=key, type=kind, help=text)
     client.add_argument("--data", type=Path, help="shorthand for --dataset medmnist --data-file FILE")
+    client.add_argument("--once", action="store_true", help="exit when the federation is over "
+                        "(default: stay up and serve the next federation)")
     audit = commands.add_parser("audit", help="check an audit trail")
     audit_what = audit.add_subparsers(dest="audit_command", required=True, parser_class=type(audit))
     verify = audit_what.add_parser("verify", help="print ok, or the first broken line (exit 1)")
@@ -96,7 +98,7 @@ def execute(args: argparse.Namespace) -> int:
         data |= {"dataset": "medmnist", "data_file": str(args.data)}
     site = load_site_config(args.site_config, args.site, data, args.state, args.seed)
     return run_client(ClientArgs(args.server, site, args.certs, args.insecure, args.retry_for,
-                                 args.max_backoff))
+                                 args.max_backoff, args.once))
 
 
 def _verify_audit(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ before an update leaves the site.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -66,6 +67,7 @@ class Welcome:
     task: TaskSchema
     index: int  # the site's position in the federation (its random streams as in simulation)
     sites: list[str]
+    key: str = ""  # what identifies the federation (a hash of what the server sent)
 
     @classmethod
     def parse(cls, config_toml: str, body: str) -> Welcome:
@@ -75,7 +77,13 @@ class Welcome:
                 or not isinstance(raw.get("sites"), list):
             raise ConfigError("the server's welcome lacks the task, the site's index or the sites")
         return cls(config, TaskSchema.from_json(raw.get("task"), "the server's task"),
-                   raw["index"], [str(s) for s in raw["sites"]])
+                   raw["index"], [str(s) for s in raw["sites"]], welcome_key(config_toml, body))
+
+
+def welcome_key(config_toml: str, body: str) -> str:
+    """One federation's identity: a restarted server of the same federation keeps the site's
+    worker (and SCAFFOLD's c_k); a new federation gets a new one."""
+    return hashlib.sha256((config_toml + "\0" + body).encode()).hexdigest()
 
 
 class PlanRefused(ConfigError):
@@ -94,6 +102,7 @@ class SiteWorker:
             raise ConfigError(f"this site's data does not fit the federation's task: "
                               f"{'; '.join(differences)}")
         self.local, self.welcome, self.site = local, welcome, site
+        self.welcome_key = welcome.key
         self.config = welcome.config
         self.policy = policy or SitePolicy()
         self._check_plan()

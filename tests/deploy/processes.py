@@ -116,7 +116,7 @@ class Processes:
             config = write_site_config(self.logs.parent / "sites" / f"{name}.toml", name)
             extra = ("--site-config", str(config), *extra)
         return self.start(name, "client", "--server", f"127.0.0.1:{port}", "--site", name,
-                          "--certs", str(certs_dir), "--max-backoff", "1", *extra)
+                          "--certs", str(certs_dir), "--max-backoff", "1", "--once", *extra)
 
     def wait(self, name: str, timeout: float) -> int:
         try:

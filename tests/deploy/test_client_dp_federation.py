@@ -64,8 +64,8 @@ def test_deployed_noise_cannot_be_regenerated_from_the_configuration(tmp_path: P
     port = free_port()
     config = client_dp_federation(tmp_path / "federation.toml", port, noise=0.3, secure=secure)
     state = deploy(procs, tmp_path, config, make_certs(tmp_path / "certs"), port)
-    outcome = train(*(lambda s: (s, "fedavg", s.federation.sites, "fedavg"))(
-        prepare(simulation_config(config))))
+    setup = prepare(simulation_config(config))
+    outcome = train(setup, "fedavg", setup.federation.sites, "fedavg")
     deployed = load_file(state / "model.safetensors")
     # sigma S / m = 0.05 per coordinate each round: a regenerated noise would match to 1e-5
     assert max_difference(deployed, outcome.strategy.global_state) > 0.01

@@ -84,7 +84,7 @@ def test_with_secure_aggregation_no_byte_a_site_sends_reveals_its_size_labels_or
                for s in SITES}
     results: dict[str, int] = {}
     threads = [threading.Thread(target=lambda s=s: results.__setitem__(s, run_client(ClientArgs(
-        f"127.0.0.1:{port}", configs[s], certs, max_backoff=1.0, retry_for=60))), name=s)
+        f"127.0.0.1:{port}", configs[s], certs, max_backoff=1.0, retry_for=60, once=True))), name=s)
         for s in SITES]
     for thread in threads:
         thread.start()
