@@ -7,7 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
-COMMANDS = ("certs", "server", "client", "audit")
+from medfed.deploy.job_commands import add_parser as add_job_parser
+from medfed.errors import ConfigError
+
+COMMANDS = ("certs", "server", "client", "audit", "job")
 # `medfed client` flags for the common keys of a site's [data] (deploy/site_config.py).
 SITE_DATA_FLAGS: dict[str, tuple[str, type, str]] = {
     "--dataset": ("dataset", str, ("dicom, nifti, chestxray14, medmnist, heart-disease, images, "
@@ -33,6 +36,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     issue.add_argument("--hosts", default="", help="server only: host names / IPs it is reached at, "
                                                    "comma-separated (default localhost,127.0.0.1)")
     issue.add_argument("--force", action="store_true", help="replace an existing NAME.key and NAME.crt")
+    issue.add_argument("--admin", action="store_true", help="an administrator's certificate "
+                       "(admin.NAME: may submit and abort jobs; never a site)")
     server = commands.add_parser("server", help="coordinate a deployed federation (gRPC + mTLS)")
     server.add_argument("--config", type=Path, required=True, help="federation TOML file")
     server.add_argument("--certs", type=Path, help="folder with ca.crt, server.crt, server.key")
@@ -59,6 +64,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     client.add_argument("--data", type=Path, help="shorthand for --dataset medmnist --data-file FILE")
     client.add_argument("--once", action="store_true", help="exit when the federation is over "
                         "(default: stay up and serve the next federation)")
+    add_job_parser(commands)
     audit = commands.add_parser("audit", help="check an audit trail")
     audit_what = audit.add_subparsers(dest="audit_command", required=True, parser_class=type(audit))
     verify = audit_what.add_parser("verify", help="print ok, or the first broken line (exit 1)")
@@ -78,10 +84,17 @@ def execute(args: argparse.Namespace) -> int:
             print(certs.init_ca(args.out))
         else:
             hosts = tuple(h.strip() for h in args.hosts.split(",") if h.strip())
-            print(certs.issue(args.out, args.name, hosts, force=args.force))
+            if args.admin and hosts:
+                raise ConfigError("--admin issues a client certificate; it takes no --hosts")
+            name = f"admin.{args.name}" if args.admin else args.name
+            print(certs.issue(args.out, name, hosts, force=args.force))
         return 0
     if args.command == "audit":
         return _verify_audit(args)
+    if args.command == "job":
+        from medfed.deploy.job_commands import execute_job
+
+        return execute_job(args)
     _need_certs(args)
     _check_addresses(args)
     if args.command == "server":

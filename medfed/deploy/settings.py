@@ -17,6 +17,7 @@ The round's min_sites (to close a round) is [federation] min_sites, as in simula
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,19 @@ class FederationFile:
 
 
 def load_federation(path: Path) -> FederationFile:
-    raw = read_toml(path)
+    return _federation(read_toml(path), str(path))
+
+
+def load_federation_text(text: str, source: str) -> FederationFile:
+    """A federation file sent as text (a submitted job); one ConfigError if it is not valid."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from None
+    return _federation(raw, source)
+
+
+def _federation(raw: dict[str, Any], path: str) -> FederationFile:
     deployment = raw.pop("deployment", {})
     if not isinstance(deployment, dict):
         raise ConfigError("[deployment] must be a table of keys")
@@ -74,6 +87,8 @@ def load_federation(path: Path) -> FederationFile:
     if not settings.sites:
         raise ConfigError("[deployment] sites must list the federation's sites (the names on "
                           "their certificates)")
+    if any(site.startswith("admin.") for site in settings.sites):
+        raise ConfigError("[deployment] sites cannot be administrators' certificates (admin.*)")
     data = raw.get("data", {})
     if not isinstance(data, dict):
         raise ConfigError("[data] must be a table of keys")
