@@ -287,6 +287,8 @@ class DeployObserver:
     def round_finished(self, result: RoundResult) -> None:
         for site, why in result.failed.items():
             self.fed.audit.record("update_rejected", round=result.round + 1, site=site, reason=why)
+        for site, why in result.eval_failed.items():  # e.g. a malformed evaluate answer
+            self.fed.audit.record("evaluation_failed", round=result.round + 1, site=site, reason=why)
         meta = {"algorithm": self.fed.config.federation.algorithm}
         digest = self.fed.store.record_round(result, self.strategy.global_state, meta)
         client_dp = self.fed.privacy.client_dp
