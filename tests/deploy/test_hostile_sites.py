@@ -6,8 +6,9 @@ gRPC with mutual TLS on 127.0.0.1; honest sites must finish every round and each
 audited with its reason. "The server exits" is _run_federation raising.
 
 Deliberate breaks of the mechanism tried by hand, each of which made a test here fail:
-- evaluate answer unchecked (GrpcTransport._wait without the IncompatibleUpdate -> BadReply
-  conversion): test_evaluate_garbage_is_the_sites_failure fails with the server's exit;
+- evaluate and final answers unchecked (GrpcTransport._wait without the IncompatibleUpdate ->
+  BadReply conversion): test_evaluate_garbage_is_the_sites_failure fails with the server's exit
+  (the round loop's own catch still saves "evaluate"; "final" and secagg.* rely on _wait alone);
 - sample cap removed (SampleBounds.check without the cap): test_huge_sample_counts fails;
 - declared size ignored (no `value > declared` check): test_a_count_above_the_declared_size fails;
 - weight cap skipped (round loop ignoring max_weight_share): test_weight_share_is_capped fails;
@@ -46,7 +47,7 @@ EVALUATE_GARBAGE = {
 
 def attacker(train, evaluate=None):
     def answer(task, blob):
-        if task.kind == "evaluate":
+        if task.kind in ("evaluate", "final"):
             return evaluate(task) if evaluate else honest(0.0)(task, blob)
         return train(task, blob)
     return answer
@@ -76,7 +77,8 @@ def finish(server: Server):
 @pytest.mark.parametrize("garbage", sorted(EVALUATE_GARBAGE))
 def test_evaluate_garbage_is_the_sites_failure(tmp_path: Path, garbage: str):
     """Attacker: site-c's certificate; it trains honestly but answers every evaluate task with
-    garbage (the issue's four answers that made the server exit 2, and two more)."""
+    garbage, and the final evaluation too (the issue's four answers that made the server exit 2,
+    and two more)."""
     server = start(tmp_path, attacker(honest(3e-3), EVALUATE_GARBAGE[garbage]))
     run = finish(server)
     per_round = [e for e in run.events("evaluation_failed") if "round" in e]  # not the final one
@@ -84,6 +86,7 @@ def test_evaluate_garbage_is_the_sites_failure(tmp_path: Path, garbage: str):
         assert not per_round and run.summary["sites"]["site-c"]["val"]["auc"] != 1e400
         return
     assert [(e["round"], e["site"]) for e in per_round] == [(1, "site-c"), (2, "site-c")]
+    assert "site-c" in run.summary["evaluation"]["failed"]
 
 
 @pytest.mark.parametrize("count", [2**64, 10**12, 10**7 + 1])
