@@ -1,10 +1,13 @@
 """The server end of the gRPC protocol: sites dial in and each holds one Session stream open.
 
-Identity is the common name of the site's certificate (mutual TLS: gRPC has already checked that a
-certificate signed by the federation's authority was presented); only the federation's sites are let
-in. Each connected site gets a SiteChannel: an outbox of tasks the server sends, and the tasks it
-has not answered yet. A reader thread per site puts the site's answers back together from chunks,
-within the size limit of each task, and resolves the task's future. A broken stream fails that
+Identity is the common name of the site's certificate, read when the stream opens, before any
+message (mutual TLS: gRPC has already checked the certificate's authority); only the federation's
+sites are let in, within the limits of admission.py (pending streams, a hello within seconds, hello
+and name sizes, connection rate, a paced reader). Messages arrive as raw bytes and are parsed
+here, so bytes that are not protobuf are dropped and counted. Each connected site gets a
+SiteChannel: an outbox of tasks the server sends, and the tasks it has not answered yet. A reader
+thread per site puts the site's answers back together from chunks, within the size limit of each
+task (replies.py checks each header), and resolves the task's future. A broken stream fails that
 site's open tasks at once, so the round goes on without it.
 """
 

@@ -66,7 +66,7 @@ class GrpcTransport:
         meta = reply.meta
         event = "masked_input_received" if self.masked else "update_received"
         self.registry.audit(event, site=site, round=self.round + 1, bytes=len(reply.blob),
-                            sha256=digest, n_samples=str(meta.get("n_samples"))[:40])
+                            sha256=digest, n_samples=_audited(meta.get("n_samples")))
         declared = pending[0].info.get("n_train")
         n_samples = self.bounds.check(meta.get("n_samples"), declared)
         self.replays.admit(digest, site, self.round + 1)
@@ -161,3 +161,11 @@ class GrpcTransport:
             self._sent = (state, encode_state(state))
         return self._sent[1]
 
+
+
+def _audited(value: Any) -> Any:
+    """A claimed count as the audit shows it: itself when it is a plausible integer, else its text
+    cut short (a 100,000-digit number must not make a 100 KB audit line)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 1 << 63:
+        return value
+    return str(value)[:40]
