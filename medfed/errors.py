@@ -35,3 +35,9 @@ class NotEnoughSites(MedfedError):
 class PrivacyBudgetExhausted(TransportError):
     """A site whose privacy budget (target epsilon) is spent trains no more; recorded as a failed
     site, as any site failure is."""
+
+
+class BadReply(TransportError, IncompatibleUpdate):
+    """A site's answer broke the protocol (malformed, oversized, out of bounds, a replay): that
+    site's failure for that task, recorded like a missed deadline, never the server's exit. It is
+    both a TransportError and an IncompatibleUpdate, so every path that records one records it."""

@@ -116,7 +116,8 @@ class GrpcCoordinator:
         for site, raw in answers.items():
             try:
                 out[site] = parse(raw)
-            except (KeyError, TypeError, secagg.SecureAggregationError) as exc:
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,
+                    RecursionError, secagg.SecureAggregationError) as exc:  # hostile JSON
                 self._audit("secagg_no_answer", site=site, step=kind,
                             reason=f"malformed answer: {exc}"[:300])
         return out

@@ -24,8 +24,7 @@ import hashlib
 import json
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +60,12 @@ from medfed.server.sampling import sample_sites
 from medfed.summary import run_summary
 from medfed.task_schema import TaskSchema
 from medfed.transport.codec import encode_state
-from medfed.transport.grpc_channel import SERVER_OPTIONS, allow_insecure, server_credentials
+from medfed.transport.admission import server_for
+from medfed.transport.grpc_channel import allow_insecure, server_credentials
 from medfed.transport.grpc_server import FederationServicer, SiteRegistry
 from medfed.transport.grpc_transport import GrpcTransport
 from medfed.transport.proto import medfed_pb2 as pb
+from medfed.transport.replies import ReplayLedger, SampleBounds
 from medfed.types import SiteId, StateDict
 
 
@@ -124,6 +125,8 @@ def serve(args: ServerArgs) -> dict[str, Any]:
     sites = list(deployment.sites)
     registry = SiteRegistry(sites, audit.record)
     transport = GrpcTransport(registry, deployment.round_deadline, deployment.eval_deadline)
+    transport.bounds = SampleBounds(deployment.max_samples_per_site)
+    transport.replays = ReplayLedger(store)  # a resumed server still knows earlier rounds' updates
     fed = Federation(config, federation.task, deployment, model, sites, store, audit, transport)
     watch = HandshakeWatch(audit.record)
     watch.start()
@@ -148,7 +151,7 @@ def _listen(fed: Federation, address: str, credentials: grpc.ServerCredentials |
     servicer = FederationServicer(fed.transport.registry, welcome, insecure=credentials is None,
                                   on_hello=lambda site, info: _on_hello(fed, site, info),
                                   admit=lambda site, info: _refusal(fed.task, site, info))
-    server = grpc.server(ThreadPoolExecutor(max_workers=len(fed.sites) + 8), options=SERVER_OPTIONS)
+    server = server_for(len(fed.sites))  # sized so that pending streams cannot starve the sites
     server.add_generic_rpc_handlers((servicer.handler(),))
     port = (server.add_insecure_port(address) if credentials is None
             else server.add_secure_port(address, credentials))
@@ -189,7 +192,8 @@ def _run_federation(fed: Federation) -> dict[str, Any]:
         share_reference(fed.task, fed.transport, fed.store, fed.audit.record, _say)
         strategy = _strategy(fed)
         try:
-            run_rounds(strategy, fed.transport, fed.sites, _plan(fed.config, done),
+            run_rounds(strategy, fed.transport, fed.sites,
+                       replace(_plan(fed.config, done), max_weight_share=fed.deployment.max_weight_share),
                        train_options(fed.config), _sampling(fed, done), DeployObserver(fed, strategy))
         except (NotEnoughSites, SecureAggregationError) as exc:  # the round is not recorded
             attempts += 1
@@ -283,6 +287,8 @@ class DeployObserver:
     def round_finished(self, result: RoundResult) -> None:
         for site, why in result.failed.items():
             self.fed.audit.record("update_rejected", round=result.round + 1, site=site, reason=why)
+        for site, why in result.eval_failed.items():  # e.g. a malformed evaluate answer
+            self.fed.audit.record("evaluation_failed", round=result.round + 1, site=site, reason=why)
         meta = {"algorithm": self.fed.config.federation.algorithm}
         checkpoint = self.strategy.checkpoint()  # everything the server holds, in one file
         client_dp = self.fed.privacy.client_dp

@@ -11,6 +11,8 @@ site's data, splits and paths are in that site's own configuration (deploy/site_
     eval_deadline = 600.0         # seconds a site has to score a model
     start_timeout = 86400.0       # seconds the server waits for min_sites_to_start, then gives up
     round_retries = 3             # a round without min_sites updates is run again this many times
+    max_samples_per_site = 10000000  # a larger sample count in an update is refused
+    max_weight_share = 0.5        # optional: no site above this share of a round's weight (capped)
 
 The round's min_sites (to close a round) is [federation] min_sites, as in simulation.
 """
@@ -41,6 +43,8 @@ class DeploymentConfig:
     eval_deadline: float = 600.0
     start_timeout: float = 86400.0
     round_retries: int = 3
+    max_samples_per_site: int = 10**7
+    max_weight_share: float | None = None
 
     def __post_init__(self) -> None:
         split_address(self.address)
@@ -50,6 +54,12 @@ class DeploymentConfig:
         if self.min_sites_to_start is not None and self.min_sites_to_start < 1:
             raise ConfigError(f"[deployment] min_sites_to_start must be >= 1, "
                               f"got {self.min_sites_to_start}")
+        if self.max_samples_per_site < 1:
+            raise ConfigError(f"[deployment] max_samples_per_site must be >= 1, "
+                              f"got {self.max_samples_per_site}")
+        if self.max_weight_share is not None and not 0 < self.max_weight_share <= 1:
+            raise ConfigError(f"[deployment] max_weight_share must be in (0, 1], "
+                              f"got {self.max_weight_share}")
         if self.round_retries < 0:
             raise ConfigError(f"[deployment] round_retries must be >= 0, got {self.round_retries}")
 
@@ -103,7 +113,8 @@ def _federation(raw: dict[str, Any], path: str) -> FederationFile:
 
 def deployment_config(raw: dict[str, Any]) -> DeploymentConfig:
     kinds = {"address": str, "sites": list, "min_sites_to_start": int, "round_deadline": float,
-             "eval_deadline": float, "start_timeout": float, "round_retries": int}
+             "eval_deadline": float, "start_timeout": float, "round_retries": int, "max_samples_per_site": int,
+             "max_weight_share": float}
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in kinds:

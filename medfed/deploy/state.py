@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS metrics (round INTEGER, site TEXT, name TEXT, value R
                                     PRIMARY KEY (round, site, name));
 CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL,
                                        hash TEXT NOT NULL, sig TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS update_digests (sha256 TEXT PRIMARY KEY, site TEXT NOT NULL,
+                                           round INTEGER NOT NULL);
 """
 __all__ = ["AuditAnchor", "AuditHead", "StateStore", "atomic_write", "read_anchor"]
 
@@ -127,6 +129,15 @@ class StateStore:
             statements.append(("UPDATE sites SET info_json = ? WHERE name = ?",
                                (json.dumps(info), name)))
         self._write(statements)
+
+    def record_update_digest(self, digest: str, site: str, round_number: int) -> None:
+        """An update's SHA-256, kept so that a resumed server still refuses its replay."""
+        self._write([("INSERT OR IGNORE INTO update_digests VALUES (?, ?, ?)",
+                      (digest, site, round_number))])
+
+    def update_digests(self) -> dict[str, tuple[str, int]]:
+        return {d: (s, r) for d, s, r in self._query("SELECT sha256, site, round FROM update_digests",
+                                                     ())}
 
     def site_info(self) -> dict[str, dict[str, Any]]:
         return {name: json.loads(info) for name, info in

@@ -25,6 +25,7 @@ from medfed.client.trainer import TrainOptions
 from medfed.errors import IncompatibleUpdate, NotEnoughSites, TransportError
 from medfed.server.sampling import sample_sites
 from medfed.server.validation import check_update
+from medfed.server.weights import cap_weights
 from medfed.transport.base import Transport
 from medfed.types import CONTROL_PREFIX, Metrics, SiteId, StateDict, Update
 
@@ -52,6 +53,7 @@ class RoundPlan:
     min_sites: int = 1
     eval_every: int = 1  # 0: never (the caller scores the final model itself)
     start: int = 0  # the first round to run (a resumed deployment continues where it stopped)
+    max_weight_share: float | None = None  # no site above this share of a stage's weight
 
 
 class RoundObserver(Protocol):
@@ -86,7 +88,8 @@ def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId]
         result = RoundResult(round=r)
         stages = strategy.stages(r, sampled)
         for stage in stages:
-            _run_stage(strategy, transport, stage, replace(options, round=r), result, observer)
+            _run_stage(strategy, transport, stage, replace(options, round=r), result, observer,
+                       plan.max_weight_share)
         asked = {site for stage in stages for site in stage}
         if len(set(result.sites)) < min(plan.min_sites, len(asked)):
             raise NotEnoughSites(f"round {r + 1}: {len(result.sites)} usable updates, "
@@ -101,34 +104,47 @@ def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId]
 
 
 def _run_stage(strategy: Strategy, transport: Transport, stage: list[SiteId], options: TrainOptions,
-               result: RoundResult, observer: RoundObserver) -> None:
+               result: RoundResult, observer: RoundObserver, share: float | None = None) -> None:
+    """Each site's update, checked, into the strategy. With a weight cap the stage's updates are
+    gathered first (the cap needs every count), then capped (server/weights.py) and received."""
     strategy.open_stage()
     payloads = {site: strategy.payload(site) for site in stage}
     dispatch = getattr(transport, "dispatch", None)
     if dispatch is not None:
         dispatch(payloads, options)
+    held: list[tuple[Update, StateDict]] = []
     for site in stage:
         try:
-            sent = payloads[site]
-            update = transport.train(site, sent, options)
+            update = transport.train(site, payloads[site], options)
             _check_origin(update, site)
-            expected = _expected_update(strategy, sent)
-            check_update(update, expected)  # what comes back must match what went out
+            check_update(update, _expected_update(strategy, payloads[site]))  # as it went out
         except (TransportError, IncompatibleUpdate) as exc:
             result.failed[site] = str(exc)
             observer.site_finished(result.round, site, None)
             continue
-        strategy.receive(update)
-        result.sites.append(site)
-        result.train_loss[site] = update.metrics.get("train_loss", float("nan"))
-        if expected is sent:  # a masked update (secure aggregation) has no norm the server can see
-            result.update_norm[site] = update_norm(update.state, sent)
-        if "epsilon" in update.metrics:
-            result.epsilon[site] = update.metrics["epsilon"]
-        observer.site_finished(result.round, site, result.train_loss[site])
+        if share is None:
+            _receive(strategy, update, payloads[site], result, observer)
+        else:
+            held.append((update, payloads[site]))
+    capped = cap_weights({u.site: u.n_samples for u, _ in held}, share) if held and share else {}
+    for update, sent in held:
+        _receive(strategy, replace(update, n_samples=capped[update.site]), sent, result, observer)
     strategy.close_stage()
     for what, sites in strategy.aggregation_notes.items():
         result.aggregation.setdefault(what, []).extend(sites)
+
+
+def _receive(strategy: Strategy, update: Update, sent: StateDict, result: RoundResult,
+             observer: RoundObserver) -> None:
+    site = update.site
+    strategy.receive(update)
+    result.sites.append(site)
+    result.train_loss[site] = update.metrics.get("train_loss", float("nan"))
+    if _expected_update(strategy, sent) is sent:  # a masked update has no norm the server can see
+        result.update_norm[site] = update_norm(update.state, sent)
+    if "epsilon" in update.metrics:
+        result.epsilon[site] = update.metrics["epsilon"]
+    observer.site_finished(result.round, site, result.train_loss[site])
 
 
 def _evaluate_sites(strategy: Strategy, transport: Transport, sites: Sequence[SiteId],
@@ -138,7 +154,7 @@ def _evaluate_sites(strategy: Strategy, transport: Transport, sites: Sequence[Si
     for site in sites:
         try:
             scores[site] = transport.evaluate(site, strategy.site_state(site), "val")
-        except TransportError as exc:
+        except (TransportError, IncompatibleUpdate) as exc:  # a site's bad answer is its failure
             result.eval_failed[site] = str(exc)
     return scores
 

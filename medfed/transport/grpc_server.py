@@ -1,10 +1,13 @@
 """The server end of the gRPC protocol: sites dial in and each holds one Session stream open.
 
-Identity is the common name of the site's certificate (mutual TLS: gRPC has already checked that a
-certificate signed by the federation's authority was presented); only the federation's sites are let
-in. Each connected site gets a SiteChannel: an outbox of tasks the server sends, and the tasks it
-has not answered yet. A reader thread per site puts the site's answers back together from chunks,
-within the size limit of each task, and resolves the task's future. A broken stream fails that
+Identity is the common name of the site's certificate, read when the stream opens, before any
+message (mutual TLS: gRPC has already checked the certificate's authority); only the federation's
+sites are let in, within the limits of admission.py (pending streams, a hello within seconds, hello
+and name sizes, connection rate, a paced reader). Messages arrive as raw bytes and are parsed
+here, so bytes that are not protobuf are dropped and counted. Each connected site gets a
+SiteChannel: an outbox of tasks the server sends, and the tasks it has not answered yet. A reader
+thread per site puts the site's answers back together from chunks, within the size limit of each
+task (replies.py checks each header), and resolves the task's future. A broken stream fails that
 site's open tasks at once, so the round goes on without it.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -21,8 +25,11 @@ from typing import Any
 
 import grpc
 
+from google.protobuf.message import DecodeError
+
 from medfed.errors import IncompatibleUpdate, TransportError
-from medfed.transport import chunks
+from medfed.transport import chunks, replies
+from medfed.transport.admission import Admission, Limits
 from medfed.transport.proto import medfed_pb2 as pb
 from medfed.types import SiteId
 
@@ -52,6 +59,7 @@ class SiteChannel:
     def __init__(self, site: SiteId, peer: str, info: dict[str, Any]) -> None:
         self.site, self.peer, self.info = site, peer, info
         self.ready = False  # the site has loaded its data (its second hello): it can train now
+        self.malformed = 0  # messages that were not protocol messages, dropped
         self._outbox: queue.Queue = queue.Queue()
         self._tasks: dict[int, _Task] = {}
         self._lock = threading.Lock()
@@ -112,17 +120,12 @@ class SiteChannel:
         if task is None:
             return
         try:
-            meta = json.loads(result.meta_json or "{}")
-            if not isinstance(meta, dict):
-                raise ValueError("metadata is not a JSON object")
-        except ValueError as exc:
-            return self._fail(result.task_id, IncompatibleUpdate(f"malformed metadata: {exc}"))
-        if result.error:
-            return self._fail(result.task_id, TransportError(f"site {self.site} failed: "
-                                                             f"{result.error[:300]}"))
-        try:
+            meta = replies.parse_meta(result.meta_json)
+            if result.error:
+                raise TransportError(f"site {self.site} failed: {result.error[:300]}")
+            replies.check_size(result.size, task.limit)
             task.assembly = chunks.Assembly(result.size, task.limit)
-        except IncompatibleUpdate as exc:
+        except (TransportError, IncompatibleUpdate) as exc:
             return self._fail(result.task_id, exc)
         task.meta = meta
         self._finish_if_complete(result.task_id, task)
@@ -215,12 +218,14 @@ class SiteRegistry:
 
 
 class FederationServicer:
-    """The Session RPC: authenticate, welcome, then stream tasks out and answers in."""
+    """The Session RPC: identify by certificate, admit within limits, welcome, then stream tasks
+    out and answers in (admission.py holds the limits)."""
 
     def __init__(self, registry: SiteRegistry, welcome: Callable[[SiteId], pb.Welcome],
                  insecure: bool = False,
                  on_hello: Callable[[SiteId, dict[str, Any]], None] | None = None,
-                 admit: Callable[[SiteId, dict[str, Any]], str | None] | None = None) -> None:
+                 admit: Callable[[SiteId, dict[str, Any]], str | None] | None = None,
+                 limits: Limits | None = None) -> None:
         """welcome(site): what a site is told when it connects. admit(site, hello): why a site
         whose identity is fine is still refused (its data does not fit the task), or None."""
         self.registry = registry
@@ -228,78 +233,176 @@ class FederationServicer:
         self.insecure = insecure
         self.on_hello = on_hello or (lambda site, info: None)
         self.admit = admit or (lambda site, info: None)
+        self.admission = Admission(limits or Limits())
 
     def handler(self) -> grpc.GenericRpcHandler:
+        # Raw bytes in: a message that is not protobuf is this code's to refuse (gRPC's own
+        # deserialization failure path leaks memory), and its size is known before it is parsed.
         method = grpc.stream_stream_rpc_method_handler(
-            self.session, request_deserializer=pb.SiteMessage.FromString,
+            self.session, request_deserializer=None,
             response_serializer=pb.ServerMessage.SerializeToString)
         return grpc.method_handlers_generic_handler(SERVICE, {"Session": method})
 
-    def session(self, requests: Iterator[pb.SiteMessage], context: grpc.ServicerContext
+    def session(self, requests: Iterator[bytes], context: grpc.ServicerContext
                 ) -> Iterator[pb.ServerMessage]:
         peer = context.peer()
-        try:
-            info = _info(next(requests).hello)
-        except (StopIteration, grpc.RpcError, ValueError):
+        site = self._certified(context, peer)  # before any message is read
+        if site is None:
             return
-        site = self._identify(context, info, peer)
+        identity = site or "a site without TLS"
+        refusal = self.admission.enter(identity, per_identity=bool(site))
+        if refusal:
+            self._refuse(context, peer, site, refusal, grpc.StatusCode.RESOURCE_EXHAUSTED)
+            return
+        try:
+            info = self._hello(requests, context, peer)
+        finally:
+            self.admission.leave(identity)
+        if info is None:
+            return
+        site = self._claimed(context, info, peer, site)
         if site is None:
             return
         refusal = self.admit(site, info)
         if refusal:
-            self.registry.audit("site_refused", site=site, peer=peer, reason=refusal)
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
+            self._refuse(context, peer, site, refusal, grpc.StatusCode.FAILED_PRECONDITION)
             return
-        channel = SiteChannel(site, peer, info)
-        self.on_hello(site, info)
+        yield from self._serve(requests, context, SiteChannel(site, peer, info))
+
+    def _serve(self, requests: Iterator[bytes], context: grpc.ServicerContext,
+               channel: SiteChannel) -> Iterator[pb.ServerMessage]:
+        self.on_hello(channel.site, channel.info)
         self.registry.add(channel)
         reader = threading.Thread(target=self._read, args=(requests, channel), daemon=True,
-                                  name=f"medfed-read-{site}")
+                                  name=f"medfed-read-{channel.site}")
         reader.start()
         context.add_callback(lambda: self.registry.remove(channel, "disconnected"))
-        yield pb.ServerMessage(welcome=self.welcome(site))
+        yield pb.ServerMessage(welcome=self.welcome(channel.site))
         yield from channel.outgoing()
 
-    def _identify(self, context: grpc.ServicerContext, info: dict[str, Any], peer: str
-                  ) -> SiteId | None:
-        claimed = str(info.get("site", ""))
+    def _certified(self, context: grpc.ServicerContext, peer: str) -> SiteId | None:
+        """The certificate's site ("" without TLS), or None when the stream was refused."""
         names = context.auth_context().get("x509_common_name") or []
-        site = names[0].decode() if names else (claimed if self.insecure else "")
+        if not names and self.insecure:
+            return SiteId("")
+        site = names[0].decode(errors="replace") if names else ""
         reason = ("no client certificate" if not site
-                  else f"'{site}' is not a site of this federation" if site not in self.registry.sites
-                  else f"certificate of '{site}' used to claim '{claimed}'" if claimed != site
+                  else f"'{site[:64]}' is not a site of this federation"
+                  if site not in self.registry.sites else "")
+        if reason:
+            self.registry.audit("auth_failed", peer=peer, reason=reason)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+            return None
+        return SiteId(site)
+
+    def _hello(self, requests: Iterator[bytes], context: grpc.ServicerContext, peer: str
+               ) -> dict[str, Any] | None:
+        """The stream's first message, a hello, within the limits of time and size; or None."""
+        timer = threading.Timer(self.admission.limits.first_message_seconds, context.cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            raw = next(requests)
+        except (StopIteration, grpc.RpcError):
+            return None
+        finally:
+            timer.cancel()
+        try:
+            message = _parse(raw)
+            if message.WhichOneof("body") != "hello":
+                raise ValueError("the first message is not a hello")
+            return _info(message.hello, self.admission.limits)
+        except ValueError as exc:
+            self._refuse(context, peer, "", f"bad hello: {exc}", grpc.StatusCode.INVALID_ARGUMENT)
+            return None
+
+    def _claimed(self, context: grpc.ServicerContext, info: dict[str, Any], peer: str,
+                 certified: SiteId) -> SiteId | None:
+        claimed = str(info.get("site", ""))
+        site = certified or claimed  # without TLS (a test on one machine) the hello names the site
+        reason = (f"'{site[:64]}' is not a site of this federation"
+                  if site not in self.registry.sites
+                  else f"certificate of '{site}' used to claim '{claimed[:64]}'" if claimed != site
                   else "")
         if reason:
             self.registry.audit("auth_failed", peer=peer, reason=reason)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
             return None
-        return site
+        return SiteId(site)
 
-    def _read(self, requests: Iterator[pb.SiteMessage], channel: SiteChannel) -> None:
-        reason = "disconnected"
+    def _refuse(self, context: grpc.ServicerContext, peer: str, site: str, reason: str,
+                code: grpc.StatusCode) -> None:
+        self.registry.audit("site_refused", site=site or "unknown", peer=peer, reason=reason)
+        context.abort(code, reason)
+
+    def _read(self, requests: Iterator[bytes], channel: SiteChannel) -> None:
+        reason, pace = "disconnected", self.admission.reader_pace()
         try:
-            for message in requests:
-                if message.WhichOneof("body") == "hello":  # again, once the site loaded its data
-                    channel.info = _info(message.hello)
-                    self.on_hello(channel.site, channel.info)
-                    if channel.info.get("refused"):  # the site's own policy refuses the plan
+            for raw in requests:
+                pace.wait()
+                message = _parse_or_none(raw)
+                if message is None:
+                    channel.malformed += 1  # counted, reported when the site disconnects
+                elif message.WhichOneof("body") == "hello":  # again, once the site loaded its data
+                    if not self._second_hello(message.hello, channel):
                         reason = "refused the plan"
-                        self.registry.audit("site_refused", site=channel.site, peer=channel.peer,
-                                            by="the site", reason=str(channel.info["refused"])[:300])
                         break
-                    self.registry.mark_ready(channel)
                 else:
                     channel.receive(message)
         except grpc.RpcError:
             reason = "connection lost"
         except Exception as exc:  # noqa: BLE001 - a site's broken stream ends that site, not the server
+            logging.getLogger(__name__).debug("stream of %s ended", channel.site, exc_info=True)
             reason = f"stream error: {type(exc).__name__}"
+        if channel.malformed:
+            reason += f" ({channel.malformed} messages that were not protocol messages dropped)"
         self.registry.remove(channel, reason)
 
+    def _second_hello(self, hello: pb.Hello, channel: SiteChannel) -> bool:
+        """A ready site's hello (sizes, label counts); False when its own policy refuses the plan."""
+        try:
+            info = _info(hello, self.admission.limits)
+        except ValueError:
+            channel.malformed += 1
+            return True
+        if str(info.get("site", channel.site)) != channel.site:
+            channel.malformed += 1
+            return True
+        channel.info = info
+        self.on_hello(channel.site, channel.info)
+        if channel.info.get("refused"):  # the site's own policy refuses the plan
+            self.registry.audit("site_refused", site=channel.site, peer=channel.peer,
+                                by="the site", reason=str(channel.info["refused"])[:300])
+            return False
+        self.registry.mark_ready(channel)
+        return True
 
-def _info(hello: pb.Hello) -> dict[str, Any]:
+
+def _parse(raw: bytes) -> pb.SiteMessage:
+    try:
+        return pb.SiteMessage.FromString(raw)
+    except (DecodeError, RuntimeError) as exc:
+        raise ValueError(f"not a protocol message ({type(exc).__name__})") from None
+
+
+def _parse_or_none(raw: bytes) -> pb.SiteMessage | None:
+    try:
+        return _parse(raw)
+    except ValueError:
+        return None
+
+
+def _info(hello: pb.Hello, limits: Limits) -> dict[str, Any]:
     """What a site says about itself: its name and, once loaded, its data's sizes (never data)."""
-    info = json.loads(hello.info_json or "{}")
+    if len(hello.info_json) > limits.hello_bytes:
+        raise ValueError(f"a hello of {len(hello.info_json)} characters, over {limits.hello_bytes}")
+    try:
+        info = json.loads(hello.info_json or "{}")
+    except RecursionError:
+        raise ValueError("a hello nested too deeply") from None
     if not isinstance(info, dict):
         raise ValueError("hello is not a JSON object")
+    name = info.get("site", "")
+    if not isinstance(name, str) or len(name) > limits.name_chars:
+        raise ValueError(f"a site name must be text of at most {limits.name_chars} characters")
     return info

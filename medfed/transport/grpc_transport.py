@@ -9,7 +9,6 @@ TransportError or IncompatibleUpdate: the round loop records it and goes on with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from concurrent.futures import Future
@@ -18,8 +17,9 @@ from dataclasses import asdict
 from typing import Any
 
 from medfed.client.trainer import TrainOptions
-from medfed.errors import IncompatibleUpdate, TransportError
-from medfed.transport.codec import decode_state, encode_state
+from medfed.errors import BadReply, IncompatibleUpdate, TransportError
+from medfed.transport import replies
+from medfed.transport.codec import encode_state
 from medfed.transport.grpc_server import Reply, SiteChannel, SiteRegistry
 from medfed.transport.proto import medfed_pb2 as pb
 from medfed.types import Metrics, SiteId, StateDict, Update
@@ -42,6 +42,8 @@ class GrpcTransport:
         self._sent: tuple[StateDict, bytes] | None = None
         self.common_options: dict[str, Any] = {}  # sent with every model (a harmonization reference)
         self.eval_bytes: dict[SiteId, int] = {}  # what each site sent to score the final model
+        self.bounds = replies.SampleBounds()  # [deployment] max_samples_per_site
+        self.replays = replies.ReplayLedger()  # a server's ledger is kept in its state database
 
     def begin_round(self, round_index: int) -> None:
         """The round's deadline starts now: every site's update must be in before it."""
@@ -59,27 +61,22 @@ class GrpcTransport:
     def train(self, site: SiteId, state: StateDict, options: TrainOptions) -> Update:
         pending = self._pending.pop(site, None) or self._send(site, "train", asdict(options), state)
         reply = self._wait(site, pending, self._deadline, "the round's deadline")
-        digest = hashlib.sha256(reply.blob).hexdigest()
+        digest = replies.digest_of(reply.blob)
         self.bytes_up += len(reply.blob)
         meta = reply.meta
         event = "masked_input_received" if self.masked else "update_received"
         self.registry.audit(event, site=site, round=self.round + 1, bytes=len(reply.blob),
-                            sha256=digest, n_samples=meta.get("n_samples"))
-        try:
-            received = decode_state(reply.blob)
-        except IncompatibleUpdate as exc:
-            raise IncompatibleUpdate(f"malformed update: {exc}") from None
-        return Update(site=site, state=received, n_samples=meta.get("n_samples"),  # type: ignore
-                      n_steps=_count(meta.get("n_steps", 0)), metrics=_metrics(meta.get("metrics")))
+                            sha256=digest, n_samples=_audited(meta.get("n_samples")))
+        declared = pending[0].info.get("n_train")
+        n_samples = self.bounds.check(meta.get("n_samples"), declared)
+        self.replays.admit(digest, site, self.round + 1)
+        return replies.update_of(site, meta, reply.blob, n_samples)
 
     def evaluate(self, site: SiteId, state: StateDict, split: str) -> Metrics:
         pending = self._send(site, "evaluate", {"split": split}, state)
         reply = self._wait(site, pending, time.monotonic() + self.eval_seconds, "its deadline")
         self.bytes_up += len(json.dumps(reply.meta))
-        try:
-            return _metrics(reply.meta.get("metrics"))
-        except IncompatibleUpdate as exc:  # evaluation failures are the site's, recorded as such
-            raise TransportError(f"site {site} answered with bad metrics: {exc}") from None
+        return replies.metrics_of(reply.meta.get("metrics"))
 
     def ask_all(self, kind: str, states: dict[SiteId, StateDict], options: dict[str, Any],
                 seconds: float) -> dict[SiteId, dict[str, Any] | TransportError]:
@@ -147,12 +144,16 @@ class GrpcTransport:
 
     def _wait(self, site: SiteId, pending: tuple[SiteChannel, int, Future], deadline: float,
               what: str) -> Reply:
+        """The site's Reply, or why there is none: every site-caused problem is a TransportError
+        (BadReply for a broken answer), so no path lets a site's answer stop the server."""
         channel, task_id, future = pending
         try:
             return future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
             channel.abandon(task_id)
             raise TransportError(f"site {site} missed {what}") from None
+        except IncompatibleUpdate as exc:
+            raise BadReply(f"site {site}: {exc}") from None
 
     def _encode(self, state: StateDict) -> bytes:
         """Once per model: every site of a FedAvg round is sent the same global state."""
@@ -161,15 +162,10 @@ class GrpcTransport:
         return self._sent[1]
 
 
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise IncompatibleUpdate(f"step count must be a non-negative integer, got {value!r}")
-    return value
 
-
-def _metrics(value: Any) -> Metrics:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise IncompatibleUpdate("metrics must be a JSON object of numbers")
-    return {str(k): float(v) if isinstance(v, (int, float)) else float("nan") for k, v in value.items()}
+def _audited(value: Any) -> Any:
+    """A claimed count as the audit shows it: itself when it is a plausible integer, else its text
+    cut short (a 100,000-digit number must not make a 100 KB audit line)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 1 << 63:
+        return value
+    return str(value)[:40]

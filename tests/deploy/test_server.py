@@ -35,6 +35,12 @@ def poisoned(blob: bytes) -> bytes:
     return encode_state({**state, key: torch.full_like(state[key], float("nan"))})
 
 
+def shifted(blob: bytes, by: float) -> bytes:
+    """The model moved by `by` (each site its own: byte-identical updates are refused as replays)."""
+    return encode_state({k: v + by if v.is_floating_point() else v
+                         for k, v in decode_state(blob).items()})
+
+
 def test_a_round_below_min_sites_is_not_recorded_and_runs_again(tmp_path: Path):
     config = config_from_dict(TINY)
     setup = prepare(config)
@@ -49,9 +55,9 @@ def test_a_round_below_min_sites_is_not_recorded_and_runs_again(tmp_path: Path):
     port = events(audit.path, "server_started")[0]["port"]
     site_b_answers = itertools.count()
     behaviour = {  # site-a is good; site-b sends NaN once, then good updates; site-c always NaN
-        "site-a": lambda task, blob: result(task, blob),
+        "site-a": lambda task, blob: result(task, shifted(blob, 1e-3)),
         "site-b": lambda task, blob: result(task, poisoned(blob) if next(site_b_answers) == 0
-                                            else blob),
+                                            else shifted(blob, 2e-3)),
         "site-c": lambda task, blob: result(task, poisoned(blob)),
     }
     fakes = [FakeSite(grpc.insecure_channel(f"127.0.0.1:{port}", options=CLIENT_OPTIONS), site,
