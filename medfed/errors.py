@@ -41,3 +41,7 @@ class BadReply(TransportError, IncompatibleUpdate):
     """A site's answer broke the protocol (malformed, oversized, out of bounds, a replay): that
     site's failure for that task, recorded like a missed deadline, never the server's exit. It is
     both a TransportError and an IncompatibleUpdate, so every path that records one records it."""
+
+
+class JobAborted(MedfedError):
+    """An administrator aborted the running job (medfed job abort)."""

@@ -39,7 +39,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     issue.add_argument("--admin", action="store_true", help="an administrator's certificate "
                        "(admin.NAME: may submit and abort jobs; never a site)")
     server = commands.add_parser("server", help="coordinate a deployed federation (gRPC + mTLS)")
-    server.add_argument("--config", type=Path, required=True, help="federation TOML file")
+    server.add_argument("--config", type=Path, help="federation TOML file: run it and exit "
+                        "(without: a coordinator that runs `medfed job submit` jobs until stopped)")
     server.add_argument("--certs", type=Path, help="folder with ca.crt, server.crt, server.key")
     server.add_argument("--state", type=Path, required=True, help="state folder (SQLite, audit)")
     server.add_argument("--address", help="HOST:PORT to listen on (default: [deployment] address)")
@@ -97,6 +98,13 @@ def execute(args: argparse.Namespace) -> int:
         return execute_job(args)
     _need_certs(args)
     _check_addresses(args)
+    if args.command == "server" and args.config is None:
+        from medfed.deploy.coordinator import CoordinatorArgs, coordinate
+
+        if args.resume:
+            raise ConfigError("a coordinator resumes its jobs by itself; --resume goes with --config")
+        return coordinate(CoordinatorArgs(args.certs, args.state, args.address or "127.0.0.1:50051",
+                                          args.insecure))
     if args.command == "server":
         from medfed.deploy.server import ServerArgs, serve
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,31 +36,26 @@ import medfed
 from medfed.algorithms.checkpoint import Checkpoint
 from medfed.algorithms.registry import StrategyContext, build_strategy
 from medfed.algorithms.strategy import Strategy
-from medfed.bundle_write import deployment_bundle
 from medfed.config import RunConfig
 from medfed.config_file import to_toml
 from medfed.deploy.audit import AuditLog
 from medfed.deploy.audit_verify import open_trail
 from medfed.deploy.certs import SERVER_NAME, load_identity
-from medfed.deploy.evaluation import combine_answers, gather
 from medfed.deploy.handshakes import HandshakeWatch
 from medfed.deploy.harmonization import share_reference
+from medfed.deploy.results import finish
 from medfed.deploy.secure_exchange import GrpcCoordinator
-from medfed.deploy.settings import DeploymentConfig, load_federation
+from medfed.deploy.settings import DeploymentConfig, FederationFile, load_federation
 from medfed.deploy.signatures import load_private_key
-from medfed.deploy.site_worker import REFERENCE
-from medfed.deploy.state import StateStore, atomic_write
-from medfed.errors import ConfigError, NotEnoughSites
+from medfed.deploy.state import StateStore
+from medfed.errors import ConfigError, JobAborted, NotEnoughSites
 from medfed.experiment import train_options
 from medfed.models import build_model, norm_keys, parameter_keys
-from medfed.output import write_json
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.privacy.secagg import SecureAggregationError
 from medfed.server.round_loop import RoundPlan, RoundResult, run_rounds
 from medfed.server.sampling import sample_sites
-from medfed.summary import run_summary
 from medfed.task_schema import TaskSchema
-from medfed.transport.codec import encode_state
 from medfed.transport.admission import server_for
 from medfed.transport.grpc_channel import allow_insecure, server_credentials
 from medfed.transport.grpc_server import FederationServicer, SiteRegistry
@@ -107,19 +103,35 @@ class Federation:
     audit: AuditLog
     transport: GrpcTransport
     privacy: Mechanisms = field(init=False)  # one per run: client DP's accountant spans its rounds
+    aborted: threading.Event = field(default_factory=threading.Event)  # a job's abort (jobs)
 
     def __post_init__(self) -> None:
         self.privacy = Mechanisms.build(self.config, self.sites, deployed=True)
 
 
 def serve(args: ServerArgs) -> dict[str, Any]:
+    """One federation from its file: listen, run it, write its outputs, exit."""
     federation = load_federation(args.config)
-    config, deployment = federation.config, federation.deployment
-    address = args.address or deployment.address
+    address = args.address or federation.deployment.address
     if args.insecure:
         allow_insecure(address, "server")
     credentials = None if args.insecure else server_credentials(load_identity(args.certs or Path(),
                                                                               SERVER_NAME))
+    fed = open_federation(federation, args)
+    watch = HandshakeWatch(fed.audit.record)
+    watch.start()
+    server = _listen(fed, address, credentials)
+    try:
+        return run_federation(fed)
+    finally:
+        server.stop(grace=2).wait(5)
+        watch.stop()
+        fed.store.close()
+
+
+def open_federation(federation: FederationFile, args: ServerArgs) -> Federation:
+    """A federation's model, state (locked, checked), audit trail and transport; nothing listens."""
+    config, deployment = federation.config, federation.deployment
     model = ServerModel.build(config, federation.task)  # a model the task cannot take fails here
     store, audit = _open_state(args, config, federation.task)  # a refused --state fails in a moment
     sites = list(deployment.sites)
@@ -127,30 +139,33 @@ def serve(args: ServerArgs) -> dict[str, Any]:
     transport = GrpcTransport(registry, deployment.round_deadline, deployment.eval_deadline)
     transport.bounds = SampleBounds(deployment.max_samples_per_site)
     transport.replays = ReplayLedger(store)  # a resumed server still knows earlier rounds' updates
-    fed = Federation(config, federation.task, deployment, model, sites, store, audit, transport)
-    watch = HandshakeWatch(audit.record)
-    watch.start()
-    server = _listen(fed, address, credentials)
-    try:
-        summary = _run_federation(fed)
-        transport.finish("federation complete")  # only now: after a crash the sites keep retrying
-        return summary
-    finally:
-        server.stop(grace=2).wait(5)
-        watch.stop()
-        store.close()
+    return Federation(config, federation.task, deployment, model, sites, store, audit, transport)
 
 
-def _listen(fed: Federation, address: str, credentials: grpc.ServerCredentials | None) -> grpc.Server:
+def run_federation(fed: Federation) -> dict[str, Any]:
+    """The rounds, the sites' final evaluation and the outputs; then goodbye to the sites."""
+    summary = _run_federation(fed)
+    fed.transport.finish("federation complete")  # only now: after a crash the sites keep retrying
+    return summary
+
+
+def servicer_hooks(fed: Federation) -> dict[str, Any]:
+    """What the Session service asks of a federation: welcome, on_hello and admit."""
     config_toml = to_toml(fed.config)
 
     def welcome(site: SiteId) -> pb.Welcome:
         body = {"task": fed.task.to_json(), "index": fed.sites.index(site), "sites": fed.sites}
         return pb.Welcome(config_toml=config_toml, federation=json.dumps(body))
 
-    servicer = FederationServicer(fed.transport.registry, welcome, insecure=credentials is None,
-                                  on_hello=lambda site, info: _on_hello(fed, site, info),
-                                  admit=lambda site, info: _refusal(fed.task, site, info))
+    return {"welcome": welcome, "on_hello": lambda site, info: _on_hello(fed, site, info),
+            "admit": lambda site, info: _refusal(fed.task, site, info)}
+
+
+def _listen(fed: Federation, address: str, credentials: grpc.ServerCredentials | None) -> grpc.Server:
+    hooks = servicer_hooks(fed)
+    servicer = FederationServicer(fed.transport.registry, hooks["welcome"],
+                                  insecure=credentials is None, on_hello=hooks["on_hello"],
+                                  admit=hooks["admit"])
     server = server_for(len(fed.sites))  # sized so that pending streams cannot starve the sites
     server.add_generic_rpc_handlers((servicer.handler(),))
     port = (server.add_insecure_port(address) if credentials is None
@@ -188,6 +203,7 @@ def _run_federation(fed: Federation) -> dict[str, Any]:
     need = fed.deployment.min_sites_to_start or len(fed.sites)
     strategy, attempts = None, 0
     while (done := fed.store.completed_rounds()) < fed.config.federation.rounds or strategy is None:
+        _check_abort(fed)
         _wait_for_sites(fed, need)
         share_reference(fed.task, fed.transport, fed.store, fed.audit.record, _say)
         strategy = _strategy(fed)
@@ -196,6 +212,7 @@ def _run_federation(fed: Federation) -> dict[str, Any]:
                        replace(_plan(fed.config, done), max_weight_share=fed.deployment.max_weight_share),
                        train_options(fed.config), _sampling(fed, done), DeployObserver(fed, strategy))
         except (NotEnoughSites, SecureAggregationError) as exc:  # the round is not recorded
+            _check_abort(fed)
             attempts += 1
             fed.audit.record("round_failed", round=fed.store.completed_rounds() + 1, reason=str(exc),
                              attempt=attempts)
@@ -203,14 +220,24 @@ def _run_federation(fed: Federation) -> dict[str, Any]:
                 raise
             _say(f"{exc}; running the round again")
             strategy = None
-    summary = _finish(fed, strategy, time.perf_counter() - started)
+    summary = finish(fed, strategy, time.perf_counter() - started)
     fed.audit.record("federation_finished", rounds=fed.store.completed_rounds())
     return summary
 
 
+def _check_abort(fed: Federation) -> None:
+    if fed.aborted.is_set():
+        raise JobAborted("the job was aborted")
+
+
 def _wait_for_sites(fed: Federation, need: int) -> None:
     _say(f"waiting for {need} of {len(fed.sites)} sites")
-    if not fed.transport.registry.wait_for(need, fed.deployment.start_timeout):
+    deadline = time.monotonic() + fed.deployment.start_timeout
+    while not fed.transport.registry.wait_for(need, min(1.0, max(0.0, deadline - time.monotonic()))):
+        _check_abort(fed)  # an aborted job stops waiting at once
+        if time.monotonic() >= deadline:
+            break
+    if not fed.transport.registry.wait_for(need, 0):
         connected = fed.transport.registry.connected()
         raise NotEnoughSites(f"only {len(connected)} sites ({', '.join(connected) or 'none'}) "
                              f"connected within {fed.deployment.start_timeout:g} s; "
@@ -226,14 +253,6 @@ def _restore_accountant(fed: Federation, checkpoint: Checkpoint) -> None:
     stored = checkpoint.facts.get(ACCOUNTANT)
     if fed.privacy.client_dp is not None and stored is not None:
         fed.privacy.client_dp.accountant.history = [tuple(h) for h in stored]
-
-
-def _last_epsilon(history: list[dict]) -> dict[str, float]:
-    """Each site's epsilon as its last update reported it (DP-SGD's accountant lives at the site)."""
-    spent: dict[str, float] = {}
-    for record in history:
-        spent |= record.get("epsilon") or {}
-    return spent
 
 
 def _strategy(fed: Federation) -> Strategy:
@@ -302,64 +321,6 @@ class DeployObserver:
              f"({len(result.failed)} left out)")
 
 
-def _finish(fed: Federation, strategy: Strategy, seconds: float) -> dict[str, Any]:
-    """Every site scores the final model; summary.json, rounds.jsonl and model.safetensors."""
-    history = fed.store.history()
-    config = fed.config
-    d = fed.deployment
-    budget = d.eval_deadline + (config.federation.rounds * d.round_deadline if config.baselines else 0)
-    _say("the sites score the final model" + (" and train their local baselines"
-                                              if config.baselines else ""))
-    states = {s: strategy.site_state(s) for s in fed.sites}
-    answers, failed = gather(fed.transport, states, fed.task, config.baselines, budget)
-    for site, why in failed.items():
-        fed.audit.record("evaluation_failed", site=site, reason=why)
-    combined = combine_answers(answers, failed, fed.task)
-    info, last_val = fed.store.site_info(), (history[-1]["val"] if history else {})
-    sites = {s: {**_sizes(info.get(s, {})), "val": last_val.get(s) or {},
-                 **({"test": combined["site_test"][s]} if s in combined["site_test"] else {})}
-             for s in fed.sites}
-    summary = run_summary(
-        config, mode="deployment", dataset="each site's own data", task=str(fed.task.kind),
-        class_names=list(fed.task.classes), partition="natural (one hospital, one site)",
-        sites=sites, test=combined["test"], n_test=combined["n_test"], device="at each site",
-        wall_seconds=seconds, bytes_up=sum(h["bytes_up"] for h in history),
-        bytes_down=sum(h["bytes_down"] for h in history),
-        failed_updates={h["round"]: h["failed"] for h in history if h["failed"]}, attackers=[])
-    summary |= {k: combined[k] for k in ("site_mean", "operating_point", "baselines", "evaluation")
-                if k in combined}
-    summary["evaluation"]["bytes_up"] = dict(fed.transport.eval_bytes)
-    summary["task_schema"] = fed.task.to_json()
-    if fed.privacy.active:
-        summary["privacy"] = fed.privacy.report()
-        if config.privacy.dp_sgd:  # the sites' accountants are at the sites: their last reports
-            summary["privacy"]["epsilon"] = _last_epsilon(history)
-    _write_outputs(fed, strategy, summary, history)
-    return summary
-
-
-def _write_outputs(fed: Federation, strategy: Strategy, summary: dict[str, Any],
-                   history: list[dict[str, Any]]) -> None:
-    out = fed.store.folder
-    summary["files"] = ["summary.json", "rounds.jsonl", "model.safetensors", "audit.jsonl",
-                        "medfed.sqlite", "model/model.safetensors", "model/model.json"]
-    write_json(out / "summary.json", summary, private=True)
-    lines = "".join(json.dumps(h) + "\n" for h in history)
-    atomic_write(out / "rounds.jsonl", lines.encode())
-    meta: dict[str, Any] = {"algorithm": fed.config.federation.algorithm,
-                            "task": fed.task.to_json()}  # the preprocessing travels with the model
-    if REFERENCE in fed.transport.common_options:
-        meta["harmonize_reference"] = fed.transport.common_options[REFERENCE]
-    model = encode_state(strategy.global_state, meta)
-    atomic_write(out / "model.safetensors", model)
-    fed.audit.record("model_written", sha256=hashlib.sha256(model).hexdigest())
-    head = fed.store.anchor().head  # the bundle names the trail's head after model_written
-    deployment_bundle(out, fed.config, fed.task, strategy, fed.sites, summary,
-                      meta.get("harmonize_reference"), fed.store.get("config_sha256"),
-                      head and head.hash)
-    _say(f"model written to {out / 'model.safetensors'}; summary in {out / 'summary.json'}")
-
-
 def _open_state(args: ServerArgs, config: RunConfig, task: TaskSchema) -> tuple[StateStore, AuditLog]:
     store = StateStore(args.state, resume=args.resume)  # locked and checked (deploy/state_files.py)
     try:
@@ -384,10 +345,6 @@ def _record_config(store: StateStore, audit: AuditLog, text: str) -> None:
                      previous=before)
         store.put("config_sha256", digest)
         store.put("config_toml", text)
-
-
-def _sizes(info: dict[str, Any]) -> dict[str, Any]:
-    return {k: info[k] for k in ("n_train", "n_val", "n_test", "label_counts") if k in info}
 
 
 def _say(text: str) -> None:
