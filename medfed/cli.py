@@ -6,6 +6,7 @@ A user's mistake gets one line on stderr naming what was wrong and what is valid
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -97,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue an interrupted run from its last completed round")
     compare = commands.add_parser("compare", help="algorithms against local-only and pooled "
                                                   "baselines over seeds, with statistics")
-    compare.add_argument("--algorithms", required=True,
-                         help="comma-separated, e.g. fedavg,fedprox,fedbn")
+    compare.add_argument("--algorithms", help="comma-separated, e.g. fedavg,fedprox,fedbn")
+    compare.add_argument("--resume", type=Path, metavar="DIR",
+                         help="continue an interrupted compare with the seeds it finished")
     compare.add_argument("--seeds", type=int, default=3, help="seeds: --seed, --seed + 1, ... (3)")
     compare.add_argument("--bootstrap", type=int, default=1000,
                          help="bootstrap resamples of the test set for intervals (1000)")
@@ -147,7 +149,7 @@ def compare_options(args: argparse.Namespace, config: RunConfig):
     """`medfed compare`'s own flags, checked against the config before anything trains."""
     from medfed.compare import CompareOptions  # after the flags: torch loads only for valid input
 
-    algorithms = tuple(a.strip() for a in args.algorithms.split(",") if a.strip())
+    algorithms = tuple(a.strip() for a in (args.algorithms or "").split(",") if a.strip())
     if not algorithms:
         raise MedfedError("--algorithms needs at least one algorithm, e.g. fedavg,fedprox")
     for algorithm in algorithms:  # each must be valid with the rest of the config (swt rounds ...)
@@ -193,8 +195,20 @@ def _resumed(args: argparse.Namespace) -> tuple[RunConfig, Path]:
         raise ConfigError("--resume DIR continues the run with the configuration in "
                           "DIR/config.toml; give no --config, --out or other flags with it")
     if not (args.resume / "config.toml").is_file():
-        raise ConfigError(f"{args.resume} is not a `medfed run` folder (no config.toml)")
+        raise ConfigError(f"{args.resume} is not a `medfed {args.command}` folder (no config.toml)")
     return load_config(args.resume / "config.toml"), args.resume
+
+
+def _resumed_options(folder: Path):
+    """The compare options an interrupted compare was started with (DIR/compare-options.json)."""
+    from medfed.compare import CompareOptions
+
+    path = folder / "compare-options.json"
+    if not path.is_file():
+        raise ConfigError(f"{folder} is not a `medfed compare` folder (no compare-options.json)")
+    raw = json.loads(path.read_text())
+    return CompareOptions(tuple(raw["algorithms"]), raw["seeds"], raw["n_boot"],
+                          raw["target_sensitivity"])
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:
@@ -250,13 +264,13 @@ def main(argv: list[str] | None = None) -> int:
             execute_run(config, out, resume=bool(args.resume))
             _tensorboard(args, out)
         elif args.command == "compare":
-            config = run_config(args)
-            options = compare_options(args, config)
+            config, out = _resumed(args) if args.resume else (run_config(args), None)
+            options = _resumed_options(args.resume) if args.resume else compare_options(args, config)
             _check_tensorboard(args)
             from medfed.compare import execute_compare
 
-            out = check_out_dir(args.out, args.force) or _fresh_run_dir()
-            execute_compare(config, options, out)
+            out = out or check_out_dir(args.out, args.force) or _fresh_run_dir()
+            execute_compare(config, options, out, resume=bool(args.resume))
             _tensorboard(args, out)
         elif args.command == "report":
             from medfed.report.build import build_report

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
+from medfed.compare_results import Scored, SeedResult, load_seed, save_seed
 from medfed.config import RunConfig
 from medfed.evaluation import statistics as st
 from medfed.evaluation.metrics import METRIC_KEYS, compute_metrics
@@ -47,24 +48,12 @@ from medfed.experiment import (
     train,
 )
 from medfed.output import prepare_out_dir, write_config, write_json, write_rounds
-from medfed.report.artifacts import data_summary, gradcam_panels, write_gradcam, write_predictions
 from medfed.progress import RichRoundProgress
-from medfed.types import Metrics, SiteId, StateDict, Task
+from medfed.report.artifacts import data_summary, gradcam_panels, write_gradcam, write_predictions
+from medfed.types import SiteId, StateDict, Task
 
 LOCAL = "local:"
 SUMMARY_KEYS = (*METRIC_KEYS, "loss")
-
-
-@dataclass
-class Scored:
-    """One configuration of one seed, scored."""
-
-    name: str
-    test: Metrics
-    test_probs: np.ndarray  # kept in memory for the paired tests; never written
-    site_test: dict[SiteId, Metrics] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)  # calibration, operating point, CIs
-    val_auc: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -73,17 +62,6 @@ class CompareOptions:
     seeds: int = 3
     n_boot: int = 1000
     target_sensitivity: float | None = None  # None: Youden's J
-
-
-@dataclass
-class SeedResult:
-    scored: dict[str, Scored]
-    cross_site: list[list[float]] | None
-    test_labels: np.ndarray  # the test set of this seed (synthetic data differs by seed)
-    histories: dict[str, list[Any]] = field(default_factory=dict)  # algorithm -> RoundResults
-    data: dict[str, Any] = field(default_factory=dict)  # data summary per site (the report's)
-    gradcam: dict[str, Any] | None = None  # the first algorithm's Grad-CAM panels (first seed)
-    about: dict[str, Any] = field(default_factory=dict)  # dataset, task, sites ... (the header)
 
 
 def run_seed(config: RunConfig, options: CompareOptions, observe: Callable[[str, int], Any],
@@ -298,18 +276,21 @@ def seed_configs(config: RunConfig, seeds: int) -> list[RunConfig]:
 
 
 def execute_compare(config: RunConfig, options: CompareOptions, out_dir: str | Path,
-                    console: Console | None = None) -> dict[str, Any]:
-    """Run every seed, write compare.json and config.toml, print the table; returns compare.json."""
+                    console: Console | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run every seed, write compare.json and config.toml, print the table; returns compare.json.
+    Each seed is kept as soon as it is done (compare_results.py); resume: reuse the finished ones."""
     console = console or Console(stderr=True)
     started = time.perf_counter()
     configs = seed_configs(config, options.seeds)
     prepare(configs[0])  # a bad data path or config fails before any folder is made
     out = prepare_out_dir(out_dir)
     write_config(out, config)
+    write_json(out / "compare-options.json", asdict(options))  # what --resume continues with
     with RichRoundProgress(console) as progress:
-        observe = lambda name, seed: progress.start_run(f"{name} (seed {seed})",  # noqa: E731
+        observe = lambda name, seed: progress.start_run(f"{name} (seed {seed})",
                                                          config.federation.rounds)
-        results = [run_seed(c, options, observe, explain=k == 0) for k, c in enumerate(configs)]
+        results = [_seed(out, c, options, observe, k == 0, resume, console)
+                   for k, c in enumerate(configs)]
     result = _result(config, options, results, time.perf_counter() - started)
     result["files"] = [*_write_report_inputs(out, configs, results, result), "report.html"]
     write_json(out / "compare.json", result)
@@ -317,6 +298,24 @@ def execute_compare(config: RunConfig, options: CompareOptions, out_dir: str | P
 
     build_report(out)  # from the files just written, as `medfed report DIR` rebuilds it
     Console().print(_table(result, f"test set, mean ± sd over {options.seeds} seed(s) - {out}"))
+    return result
+
+
+def _seed(out: Path, config: RunConfig, options: CompareOptions,
+          observe: Callable[[str, int], Any], explain: bool, resume: bool, console: Console
+          ) -> SeedResult:
+    """One seed: read back when a resumed compare finished it before, else run and kept."""
+    done = load_seed(out, config.seed) if resume else None
+    if done is not None:
+        console.print(f"seed {config.seed}: finished before, read back from {out / 'seeds'}")
+        return done
+    try:
+        result = run_seed(config, options, observe, explain=explain)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: finished seeds are in {out / 'seeds'}; `medfed compare "
+                      f"--resume {out}` continues", soft_wrap=True, markup=False)
+        raise
+    save_seed(out, config.seed, result)
     return result
 
 

@@ -64,3 +64,26 @@ def test_resume_takes_no_other_flags_and_needs_a_run_folder(tmp_path: Path, caps
     assert "give no --config, --out or other flags" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path)]) == 2
     assert "not a `medfed run` folder" in capsys.readouterr().err
+
+
+def test_an_interrupted_compare_resumed_reuses_finished_seeds_and_gives_the_same_table(
+        tiny_config, tmp_path: Path):
+    args = ["compare", *tiny_config(2), "--algorithms", "fedavg", "--seeds", "2",
+            "--bootstrap", "100"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "compare.json").read_text())
+
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "medfed", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.monotonic() + 180
+    while not (out / "seeds" / "seed0.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert (out / "seeds" / "seed0.json").exists() and not (out / "compare.json").exists()
+    first = (out / "seeds" / "seed0.json").stat().st_mtime
+    assert main(["compare", "--resume", str(out)]) == 0
+    assert (out / "seeds" / "seed0.json").stat().st_mtime == first  # read back, not trained again
+    resumed = json.loads((out / "compare.json").read_text())
+    assert resumed["configurations"] == whole["configurations"]
