@@ -40,6 +40,7 @@ class RoundResult:
     epsilon: dict[SiteId, float] = field(default_factory=dict)  # DP-SGD: each site's epsilon so far
     aggregation: dict[str, list[SiteId]] = field(default_factory=dict)  # e.g. Krum's "left_out"
     val: dict[SiteId, Metrics] = field(default_factory=dict)  # each site scores on its own split
+    compression: str = "none"  # what the sites' replies were compressed with (compression.py)
     bytes_up: int = 0
     bytes_down: int = 0
     seconds: float = 0.0
@@ -83,7 +84,7 @@ def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId]
         start, up, down = time.perf_counter(), transport.bytes_up, transport.bytes_down
         sampled = sample_sites(sites, plan.fraction, rng, minimum=plan.min_sites)
         observer.round_started(r, sampled)
-        result = RoundResult(round=r)
+        result = RoundResult(round=r, compression=getattr(strategy, "compression", "none"))
         stages = strategy.stages(r, sampled)
         for stage in stages:
             _run_stage(strategy, transport, stage, replace(options, round=r), result, observer)
@@ -114,6 +115,7 @@ def _run_stage(strategy: Strategy, transport: Transport, stage: list[SiteId], op
             _check_origin(update, site)
             expected = _expected_update(strategy, sent)
             check_update(update, expected)  # what comes back must match what went out
+            update, decoded = _decoded(strategy, update, sent)
         except (TransportError, IncompatibleUpdate) as exc:
             result.failed[site] = str(exc)
             observer.site_finished(result.round, site, None)
@@ -121,7 +123,7 @@ def _run_stage(strategy: Strategy, transport: Transport, stage: list[SiteId], op
         strategy.receive(update)
         result.sites.append(site)
         result.train_loss[site] = update.metrics.get("train_loss", float("nan"))
-        if expected is sent:  # a masked update (secure aggregation) has no norm the server can see
+        if expected is sent or decoded:  # a masked update (secure aggregation) has no norm to see
             result.update_norm[site] = update_norm(update.state, sent)
         if "epsilon" in update.metrics:
             result.epsilon[site] = update.metrics["epsilon"]
@@ -154,6 +156,17 @@ def _expected_update(strategy: Strategy, sent: StateDict) -> StateDict:
     vectors: privacy/secure_round.py) says a reply must look like."""
     template = getattr(strategy, "update_template", None)
     return template(sent) if template is not None else sent
+
+
+def _decoded(strategy: Strategy, update: Update, sent: StateDict) -> tuple[Update, bool]:
+    """A compressed reply (algorithms/compression.py) made a model again, and checked as one:
+    (the update, whether it was decoded)."""
+    decode = getattr(strategy, "decode_update", None)
+    if decode is None:
+        return update, False
+    update = decode(update, sent)
+    check_update(update, sent)
+    return update, True
 
 
 def _check_origin(update: Update, site: SiteId) -> None:
