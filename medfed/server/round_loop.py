@@ -3,6 +3,11 @@
 A site that fails, or sends an update that does not match the global model, is recorded in the
 round's result and left out; the round closes if at least min_sites usable updates arrived.
 
+A strategy whose sites reply in another form says so: `update_template(sent)` is what a reply must
+look like (secure aggregation's masked vectors; compression's int8 codes or top-k indices), and
+`decode_update(update, sent)` (compression only) makes a checked reply a model again, which is then
+checked against the model sent, inside the same try: a reply that does not decode is a failed site.
+
 A transport whose sites work in parallel (gRPC: sites are other machines) may offer
 `dispatch(payloads, options)` (transport.base.StageDispatch): the loop calls it once per stage with
 every site's payload, so all sites of a stage start training at once, then collects each site's
