@@ -7,7 +7,7 @@ Hand mutations these tests catch:
 - keep the sent coordinates in the residual (no index_fill) -> test_error_feedback_converges...
 - decode without the indices' range check -> test_bad_indices_are_a_failed_site, ..._refused
 - decode in receive() outside the round loop's try -> test_bad_indices_are_a_failed_site
-- count the uncompressed state in bytes_up (compress after encoding) -> test_run_sends_fewer_bytes
+- leave the sites unwrapped (experiment.py without compress_sites) -> test_run_sends_fewer_bytes
 """
 
 from __future__ import annotations
