@@ -43,6 +43,8 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--attackers": ("attackers", int, "how many sites attack (default 1)"),
     "--rounds": ("rounds", int, "federated rounds"),
     "--fraction": ("fraction", float, "share of sites sampled per round"),
+    "--compress": ("compress", str, "the sites' updates: none, q8 (8-bit) or topk:F (the largest F "
+                                    "share, with error feedback), e.g. topk:0.1"),
     "--mu": ("mu", float, "FedProx proximal weight"),
     "--server-lr": ("server_lr", float, "FedAdam/FedYogi server learning rate"),
     "--local-epochs": ("local_epochs", int, "epochs of local training per round"),

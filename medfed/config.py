@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from medfed.algorithms.compression_spec import NONE as NO_COMPRESSION
+from medfed.algorithms.compression_spec import TOPK, parse_compression
 from medfed.client.attack_spec import parse_attack
 from medfed.errors import ConfigError
 from medfed.registry import unknown_choice
@@ -147,8 +149,10 @@ class FederationConfig:
     byzantine: int = 1  # f, the faulty sites Krum and the trimmed mean are built to tolerate
     krum_keep: int | None = None  # m, the updates Multi-Krum averages (default: n - f)
     norm_bound: float | None = None  # norm-bound's M (default: the median norm of the round)
+    compress: str = NO_COMPRESSION  # the sites' updates: none, q8 or topk:F (compression.py)
 
     def __post_init__(self) -> None:
+        parse_compression(self.compress)
         _choice("algorithm", self.algorithm, ALGORITHMS)
         _choice("aggregator", self.aggregator, AGGREGATORS)
         if self.aggregator != "mean" and self.algorithm not in AVERAGING:
@@ -250,6 +254,14 @@ class PrivacyConfig:
 PRIVATE_AVERAGING = ("fedavg", "fedprox", "fedadam", "fedyogi")
 
 
+_SECURE_COMPRESSION = {
+    TOPK: "compress topk:F is refused with secure aggregation: each site sends a different set of "
+          "coordinates, which the masked sum cannot add; use compress = \"none\"",
+    "q8": "compress q8 is refused with secure aggregation: each site's int8 codes have their own "
+          "per-tensor scale, so the masked sum in the fixed-point ring cannot add them (a shared "
+          "scale and a narrow ring are not implemented); use compress = \"none\""}
+
+
 def _check_privacy(config: RunConfig) -> None:
     p, fed = config.privacy, config.federation
     if p.dp_sgd and config.model.norm == "batch":
@@ -266,6 +278,8 @@ def _check_privacy(config: RunConfig) -> None:
             raise ConfigError(f"{what} replaces the sample-weighted mean of "
                               f"{', '.join(PRIVATE_AVERAGING)}; use one of them with aggregator "
                               f"\"mean\" (got {fed.algorithm}, {fed.aggregator})")
+    if p.secure_aggregation and fed.compress != NO_COMPRESSION:
+        raise ConfigError(_SECURE_COMPRESSION[parse_compression(fed.compress).kind])
     sites = config.data.known_sites
     if sites is None:  # counted from the data; checked again once it is read
         return

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medfed.algorithms.compression import compress_sites, compress_strategy
+from medfed.algorithms.compression_spec import parse_compression
 from medfed.algorithms.registry import StrategyContext, build_strategy
 from medfed.algorithms.strategy import Strategy
 from medfed.client.attack_spec import Attack, parse_attack
@@ -108,13 +110,17 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     attack = None if baseline else parse_attack(config.adversary.attack)
     # Privacy too: the baselines are the non-private references of what privacy costs.
     privacy = Mechanisms.build(config, list(sites)) if not baseline else None
+    spec = parse_compression(config.federation.compress)  # the baselines send nothing
     trainers = _trainers(setup, sites, attack)
-    transport = InProcessTransport(privacy.wrap_sites(trainers) if privacy else trainers)
+    if privacy is not None:  # privacy, then compression (post-processing) around each site
+        trainers = compress_sites(privacy.wrap_sites(trainers), spec, config.seed)
+    transport = InProcessTransport(trainers)
     ctx = StrategyContext(setup.initial, setup.parameter_keys, setup.norm_keys, list(sites),
                           config.federation, config.training,
                           aggregator_override=privacy.aggregator() if privacy else None)
     strategy = build_strategy(algorithm, ctx)
-    strategy = privacy.wrap_strategy(strategy) if privacy else strategy
+    if privacy is not None:
+        strategy = compress_strategy(privacy.wrap_strategy(strategy), spec)
     fed = config.federation
     start = resume.rounds_done if resume is not None else 0
     plan = (RoundPlan(fed.rounds, 1.0, fed.min_sites, eval_every=0) if baseline

@@ -34,6 +34,8 @@ import numpy as np
 
 import medfed
 from medfed.algorithms.checkpoint import Checkpoint
+from medfed.algorithms.compression import compress_strategy
+from medfed.algorithms.compression_spec import parse_compression
 from medfed.algorithms.registry import StrategyContext, build_strategy
 from medfed.algorithms.strategy import Strategy
 from medfed.config import RunConfig
@@ -268,6 +270,7 @@ def _strategy(fed: Federation) -> Strategy:
     if fed.config.privacy.secure_aggregation:
         # The simulation's SecureAggregation; its key and unmask messages travel over the sessions.
         strategy = fed.privacy.wrap_strategy(strategy, GrpcCoordinator(fed.transport))
+    strategy = compress_strategy(strategy, parse_compression(fed.config.federation.compress))
     if checkpoint is not None:  # every algorithm continues where the last completed round left it
         strategy.restore(checkpoint[1])
         _restore_accountant(fed, checkpoint[1])
@@ -316,6 +319,7 @@ class DeployObserver:
         digest = self.fed.store.record_round(result, checkpoint, meta)
         self.fed.audit.record("round_closed", round=result.round + 1, aggregated=result.sites,
                               left_out=sorted(result.failed), aggregation=result.aggregation,
+                              compression=result.compression,
                               aggregate_sha256=digest)
         _say(f"round {result.round + 1} closed with {len(result.sites)} updates "
              f"({len(result.failed)} left out)")

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from medfed.algorithms.compression import compress_sites
+from medfed.algorithms.compression_spec import parse_compression
 from medfed.client.trainer import LocalSite, SiteTrainer, TrainOptions
 from medfed.config import RunConfig
 from medfed.config_file import config_from_dict
@@ -122,6 +124,9 @@ class SiteWorker:
         identities = {site: identity} if identity is not None else {}
         self.trainer: LocalSite = self.privacy.wrap_sites(
             {site: self.base}, first_index=welcome.index, spent=spent, identities=identities)[site]
+        self.trainer = compress_sites({site: self.trainer},  # the federation's --compress
+                                      parse_compression(self.config.federation.compress),
+                                      self.config.seed, welcome.index, deployed=True)[site]
         for dp in self.privacy.dp_sites.values():  # the site's own cap on top of the plan's target
             dp.budget.target = self.policy.epsilon_cap(dp.budget.target)
         self.last_final: dict[str, Any] | None = None

@@ -117,12 +117,18 @@ def gradcam_section(folder: Path, class_names: list[str], skipped: str | None, m
                           "its predicted class.")
 
 
+def _compression(histories: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str]]:
+    """Which compression the sites' updates used, as the rounds record it (none: no line)."""
+    used = sorted({r.get("compression", "none") for h in histories.values() for r in h} - {"none"})
+    return [("updates compressed", ", ".join(used))] if used else []
+
+
 def traffic_section(histories: dict[str, list[dict[str, Any]]], facts: list[tuple[str, str]]
                     ) -> Section:
     section = Section("Communication and wall time")
     section.caption("What federation costs: the model weights sent to and received from the sites "
                     "each round (no patient data is sent), and how long each round took.")
-    section.facts(facts)
+    section.facts(facts + _compression(histories))
     if any(histories.values()):
         section.figure(figures.per_round_traffic(histories), "Megabytes sent per round and seconds "
                                                              "per round.")

@@ -3,6 +3,11 @@
 A site that fails, or sends an update that does not match the global model, is recorded in the
 round's result and left out; the round closes if at least min_sites usable updates arrived.
 
+A strategy whose sites reply in another form says so: `update_template(sent)` is what a reply must
+look like (secure aggregation's masked vectors; compression's int8 codes or top-k indices), and
+`decode_update(update, sent)` (compression only) makes a checked reply a model again, which is then
+checked against the model sent, inside the same try: a reply that does not decode is a failed site.
+
 A transport whose sites work in parallel (gRPC: sites are other machines) may offer
 `dispatch(payloads, options)` (transport.base.StageDispatch): the loop calls it once per stage with
 every site's payload, so all sites of a stage start training at once, then collects each site's
@@ -41,6 +46,7 @@ class RoundResult:
     epsilon: dict[SiteId, float] = field(default_factory=dict)  # DP-SGD: each site's epsilon so far
     aggregation: dict[str, list[SiteId]] = field(default_factory=dict)  # e.g. Krum's "left_out"
     val: dict[SiteId, Metrics] = field(default_factory=dict)  # each site scores on its own split
+    compression: str = "none"  # what the sites' replies were compressed with (compression.py)
     bytes_up: int = 0
     bytes_down: int = 0
     seconds: float = 0.0
@@ -85,7 +91,7 @@ def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId]
         start, up, down = time.perf_counter(), transport.bytes_up, transport.bytes_down
         sampled = sample_sites(sites, plan.fraction, rng, minimum=plan.min_sites)
         observer.round_started(r, sampled)
-        result = RoundResult(round=r)
+        result = RoundResult(round=r, compression=getattr(strategy, "compression", "none"))
         stages = strategy.stages(r, sampled)
         for stage in stages:
             _run_stage(strategy, transport, stage, replace(options, round=r), result, observer,
@@ -112,35 +118,37 @@ def _run_stage(strategy: Strategy, transport: Transport, stage: list[SiteId], op
     dispatch = getattr(transport, "dispatch", None)
     if dispatch is not None:
         dispatch(payloads, options)
-    held: list[tuple[Update, StateDict]] = []
+    held: list[tuple[Update, StateDict, bool]] = []
     for site in stage:
         try:
             update = transport.train(site, payloads[site], options)
             _check_origin(update, site)
             check_update(update, _expected_update(strategy, payloads[site]))  # as it went out
+            update, decoded = _decoded(strategy, update, payloads[site])
         except (TransportError, IncompatibleUpdate) as exc:
             result.failed[site] = str(exc)
             observer.site_finished(result.round, site, None)
             continue
         if share is None:
-            _receive(strategy, update, payloads[site], result, observer)
+            _receive(strategy, update, payloads[site], result, observer, decoded)
         else:
-            held.append((update, payloads[site]))
-    capped = cap_weights({u.site: u.n_samples for u, _ in held}, share) if held and share else {}
-    for update, sent in held:
-        _receive(strategy, replace(update, n_samples=capped[update.site]), sent, result, observer)
+            held.append((update, payloads[site], decoded))
+    capped = cap_weights({u.site: u.n_samples for u, _, _ in held}, share) if held and share else {}
+    for update, sent, decoded in held:
+        _receive(strategy, replace(update, n_samples=capped[update.site]), sent, result, observer,
+                 decoded)
     strategy.close_stage()
     for what, sites in strategy.aggregation_notes.items():
         result.aggregation.setdefault(what, []).extend(sites)
 
 
 def _receive(strategy: Strategy, update: Update, sent: StateDict, result: RoundResult,
-             observer: RoundObserver) -> None:
+             observer: RoundObserver, decoded: bool = False) -> None:
     site = update.site
     strategy.receive(update)
     result.sites.append(site)
     result.train_loss[site] = update.metrics.get("train_loss", float("nan"))
-    if _expected_update(strategy, sent) is sent:  # a masked update has no norm the server can see
+    if decoded or _expected_update(strategy, sent) is sent:  # a masked update has no norm to see
         result.update_norm[site] = update_norm(update.state, sent)
     if "epsilon" in update.metrics:
         result.epsilon[site] = update.metrics["epsilon"]
@@ -170,6 +178,17 @@ def _expected_update(strategy: Strategy, sent: StateDict) -> StateDict:
     vectors: privacy/secure_round.py) says a reply must look like."""
     template = getattr(strategy, "update_template", None)
     return template(sent) if template is not None else sent
+
+
+def _decoded(strategy: Strategy, update: Update, sent: StateDict) -> tuple[Update, bool]:
+    """A compressed reply (algorithms/compression.py) made a model again, and checked as one:
+    (the update, whether it was decoded)."""
+    decode = getattr(strategy, "decode_update", None)
+    if decode is None:
+        return update, False
+    update = decode(update, sent)
+    check_update(update, sent)
+    return update, True
 
 
 def _check_origin(update: Update, site: SiteId) -> None:
