@@ -30,6 +30,7 @@ from medfed.deploy.jobs import JobStore
 from medfed.deploy.server import (
     Federation,
     ServerArgs,
+    close_federation,
     open_federation,
     run_federation,
     servicer_hooks,
@@ -156,7 +157,7 @@ class Coordinator:
         finally:
             self.sessions.stop()
             self.running = None
-            fed.store.close()
+            close_federation(fed)
 
     def _ended(self, job_id: int, status: str, detail: str) -> None:
         self.jobs.set_status(job_id, status, detail)

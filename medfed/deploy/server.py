@@ -128,7 +128,14 @@ def serve(args: ServerArgs) -> dict[str, Any]:
     finally:
         server.stop(grace=2).wait(5)
         watch.stop()
-        fed.store.close()
+        close_federation(fed)
+
+
+def close_federation(fed: Federation) -> None:
+    """Close the state; a site's stream that ends only now (its reader thread outlives the
+    server's stop) has nothing left to record."""
+    fed.transport.registry.audit = lambda event, **fields: None
+    fed.store.close()
 
 
 def open_federation(federation: FederationFile, args: ServerArgs) -> Federation:

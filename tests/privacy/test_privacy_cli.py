@@ -15,9 +15,10 @@ TINY = ["run", "--sites", "3", "--rounds", "1", "--image-size", "16", "--no-base
 
 
 def run(tmp_path, capsys, *flags):
-    code = main([*TINY, "--out", str(tmp_path), *flags])
+    out = tmp_path / "out"  # the run's own folder (tmp_path holds the small config)
+    code = main([*TINY, "--out", str(out), *flags])
     _, err = capsys.readouterr()
-    summary = json.loads((tmp_path / "summary.json").read_text()) if code == 0 else None
+    summary = json.loads((out / "summary.json").read_text()) if code == 0 else None
     return code, err, summary
 
 
@@ -35,7 +36,7 @@ def test_dp_sgd_run_prints_and_records_epsilon_per_site(tmp_path, capsys):
     assert set(privacy["epsilon"]) == {"site-a", "site-b", "site-c"}
     assert privacy["delta"] == 1e-6 and privacy["dp_sgd"]["max_grad_norm"] == 0.5
     assert "epsilon spent per site" in err
-    first_round = json.loads((tmp_path / "rounds.jsonl").read_text().splitlines()[0])
+    first_round = json.loads((tmp_path / "out" / "rounds.jsonl").read_text().splitlines()[0])
     assert first_round["epsilon"] == privacy["epsilon"]
 
 
