@@ -122,16 +122,17 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     if privacy is not None:
         strategy = compress_strategy(privacy.wrap_strategy(strategy), spec)
     fed = config.federation
-    start = resume.rounds_done if resume is not None else 0
+    first_round = resume.rounds_done if resume is not None else 0
     plan = (RoundPlan(fed.rounds, 1.0, fed.min_sites, eval_every=0) if baseline
-            else RoundPlan(fed.rounds, fed.fraction, fed.min_sites, fed.eval_every, start=start))
+            else RoundPlan(fed.rounds, fed.fraction, fed.min_sites, fed.eval_every,
+                           start=first_round))
     sampling = np.random.default_rng(np.random.SeedSequence([config.seed, 2]))
     earlier: list[RoundResult] = []
     if resume is not None:
         strategy.restore(resume.checkpoint)
         resume.restore_privacy(privacy)
         earlier = resume.history
-        for _ in range(start):  # the sampling stream, replayed past the rounds already done
+        for _ in range(first_round):  # the sampling stream, replayed past the rounds done
             sample_sites(list(sites), plan.fraction, sampling, minimum=plan.min_sites)
     if checkpoints is not None:
         observer = RunCheckpointer(checkpoints, observer, strategy, earlier, privacy)

@@ -46,6 +46,7 @@ def test_an_interrupted_run_resumed_gives_the_uninterrupted_test_metrics(
     args = [*tiny_config(ROUNDS), "--no-baselines", "--fraction", "0.5"]  # 2 of 3 sites a round
     assert main(["run", *args, "--out", str(tmp_path / "whole")]) == 0
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert 0 < whole["wall_seconds"] <= whole["total_seconds"] < 600  # the training's own time
 
     out = tmp_path / "stopped"
     done = interrupted_run(args, out, sig)
