@@ -20,7 +20,7 @@ import pytest
 from medfed.cli import main
 from tests.deploy.processes import ENV
 
-ROUNDS = 6
+ROUNDS = 40  # long enough that the signal lands mid-run on a fast, idle machine
 
 
 def rounds_done(out: Path) -> int:

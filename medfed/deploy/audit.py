@@ -90,6 +90,7 @@ class AuditLog:
         self.path, self.key, self.on_head = path, key, on_head
         self.gate = gate or RefusalGate()
         self._lock = threading.Lock()
+        self._closed = False
         self._prev, self._seq = GENESIS, 0
         if path.exists() and path.stat().st_size:
             last = path.read_bytes().rstrip(b"\n").split(b"\n")[-1]
@@ -99,9 +100,17 @@ class AuditLog:
     def signed(self) -> bool:
         return self.key is not None
 
+    def close(self) -> None:
+        """No record after this one returns (a record in progress completes first): the state
+        that anchors the trail is about to close."""
+        with self._lock:
+            self._closed = True
+
     def record(self, event: str, **fields: Any) -> None:
         fields = bounded(fields)
         with self._lock:
+            if self._closed:
+                return  # e.g. a site's stream that ended after its federation closed
             refusal = event in REFUSALS
             admitted = not refusal or self.gate.admit(event, fields)
             suppressed = self.gate.take(force=not refusal)

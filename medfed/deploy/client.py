@@ -13,7 +13,10 @@ SCAFFOLD's control variate, kept at the site) survives reconnections.
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +45,7 @@ from medfed.transport.grpc_server import METHOD, REPLACED
 from medfed.transport.proto import medfed_pb2 as pb
 
 MAX_BACKOFF = 30.0
+STOP_GRACE = 10.0  # seconds a stopping agent waits for its threads before it exits anyway
 TLS_ATTEMPTS = 3  # handshake refusals in a row before the site stops with the plain reason
 REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
            grpc.StatusCode.FAILED_PRECONDITION)
@@ -74,11 +78,28 @@ def run_client(args: ClientArgs) -> int:
     log.say(f"data: {args.site.data.dataset}, {local.sizes['n_train']} training / "
             f"{local.sizes['n_val']} validation / {local.sizes['n_test']} test samples; "
             f"state in {args.site.state}")
+    _stop_on_signals()
     try:
         return _serve(args, local, credentials, signer, log)
     except KeyboardInterrupt:
         log.say("stopped")
         return 0
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the agent; if a connection's threads keep it from exiting, it
+    exits anyway STOP_GRACE seconds later (an agent that will not stop is worse than a cut stream)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # an agent run inside another program (a test) leaves signals to it
+
+    def stop(signum: int, frame: object) -> None:
+        watchdog = threading.Timer(STOP_GRACE, lambda: os._exit(0))
+        watchdog.daemon = True
+        watchdog.start()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _serve(args: ClientArgs, local: LocalData, credentials: grpc.ChannelCredentials | None,

@@ -132,9 +132,9 @@ def serve(args: ServerArgs) -> dict[str, Any]:
 
 
 def close_federation(fed: Federation) -> None:
-    """Close the state; a site's stream that ends only now (its reader thread outlives the
-    server's stop) has nothing left to record."""
-    fed.transport.registry.audit = lambda event, **fields: None
+    """Close the trail, then the state that anchors it: a site's stream that ends only now (its
+    reader thread outlives the server's stop) has nothing left to record."""
+    fed.audit.close()
     fed.store.close()
 
 
