@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -149,3 +150,22 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, procs: Proc
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{procs.log_text()}")
+
+
+def run_killed_and_resumed(procs: Processes, tmp_path: Path, config: Path, certs: Path, port: int
+                           ) -> Path:
+    """A federation whose server is SIGKILLed after round 1 and restarted with --resume; the sites'
+    clients keep running. Returns the state folder once the resumed server has exited 0."""
+    state = tmp_path / "state"
+    audit = state / "audit.jsonl"
+    procs.start("server", "server", "--config", str(config), "--certs", str(certs), "--state",
+                str(state))
+    for site in SITES:
+        procs.client(site, port, certs)
+    wait_until(lambda: len(events(audit, "round_closed")) >= 1, 90, "round 1", procs)
+    procs.running["server"].send_signal(signal.SIGKILL)
+    procs.wait("server", 10)
+    procs.start("server-resumed", "server", "--config", str(config), "--certs", str(certs),
+                "--state", str(state), "--resume")
+    assert procs.wait("server-resumed", 120) == 0, procs.log_text()
+    return state

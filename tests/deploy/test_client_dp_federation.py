@@ -15,7 +15,6 @@ files). Bounded waits; the procs fixture cleans up.
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import pytest
@@ -26,11 +25,10 @@ from medfed.experiment import prepare, train
 from tests.deploy.processes import (
     SITES,
     Processes,
-    events,
     free_port,
     make_certs,
+    run_killed_and_resumed,
     simulation_config,
-    wait_until,
     write_federation,
 )
 
@@ -80,18 +78,7 @@ def test_a_server_killed_mid_federation_resumes_its_epsilon_and_its_model(tmp_pa
     port = free_port()
     certs = make_certs(tmp_path / "certs")
     config = client_dp_federation(tmp_path / "federation.toml", port, noise=0.0, rounds=3)
-    state = tmp_path / "state"
-    audit = state / "audit.jsonl"
-    procs.start("server", "server", "--config", str(config), "--certs", str(certs), "--state",
-                str(state))
-    for site in SITES:
-        procs.client(site, port, certs)
-    wait_until(lambda: len(events(audit, "round_closed")) >= 1, 90, "round 1", procs)
-    procs.running["server"].send_signal(signal.SIGKILL)
-    procs.wait("server", 10)
-    procs.start("server-resumed", "server", "--config", str(config), "--certs", str(certs),
-                "--state", str(state), "--resume")
-    assert procs.wait("server-resumed", 120) == 0, procs.log_text()
+    state = run_killed_and_resumed(procs, tmp_path, config, certs, port)
     for site in SITES:
         assert procs.wait(site, 30) == 0
 

@@ -10,7 +10,6 @@ Deliberate breaks that make this fail (tried by hand): the checkpoint's strategy
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
@@ -19,13 +18,12 @@ from safetensors.torch import load_file
 
 from medfed.experiment import prepare, train
 from tests.deploy.processes import (
-    SITES,
     Processes,
     events,
     free_port,
     make_certs,
+    run_killed_and_resumed,
     simulation_config,
-    wait_until,
     write_federation,
 )
 
@@ -37,18 +35,8 @@ def test_a_server_killed_after_round_one_resumes_to_the_uninterrupted_model(
     certs = make_certs(tmp_path / "certs")
     config = write_federation(tmp_path / "federation.toml", port, rounds=3, min_sites=3)
     config.write_text(config.read_text().replace('algorithm = "fedavg"', f'algorithm = "{algorithm}"'))
-    state = tmp_path / "state"
+    state = run_killed_and_resumed(procs, tmp_path, config, certs, port)
     audit = state / "audit.jsonl"
-    procs.start("server", "server", "--config", str(config), "--certs", str(certs), "--state",
-                str(state))
-    for site in SITES:
-        procs.client(site, port, certs)
-    wait_until(lambda: len(events(audit, "round_closed")) >= 1, 90, "round 1", procs)
-    procs.running["server"].send_signal(signal.SIGKILL)
-    procs.wait("server", 10)
-    procs.start("server-resumed", "server", "--config", str(config), "--certs", str(certs),
-                "--state", str(state), "--resume")
-    assert procs.wait("server-resumed", 120) == 0, procs.log_text()
     assert [e["round"] for e in events(audit, "round_closed")] == [1, 2, 3]
 
     setup = prepare(simulation_config(config))
