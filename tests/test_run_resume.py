@@ -23,6 +23,12 @@ from tests.deploy.processes import ENV
 ROUNDS = 40  # long enough that the signal lands mid-run on a fast, idle machine
 
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C as in a terminal. A test runner started in the background by a shell
+    ignores SIGINT, and a child would inherit that (Python then installs no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def rounds_done(out: Path) -> int:
     path = out / "rounds.jsonl"
     return len(path.read_text().splitlines()) if path.exists() else 0
@@ -30,7 +36,8 @@ def rounds_done(out: Path) -> int:
 
 def interrupted_run(args: list[str], out: Path, sig: signal.Signals) -> subprocess.CompletedProcess:
     proc = subprocess.Popen([sys.executable, "-m", "medfed", "run", *args, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     while rounds_done(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
