@@ -23,10 +23,11 @@ from tests.deploy.processes import ENV
 ROUNDS = 40  # long enough that the signal lands mid-run on a fast, idle machine
 
 
-def default_sigint() -> None:
-    """In the child: Ctrl-C as in a terminal. A test runner started in the background by a shell
-    ignores SIGINT, and a child would inherit that (Python then installs no KeyboardInterrupt)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# `medfed` with Ctrl-C as in a terminal: a test runner started in the background by a shell ignores
+# SIGINT, a child inherits that, and Python then installs no KeyboardInterrupt. (Not preexec_fn:
+# Python code between fork and exec in a process with gRPC threads can hang the child.)
+WITH_CTRL_C = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "from medfed.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def rounds_done(out: Path) -> int:
@@ -35,9 +36,8 @@ def rounds_done(out: Path) -> int:
 
 
 def interrupted_run(args: list[str], out: Path, sig: signal.Signals) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen([sys.executable, "-m", "medfed", "run", *args, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                            preexec_fn=default_sigint)
+    proc = subprocess.Popen([sys.executable, "-c", WITH_CTRL_C, "run", *args, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 120
     while rounds_done(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -107,8 +107,7 @@ class Processes:
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen([sys.executable, "-m", "medfed", *args], stdout=log,
-                                stderr=subprocess.STDOUT, env=ENV,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                stderr=subprocess.STDOUT, env=ENV)
         self.running[name] = proc
         return proc
 
