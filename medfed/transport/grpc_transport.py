@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict
@@ -83,22 +84,11 @@ class GrpcTransport:
         """One task to each site at once (e.g. scoring the final model); each site's JSON answer,
         or why it gave none within `seconds`. The answer's bytes are counted as evaluation."""
         deadline = time.monotonic() + seconds
-        pending: dict[SiteId, tuple[SiteChannel, int, Future] | TransportError] = {}
-        for site, state in states.items():
-            try:
-                pending[site] = self._send(site, kind, options, state)
-            except TransportError as exc:
-                pending[site] = exc
-        answers: dict[SiteId, dict[str, Any] | TransportError] = {}
-        for site, sent in pending.items():
-            try:
-                if isinstance(sent, TransportError):
-                    raise sent
-                reply = self._wait(site, sent, deadline, "its deadline")
-                self.eval_bytes[site] = len(json.dumps(reply.meta))
-                answers[site] = reply.meta
-            except TransportError as exc:
-                answers[site] = exc
+        answers = self._gather({site: lambda s=state, site=site: self._send(site, kind, options, s)
+                                for site, state in states.items()}, deadline, "its deadline")
+        for site, answer in answers.items():
+            if not isinstance(answer, TransportError):
+                self.eval_bytes[site] = len(json.dumps(answer))
         return answers
 
     def finish(self, reason: str) -> None:
@@ -108,10 +98,17 @@ class GrpcTransport:
                  ) -> dict[SiteId, dict[str, Any] | TransportError]:
         """A small JSON message to each site at once (secure aggregation's keys and shares); each
         site's JSON answer, or why it gave none before the round's deadline."""
+        return self._gather({site: lambda b=body, site=site: self._send_blob(
+            site, kind, {}, json.dumps(b).encode()) for site, body in bodies.items()},
+            self._deadline, "the round's deadline")
+
+    def _gather(self, sends: dict[SiteId, Callable[[], tuple[SiteChannel, int, Future]]],
+                deadline: float, what: str) -> dict[SiteId, dict[str, Any] | TransportError]:
+        """Send to every site first (they work in parallel), then wait for each answer."""
         pending: dict[SiteId, tuple[SiteChannel, int, Future] | TransportError] = {}
-        for site, body in bodies.items():
+        for site, send in sends.items():
             try:
-                pending[site] = self._send_blob(site, kind, {}, json.dumps(body).encode())
+                pending[site] = send()
             except TransportError as exc:
                 pending[site] = exc
         answers: dict[SiteId, dict[str, Any] | TransportError] = {}
@@ -119,7 +116,7 @@ class GrpcTransport:
             try:
                 if isinstance(sent, TransportError):
                     raise sent
-                answers[site] = self._wait(site, sent, self._deadline, "the round's deadline").meta
+                answers[site] = self._wait(site, sent, deadline, what).meta
             except TransportError as exc:
                 answers[site] = exc
         return answers
