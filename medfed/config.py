@@ -15,14 +15,16 @@ Reading and writing files and applying CLI flags is medfed/config_file.py.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from medfed.algorithms.compression_spec import NONE as NO_COMPRESSION
-from medfed.algorithms.compression_spec import TOPK, parse_compression
+from medfed.algorithms.compression_spec import parse_compression
 from medfed.client.attack_spec import parse_attack
+from medfed.config_checks import at_least as _at_least
+from medfed.config_checks import choice as _choice
+from medfed.config_checks import positive as _positive
+from medfed.config_privacy import PrivacyConfig, check_privacy
 from medfed.errors import ConfigError
-from medfed.registry import unknown_choice
 
 # Names the registries answer to. tests/test_config.py checks that each registry holds exactly these.
 DATASETS = ("synthetic", "medmnist", "dicom", "nifti", "chestxray14", "heart-disease", "images")
@@ -214,90 +216,6 @@ class AdversaryConfig:
 
 
 @dataclass(frozen=True)
-class PrivacyConfig:
-    """DP-SGD at each site, DP-FedAvg at the server, secure aggregation (medfed/privacy/)."""
-
-    dp_sgd: bool = False  # per-sample clipping and noise at each site (Opacus)
-    noise_multiplier: float | None = None  # DP-SGD's sigma; None with target_epsilon: derived
-    max_grad_norm: float = 1.0  # DP-SGD's per-sample clipping norm C
-    target_epsilon: float | None = None  # a site's budget; it stops training once spent
-    delta: float = 1e-5
-    client_dp: bool = False  # DP-FedAvg: each site's update clipped to `clip`, noise on the sum
-    clip: float = 1.0  # S
-    noise: float = 1.0  # client-level sigma: the sum gets N(0, (sigma S)^2)
-    secure_aggregation: bool = False  # the server learns only the sum of the updates
-    threshold: int | None = None  # t survivors needed to unmask, > half the round; None: a majority
-    fixed_point_scale: float = 2.0 ** 24  # secure aggregation's resolution
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any mechanism is on."""
-        return self.dp_sgd or self.client_dp or self.secure_aggregation
-
-    def __post_init__(self) -> None:
-        if self.dp_sgd and self.noise_multiplier is None and self.target_epsilon is None:
-            raise ConfigError("dp_sgd needs noise_multiplier (sigma) or target_epsilon")
-        for name in ("max_grad_norm", "clip", "fixed_point_scale"):
-            _positive(name, getattr(self, name))
-        if self.noise < 0:  # 0: clipping only, no privacy (epsilon infinite): a test setting
-            raise ConfigError(f"noise must be >= 0, got {self.noise}")
-        for name in ("noise_multiplier", "target_epsilon"):
-            if getattr(self, name) is not None:
-                _positive(name, getattr(self, name))
-        if not 0 < self.delta < 1:
-            raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
-        if self.threshold is not None:
-            _at_least("threshold", self.threshold, 2)
-
-
-# What each privacy mechanism can wrap: the averaging algorithms with the plain mean.
-PRIVATE_AVERAGING = ("fedavg", "fedprox", "fedadam", "fedyogi")
-
-
-_SECURE_COMPRESSION = {
-    TOPK: "compress topk:F is refused with secure aggregation: each site sends a different set of "
-          "coordinates, which the masked sum cannot add; use compress = \"none\"",
-    "q8": "compress q8 is refused with secure aggregation: each site's int8 codes have their own "
-          "per-tensor scale, so the masked sum in the fixed-point ring cannot add them (a shared "
-          "scale and a narrow ring are not implemented); use compress = \"none\""}
-
-
-def _check_privacy(config: RunConfig) -> None:
-    p, fed = config.privacy, config.federation
-    if p.dp_sgd and config.model.norm == "batch":
-        raise ConfigError("DP-SGD clips each sample's gradient, which BatchNorm mixes across the "
-                          "batch; use --norm group or --norm instance")
-    if (p.dp_sgd or p.client_dp) and config.training.logit_adjust:
-        raise ConfigError("--logit-adjust puts each site's label counts into every gradient, "
-                          "unclipped and without noise: it is refused with DP-SGD or client-level DP")
-    if p.dp_sgd and fed.algorithm in ("fedprox", "scaffold"):
-        raise ConfigError(f"DP-SGD trains the plain task loss; {fed.algorithm} changes it "
-                          "(use fedavg, fedadam, fedyogi, fednova, fedbn, swt, cwt or ensemble)")
-    for on, what in ((p.client_dp, "client_dp"), (p.secure_aggregation, "secure_aggregation")):
-        if on and (fed.algorithm not in PRIVATE_AVERAGING or fed.aggregator != "mean"):
-            raise ConfigError(f"{what} replaces the sample-weighted mean of "
-                              f"{', '.join(PRIVATE_AVERAGING)}; use one of them with aggregator "
-                              f"\"mean\" (got {fed.algorithm}, {fed.aggregator})")
-    if p.secure_aggregation and fed.compress != NO_COMPRESSION:
-        raise ConfigError(_SECURE_COMPRESSION[parse_compression(fed.compress).kind])
-    sites = config.data.known_sites
-    if sites is None:  # counted from the data; checked again once it is read
-        return
-    if p.secure_aggregation and sites < 2:
-        raise ConfigError("secure_aggregation needs at least 2 sites")
-    if p.threshold is not None and p.threshold > sites:
-        raise ConfigError(f"threshold is {p.threshold} but there are only {sites} sites")
-    sampled = min(sites, max(fed.min_sites, math.ceil(fed.fraction * sites)))
-    if p.secure_aggregation and p.threshold is not None and p.threshold > sampled:
-        raise ConfigError(f"threshold is {p.threshold} but a round samples only {sampled} sites "
-                          f"(fraction {fed.fraction}); raise --fraction or lower --threshold")
-    if p.secure_aggregation and p.threshold is not None and 2 * p.threshold <= sampled:
-        raise ConfigError(f"threshold is {p.threshold} but a round samples {sampled} sites: secure "
-                          f"aggregation against a malicious server needs more than half of them "
-                          f"(at least {sampled // 2 + 1}); raise threshold or leave it unset")
-
-
-@dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     device: str = "auto"
@@ -311,7 +229,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _choice("device", self.device, DEVICES)
-        _check_privacy(self)
+        check_privacy(self)
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         fed, sites = self.federation, self.data.known_sites
@@ -340,18 +258,3 @@ def _check_robustness(fed: FederationConfig, sites: int) -> None:
     if fed.aggregator == "multi-krum" and fed.krum_keep is not None and fed.krum_keep > sites - f:
         raise ConfigError(f"krum_keep is {fed.krum_keep}, but Multi-Krum can keep at most "
                           f"n - f = {sites - f} updates")
-
-
-def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise unknown_choice(name, value, list(valid))
-
-
-def _at_least(name: str, value: int, low: int) -> None:
-    if value < low:
-        raise ConfigError(f"{name} must be >= {low}, got {value}")
-
-
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{name} must be > 0, got {value}")

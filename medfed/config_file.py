@@ -63,7 +63,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
     top = {f.name for f in fields(RunConfig)} - set(SECTIONS)
     unknown = set(raw) - top - set(SECTIONS)
     if unknown:
-        raise unknown_choice(f"key in {source}", sorted(unknown)[0], sorted(top | set(SECTIONS)))
+        raise unknown_choice(f"key in {source}", min(unknown), sorted(top | set(SECTIONS)))
     values: dict[str, Any] = {}
     for name, value in raw.items():
         if name in SECTIONS:
