@@ -92,13 +92,26 @@ class AuditLog:
         self._lock = threading.Lock()
         self._closed = False
         self._prev, self._seq = GENESIS, 0
+        self._first: str | None = None  # the first record's hash: the trail's identity
+        self._head: AuditHead | None = None
         if path.exists() and path.stat().st_size:
-            last = path.read_bytes().rstrip(b"\n").split(b"\n")[-1]
-            self._prev, self._seq = sha256(last), int(json.loads(last)["seq"])
+            lines = path.read_bytes().rstrip(b"\n").split(b"\n")
+            last = json.loads(lines[-1])
+            self._prev, self._seq = sha256(lines[-1]), int(last["seq"])
+            self._first = json.loads(lines[0])["hash"]
+            self._head = AuditHead(last["seq"], last["hash"], last.get("sig", ""))
 
     @property
     def signed(self) -> bool:
         return self.key is not None
+
+    def witness_head(self) -> dict[str, Any] | None:
+        """The latest head as the sites keep it (deploy/audit_witness.py), None before a record."""
+        with self._lock:
+            if self._head is None or self._first is None:
+                return None
+            return {"trail": self._first, "seq": self._head.seq, "hash": self._head.hash,
+                    "sig": self._head.sig}
 
     def close(self) -> None:
         """No record after this one returns (a record in progress completes first): the state
@@ -131,8 +144,10 @@ class AuditLog:
             f.flush()
             os.fsync(f.fileno())
         self._prev, self._seq = sha256(line), entry["seq"]
+        self._first = self._first or entry["hash"]
+        self._head = AuditHead(entry["seq"], entry["hash"], entry.get("sig", ""))
         if self.on_head is not None:
-            self.on_head(AuditHead(entry["seq"], entry["hash"], entry.get("sig", "")))
+            self.on_head(self._head)
 
 
 def bounded(value: Any) -> Any:

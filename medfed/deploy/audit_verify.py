@@ -14,7 +14,8 @@ A torn last line (a crash mid-write) is reported; `open_trail` with resume trunc
 last complete record and audits the repair (`audit_repaired`).
 
 An insider who can write both the trail and the database can still cut both back to an earlier
-signed head consistently; only copies of the head kept elsewhere (the sites) can show that.
+signed head consistently; only copies of the head kept elsewhere show that: the sites keep every
+head they are sent (deploy/audit_witness.py), checked with `verify(..., witnesses=...)`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medfed.deploy.audit import GENESIS, AuditLog, canonical, sha256
+from medfed.deploy.audit_witness import check_witness
 from medfed.deploy.signatures import PrivateKey, PublicKey, public_from_pem, public_pem, signed_by
 from medfed.deploy.state import AuditAnchor, AuditHead, StateStore
 from medfed.errors import StateError
@@ -197,9 +199,11 @@ def _record_missing_rounds(log: AuditLog, store: StateStore, missing: list[int])
                    recovered="committed before a crash; recorded on resume")
 
 
-def verify(path: Path, key: PublicKey | None = None, anchor: AuditAnchor | None = None) -> Verdict:
+def verify(path: Path, key: PublicKey | None = None, anchor: AuditAnchor | None = None,
+           witnesses: tuple[Path, ...] = ()) -> Verdict:
     """`medfed audit verify`: the trail checked with key and against anchor (each optional), its
-    committed rounds all closed; notes say what was and was not checked."""
+    committed rounds all closed, and against the heads the sites kept (witnesses); notes say what
+    was and was not checked."""
     if not path.is_file():
         raise StateError(f"no audit trail {path}")
     trail = read_trail(path)
@@ -212,7 +216,11 @@ def verify(path: Path, key: PublicKey | None = None, anchor: AuditAnchor | None 
                               f"record); {RESUME_REPAIRS}")
     if verdict is not None and not verdict.ok:
         return verdict
-    return Verdict(True, notes=_notes(trail, key, anchor))
+    seen = [check_witness(w, trail.records, key) for w in witnesses]
+    for result in seen:
+        if result.broken:
+            return Verdict(False, 0, result.broken)
+    return Verdict(True, notes=_notes(trail, key, anchor) + tuple(r.note for r in seen))
 
 
 def _notes(trail: Trail, key: PublicKey | None, anchor: AuditAnchor | None) -> tuple[str, ...]:

@@ -74,6 +74,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                         "holds the trail's signed head (default: FILE's folder, if it holds one)")
     verify.add_argument("--cert", type=Path, help="the server's certificate (server.crt) to check "
                         "the signatures with (default: the key recorded in the state database)")
+    verify.add_argument("--witness", type=Path, action="append", default=[], metavar="FILE",
+                        help="a site's copy of the signed heads it was sent (its state folder's "
+                        "audit-witness.jsonl); repeat for each site")
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -133,7 +136,7 @@ def _verify_audit(args: argparse.Namespace) -> int:
     anchor = read_anchor(state) if state is not None else None
     key = load_public_key(args.cert) if args.cert is not None else (
         public_from_pem(anchor.key_pem) if anchor is not None and anchor.key_pem else None)
-    verdict = verify(args.file, key, anchor)
+    verdict = verify(args.file, key, anchor, tuple(args.witness))
     if not verdict.ok:
         print(f"broken at line {verdict.line}: {verdict.reason}" if verdict.line
               else f"broken: {verdict.reason}")

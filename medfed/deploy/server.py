@@ -41,6 +41,7 @@ from medfed.algorithms.strategy import Strategy
 from medfed.config import RunConfig
 from medfed.config_file import to_toml
 from medfed.deploy.audit import AuditLog
+from medfed.deploy.audit_witness import AUDIT_HEAD
 from medfed.deploy.audit_verify import open_trail
 from medfed.deploy.certs import SERVER_NAME, load_identity
 from medfed.deploy.handshakes import HandshakeWatch
@@ -308,6 +309,9 @@ class DeployObserver:
         self.fed.transport.begin_round(round_index)
         self.fed.audit.record("round_started", round=round_index + 1, sites=sites,
                               connected=self.fed.transport.registry.connected())
+        # Every model sent this round carries the trail's signed head, which the sites keep as
+        # witnesses (deploy/audit_witness.py); it covers the previous round's close.
+        self.fed.transport.common_options[AUDIT_HEAD] = self.fed.audit.witness_head()
         _say(f"round {round_index + 1}: {', '.join(sites)}")
 
     def site_finished(self, round_index: int, site: SiteId, loss: float | None) -> None:

@@ -40,6 +40,7 @@ from medfed.data.dataset import Samples, SiteData, label_counts
 from medfed.data.harmonize import harmonize_site, pool_images, site_quantiles
 from medfed.data.transforms import Preprocess
 from medfed.deploy import secure_exchange
+from medfed.deploy.audit_witness import AUDIT_HEAD, Witness
 from medfed.deploy.site_data import LocalData
 from medfed.deploy.site_policy import SHARES, SitePolicy
 from medfed.device import pick_device
@@ -119,6 +120,7 @@ class SiteWorker:
             data = harmonize_site(data, "zscore", local.source.max_value)
         self.base = self._trainer(data)
         self.ledger = PrivacyLedger(state) if state is not None else None
+        self.witness = Witness(state) if state is not None else None
         spent = {site: self.ledger.history()} if self.ledger else None
         self.privacy = Mechanisms.build(self.config, welcome.sites, deployed=True)
         identities = {site: identity} if identity is not None else {}
@@ -169,6 +171,9 @@ class SiteWorker:
                 raise ValueError("this federation does not use secure aggregation")
             return secure_exchange.answer(self.trainer, self.config, kind, json.loads(blob)), b""
         self._harmonize(options.pop(REFERENCE, None))
+        head = options.pop(AUDIT_HEAD, None)
+        if self.witness is not None and head is not None:
+            self.witness.keep(head)
         state = decode_state(blob)
         if kind == "evaluate":
             if not self.shares("share_validation_metrics"):

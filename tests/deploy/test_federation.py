@@ -64,10 +64,10 @@ def try_to_join(port: int, credentials: grpc.ChannelCredentials) -> grpc.StatusC
         return refused.value.code()
 
 
-def verify_audit(audit: Path, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+def verify_audit(audit: Path, capsys: pytest.CaptureFixture, *extra: str) -> tuple[int, str]:
     """`medfed audit verify FILE`: (exit status, what it printed)."""
     capsys.readouterr()
-    status = main(["audit", "verify", str(audit)])
+    status = main(["audit", "verify", str(audit), *extra])
     return status, capsys.readouterr().out.strip()
 
 
@@ -104,6 +104,10 @@ def test_three_sites_three_fedavg_rounds_with_mtls_strangers_refused_same_model_
     assert len(events(audit, "update_received")) == 9
     status, printed = verify_audit(audit, capsys)
     assert status == 0 and printed.startswith("ok: ") and "signed by the server's key" in printed
+    # Each site kept the signed heads it was sent: the trail agrees with every witness.
+    witnesses = [tmp_path / "sites" / f"state-{site}" / "audit-witness.jsonl" for site in SITES]
+    status, printed = verify_audit(audit, capsys, *(a for w in witnesses for a in ("--witness", str(w))))
+    assert status == 0 and printed.count("signed heads agree") == len(SITES), printed
     keys = [(certs / f"{name}.key").read_text().splitlines()[1] for name in ("server", *SITES)]
     assert "PRIVATE KEY" not in audit.read_text() and not any(k in audit.read_text() for k in keys)
 
