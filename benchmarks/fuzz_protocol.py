@@ -8,7 +8,10 @@ site-b's own certificate and sends `--messages` random and mutated messages on i
 random bytes, truncated and bit-flipped valid protobufs, valid protobufs with hostile JSON,
 huge announced sizes, chunks out of order or longer than announced, task ids never issued, and
 hostile answers to every task the server hands it (train, evaluate, final). When its stream is
-closed it reconnects (with a hostile or a valid hello). It counts:
+closed it reconnects (with a hostile or a valid hello). With `--secure` the federation runs secure
+aggregation with a second honest site (site-c), so the attacker is also handed every secure
+aggregation step (advertise, share, receive, consistency, unmask) and answers each with hostile
+JSON shaped like the step's answer. It counts:
 
 - server exits while fuzzing (must be 0),
 - hangs: after the fuzzing, the honest site must complete a round (a `round_closed` that
@@ -71,8 +74,22 @@ class Report:
     seconds: float = 0.0
 
 
-def federation_file(folder: Path, port: int) -> Path:
+SECAGG_ANSWERS = [json.dumps(x) for x in (
+    {"advert": None}, {"advert": {"site": "site-a", "c_pk": "00", "s_pk": "zz"}},
+    # well-formed, so it passes the server's parsing, but signed by nobody: the honest sites
+    # would refuse a key book holding it, so the server must drop it first
+    {"advert": {"site": "site-b", "cipher_key": "QUFBQQ==", "mask_key": "QUFBQQ==",
+                "certificate": "not a certificate", "signature": "QUFBQQ=="}},
+    {"advert": {"site": "site-b", "c_pk": "A" * 100_000, "signature": 7}},
+    {"shares": "all"}, {"shares": [{"sender": "site-b", "receiver": "site-a", "ct": "!!"}] * 500},
+    {"shares": [None] * 10_000}, {"signature": {"site": "site-a"}}, {"signature": "x" * 5000},
+    {"response": {"b_shares": {"site-a": [1, 2]}, "s_shares": "no"}}, {"response": []})]
+
+
+def federation_file(folder: Path, port: int, secure: bool = False) -> Path:
     path = folder / "federation.toml"
+    sites = '["site-a", "site-b", "site-c"]' if secure else '["site-a", "site-b"]'
+    privacy = "[privacy]\nsecure_aggregation = true\n" if secure else ""
     path.write_text(f"""seed = 0
 device = "cpu"
 baselines = false
@@ -89,10 +106,10 @@ min_sites = 1
 [training]
 local_epochs = 1
 batch_size = 32
-[deployment]
+{privacy}[deployment]
 address = "127.0.0.1:{port}"
-sites = ["site-a", "site-b"]
-min_sites_to_start = 1
+sites = {sites}
+min_sites_to_start = {2 if secure else 1}
 round_deadline = 5.0
 eval_deadline = 5.0
 start_timeout = 120.0
@@ -101,14 +118,14 @@ round_retries = 100000
     return path
 
 
-def site_file(folder: Path) -> Path:
-    path = folder / "site-a.toml"
-    path.write_text(f"""site = "site-a"
-state = "{folder / 'state-a'}"
+def site_file(folder: Path, site: str = "site-a", sites: int = 2) -> Path:
+    path = folder / f"{site}.toml"
+    path.write_text(f"""site = "{site}"
+state = "{folder / ('state-' + site)}"
 seed = 0
 [data]
 dataset = "synthetic"
-sites = 2
+sites = {sites}
 synthetic_samples = 60
 synthetic_test = 20
 image_size = 16
@@ -169,6 +186,10 @@ class Attacker:
             task = None
         if task is not None:
             report.tasks_answered[task.kind] = report.tasks_answered.get(task.kind, 0) + 1
+            if task.kind.startswith("secagg.") and self.rng.random() < 0.7:
+                meta = SECAGG_ANSWERS[2] if self.rng.random() < 0.5 else self.rng.choice(SECAGG_ANSWERS)
+                return pb.SiteMessage(result=pb.Result(task_id=task.task_id,
+                                                       meta_json=meta)).SerializeToString()
             return self._answer(task.task_id)
         task_id = self.rng.choice(self.issued) if self.issued and self.rng.random() < 0.5 \
             else self.rng.randrange(1 << 64)
@@ -208,23 +229,27 @@ def _hello(info: dict) -> bytes:
     return pb.SiteMessage(hello=pb.Hello(info_json=json.dumps(info))).SerializeToString()
 
 
-def fuzz(messages: int, folder: Path, seed: int = 0, settle: float = 120.0) -> Report:
+def fuzz(messages: int, folder: Path, seed: int = 0, settle: float = 120.0, secure: bool = False
+         ) -> Report:
     report, rng = Report(), random.Random(seed)
     started = time.monotonic()
     port = _free_port()
     pki = folder / "certs"
     certs.init_ca(pki)
-    for name in ("server", "site-a", "site-b"):
+    honest_sites = ("site-a", "site-c") if secure else ("site-a",)
+    for name in ("server", "site-b", *honest_sites):
         certs.issue(pki, name)
     state = folder / "state"
-    logs = [open(folder / f"{n}.log", "wb") for n in ("server", "site-a")]
+    logs = [open(folder / f"{n}.log", "wb") for n in ("server", *honest_sites)]
     server = subprocess.Popen([sys.executable, "-m", "medfed", "server", "--config",
-                               str(federation_file(folder, port)), "--certs", str(pki), "--state",
-                               str(state)], stdout=logs[0], stderr=subprocess.STDOUT, env=ENV)
-    honest = subprocess.Popen([sys.executable, "-m", "medfed", "client", "--server",
-                               f"127.0.0.1:{port}", "--certs", str(pki), "--site-config",
-                               str(site_file(folder)), "--max-backoff", "1"],
-                              stdout=logs[1], stderr=subprocess.STDOUT, env=ENV)
+                               str(federation_file(folder, port, secure)), "--certs", str(pki),
+                               "--state", str(state)], stdout=logs[0], stderr=subprocess.STDOUT,
+                              env=ENV)
+    honest = [subprocess.Popen([sys.executable, "-m", "medfed", "client", "--server",
+                                f"127.0.0.1:{port}", "--certs", str(pki), "--site-config",
+                                str(site_file(folder, site, 3 if secure else 2)), "--max-backoff", "1"],
+                               stdout=log, stderr=subprocess.STDOUT, env=ENV)
+              for site, log in zip(honest_sites, logs[1:], strict=True)]
     try:
         _wait_rounds(state / "audit.jsonl", 1, 180, server)  # the honest site's first round
         report.rss_before_mb = rss_mb(server.pid)
@@ -242,7 +267,7 @@ def fuzz(messages: int, folder: Path, seed: int = 0, settle: float = 120.0) -> R
             report.rss_after_mb = rss_mb(server.pid)
             report.rss_growth_mb = round(report.rss_after_mb - report.rss_before_mb, 1)
     finally:
-        for proc in (honest, server):
+        for proc in (*honest, server):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)
@@ -309,13 +334,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--settle", type=float, default=120.0)
     parser.add_argument("--out", type=Path, default=None, help="keep logs and state here")
+    parser.add_argument("--secure", action="store_true", help="a secure-aggregation federation "
+                        "with a second honest site: the attacker also answers every secagg step")
     args = parser.parse_args()
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        report = fuzz(args.messages, args.out, args.seed, args.settle)
+        report = fuzz(args.messages, args.out, args.seed, args.settle, args.secure)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            report = fuzz(args.messages, Path(tmp), args.seed, args.settle)
+            report = fuzz(args.messages, Path(tmp), args.seed, args.settle, args.secure)
     print(json.dumps(asdict(report), indent=1))
     sys.exit(1 if report.server_exits or report.hang else 0)
 

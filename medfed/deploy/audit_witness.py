@@ -120,7 +120,8 @@ def check_witness(path: Path, records: list[dict[str, Any]], key: PublicKey | No
         if records[head.seq - 1]["hash"] != head.hash:
             return WitnessCheck(f"record {head.seq} is not the one {path} was sent as the "
                                 "server's signed head: the trail was rewritten")
-    note = f"{path.name}: {len(trusted)} signed heads agree (latest {max((h.seq for h in trusted), default=0)})"
+    latest = max((h.seq for h in trusted), default=0)
+    note = f"{path.name}: {len(trusted)} signed heads agree (latest {latest})"
     if unsigned:
         note += (f"; {len(unsigned)} heads ignored: " +
                  ("no key to check them (give --cert or --state)" if key is None

@@ -171,7 +171,8 @@ def _session(channel: grpc.Channel, args: ClientArgs, local: LocalData,
         for message in responses:
             kind = message.WhichOneof("body")
             if kind == "welcome":
-                if worker is None or worker.welcome_key != welcome_key(message.welcome.config_toml, message.welcome.federation):
+                joined = welcome_key(message.welcome.config_toml, message.welcome.federation)
+                if worker is None or worker.welcome_key != joined:
                     worker = _worker(args, local, message.welcome, outbox, signer)
                     log.say(f"joined a federation: {worker.config.federation.algorithm}, "
                             f"{worker.config.federation.rounds} rounds, task "

@@ -27,6 +27,7 @@ from medfed.deploy.audit_verify import open_trail
 from medfed.deploy.certs import SERVER_NAME, load_identity
 from medfed.deploy.handshakes import HandshakeWatch
 from medfed.deploy.jobs import JobStore
+from medfed.deploy.memory import limit_arenas
 from medfed.deploy.server import (
     Federation,
     ServerArgs,
@@ -168,6 +169,7 @@ class Coordinator:
 def coordinate(args: CoordinatorArgs) -> int:
     if args.insecure:
         allow_insecure(args.address, "server")
+    limit_arenas()  # before gRPC starts its threads (deploy/memory.py)
     coordinator = Coordinator(args)
     watch = HandshakeWatch(coordinator.audit.record)
     watch.start()

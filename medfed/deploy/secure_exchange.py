@@ -32,6 +32,7 @@ from medfed.privacy import secagg
 from medfed.privacy import secagg_json as wire
 from medfed.privacy.fixed_point import FixedPoint
 from medfed.privacy.secure_round import SecureSite
+from medfed.privacy.signing import Trust
 from medfed.transport.grpc_transport import GrpcTransport
 from medfed.types import SiteId
 
@@ -45,8 +46,10 @@ class GrpcCoordinator:
     """The Coordinator (privacy/secure_round.py) of a deployment: each step is one exchange of
     small JSON tasks with the round's sites."""
 
-    def __init__(self, transport: GrpcTransport) -> None:
-        self.transport = transport
+    def __init__(self, transport: GrpcTransport, trust: Trust | None = None) -> None:
+        """trust: the federation's CA, to check key adverts before the key book (None: the
+        sites alone check them)."""
+        self.transport, self.trust = transport, trust
         self.transport.masked = True
 
     def setup(self, params: secagg.Params, codec: FixedPoint) -> dict[SiteId, secagg.KeyAdvert]:
@@ -54,6 +57,7 @@ class GrpcCoordinator:
         body = {"params": wire.params_to_json(params)}
         answers = self._exchange(ADVERTISE, {s: body for s in params.sites})
         adverts = self._parse(ADVERTISE, answers, lambda a: wire.advert_from_json(a["advert"]))
+        adverts = self._signed(adverts, params)
         book = secagg.key_book([a for s, a in adverts.items() if a.site == s], params)
         listed = [wire.advert_to_json(book[s]) for s in book]
         answers = self._exchange(SHARE, {s: {"book": listed} for s in book})
@@ -75,6 +79,24 @@ class GrpcCoordinator:
         self._audit("secagg_keys_shared", sites=list(book),
                     left_out=[s for s in params.sites if s not in book])
         return book
+
+    def _signed(self, adverts: dict[SiteId, secagg.KeyAdvert], params: secagg.Params
+                ) -> dict[SiteId, secagg.KeyAdvert]:
+        """The adverts signed under their site's certificate: the server checks them before
+        building the key book, as every site will, so that one site's bad advert leaves out that
+        site only (the sites still check the whole book: this check is for liveness, not trust)."""
+        if self.trust is None:
+            return adverts
+        kept = {}
+        for site, advert in adverts.items():
+            refusal = "it names another site" if advert.site != site else \
+                secagg.advert_refusal(advert, params, self.trust)
+            if refusal is None:
+                kept[site] = advert
+            else:
+                self._audit("secagg_no_answer", site=site, step=ADVERTISE,
+                            reason=f"advert refused: {refusal}"[:300])
+        return kept
 
     def consistency_check(self, survivors: tuple[SiteId, ...]) -> list[secagg.SurvivorSignature]:
         body = {"survivors": list(survivors)}

@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from cryptography import x509
 
 import medfed
 from medfed.algorithms.checkpoint import Checkpoint
@@ -41,11 +42,12 @@ from medfed.algorithms.strategy import Strategy
 from medfed.config import RunConfig
 from medfed.config_file import to_toml
 from medfed.deploy.audit import AuditLog
-from medfed.deploy.audit_witness import AUDIT_HEAD
 from medfed.deploy.audit_verify import open_trail
+from medfed.deploy.audit_witness import AUDIT_HEAD
 from medfed.deploy.certs import SERVER_NAME, load_identity
 from medfed.deploy.handshakes import HandshakeWatch
 from medfed.deploy.harmonization import share_reference
+from medfed.deploy.memory import limit_arenas, release_freed
 from medfed.deploy.results import finish
 from medfed.deploy.secure_exchange import GrpcCoordinator
 from medfed.deploy.settings import DeploymentConfig, FederationFile, load_federation
@@ -56,6 +58,7 @@ from medfed.experiment import train_options
 from medfed.models import build_model, norm_keys, parameter_keys
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.privacy.secagg import SecureAggregationError
+from medfed.privacy.signing import Trust
 from medfed.server.round_loop import RoundPlan, RoundResult, run_rounds
 from medfed.server.sampling import sample_sites
 from medfed.task_schema import TaskSchema
@@ -105,6 +108,7 @@ class Federation:
     store: StateStore
     audit: AuditLog
     transport: GrpcTransport
+    trust: Trust | None = None  # the federation's CA (None with --insecure): checks key adverts
     privacy: Mechanisms = field(init=False)  # one per run: client DP's accountant spans its rounds
     aborted: threading.Event = field(default_factory=threading.Event)  # a job's abort (jobs)
 
@@ -121,6 +125,7 @@ def serve(args: ServerArgs) -> dict[str, Any]:
     credentials = None if args.insecure else server_credentials(load_identity(args.certs or Path(),
                                                                               SERVER_NAME))
     fed = open_federation(federation, args)
+    limit_arenas()  # before gRPC starts its threads (deploy/memory.py)
     watch = HandshakeWatch(fed.audit.record)
     watch.start()
     server = _listen(fed, address, credentials)
@@ -149,7 +154,10 @@ def open_federation(federation: FederationFile, args: ServerArgs) -> Federation:
     transport = GrpcTransport(registry, deployment.round_deadline, deployment.eval_deadline)
     transport.bounds = SampleBounds(deployment.max_samples_per_site)
     transport.replays = ReplayLedger(store)  # a resumed server still knows earlier rounds' updates
-    return Federation(config, federation.task, deployment, model, sites, store, audit, transport)
+    trust = None if args.insecure else Trust(x509.load_pem_x509_certificate(
+        load_identity(args.certs or Path(), SERVER_NAME).ca))
+    return Federation(config, federation.task, deployment, model, sites, store, audit, transport,
+                      trust)
 
 
 def run_federation(fed: Federation) -> dict[str, Any]:
@@ -277,7 +285,7 @@ def _strategy(fed: Federation) -> Strategy:
     strategy = build_strategy(fed.config.federation.algorithm, ctx)
     if fed.config.privacy.secure_aggregation:
         # The simulation's SecureAggregation; its key and unmask messages travel over the sessions.
-        strategy = fed.privacy.wrap_strategy(strategy, GrpcCoordinator(fed.transport))
+        strategy = fed.privacy.wrap_strategy(strategy, GrpcCoordinator(fed.transport, fed.trust))
     strategy = compress_strategy(strategy, parse_compression(fed.config.federation.compress))
     if checkpoint is not None:  # every algorithm continues where the last completed round left it
         strategy.restore(checkpoint[1])
@@ -334,6 +342,7 @@ class DeployObserver:
                               aggregate_sha256=digest)
         _say(f"round {result.round + 1} closed with {len(result.sites)} updates "
              f"({len(result.failed)} left out)")
+        release_freed()  # the round's models and any refused garbage (deploy/memory.py)
 
 
 def _open_state(args: ServerArgs, config: RunConfig, task: TaskSchema) -> tuple[StateStore, AuditLog]:

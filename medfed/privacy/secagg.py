@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from medfed.errors import MedfedError
 from medfed.privacy import shamir
-from medfed.privacy.signing import encode
+from medfed.privacy.signing import SignatureError, Trust, encode
 from medfed.types import SiteId
 
 SEED_BYTES = 32
@@ -171,6 +171,21 @@ def agree(private: X25519PrivateKey, public: bytes, purpose: bytes, context: byt
 def advert_message(params: Params, site: SiteId, cipher_key: bytes, mask_key: bytes) -> bytes:
     """What a site signs in round 0: the round, its name and its two public keys."""
     return encode(b"medfed/secagg/advert", params.digest, site.encode(), cipher_key, mask_key)
+
+
+def advert_refusal(advert: KeyAdvert, params: Params, trust: Trust) -> str | None:
+    """Why the advert is not its site's for this round (None when it is): a site outside the
+    round, or no valid signature under the CA's certificate of the site it names. Each site
+    checks the whole key book with it; a deployed server checks each advert with it first, so
+    that one site's unsigned advert cannot make every honest site refuse the book."""
+    if advert.site not in params.sites:
+        return f"{advert.site} is not a site of the round"
+    message = advert_message(params, advert.site, advert.cipher_key, advert.mask_key)
+    try:
+        trust.verify(advert.certificate, advert.site, advert.signature, message)
+    except SignatureError as exc:
+        return f"the key advert of {advert.site} {exc}"
+    return None
 
 
 def survivors_message(params: Params, survivors: tuple[SiteId, ...]) -> bytes:

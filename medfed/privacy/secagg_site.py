@@ -28,6 +28,7 @@ from medfed.privacy.secagg import (
     UnmaskRequest,
     UnmaskResponse,
     advert_message,
+    advert_refusal,
     agree,
     prg,
     raw_private,
@@ -92,12 +93,9 @@ class SiteSession:
             if advert.site != v or v not in self.params.sites:
                 raise self._stop(f"the key book lists {advert.site} as {v}, or a site outside the "
                                  "round")
-            message = advert_message(self.params, v, advert.cipher_key, advert.mask_key)
-            try:
-                self.identity.trust.verify(advert.certificate, v, advert.signature, message)
-            except SignatureError as exc:
-                raise self._stop(f"the key advert of {v} {exc}; the server may "
-                                 "have substituted its keys") from None
+            refusal = advert_refusal(advert, self.params, self.identity.trust)
+            if refusal is not None:
+                raise self._stop(f"{refusal}; the server may have substituted its keys")
         mine = (book[self.site].cipher_key, book[self.site].mask_key)
         if mine != (raw_public(self._cipher), raw_public(self._mask)):
             raise self._stop("its own key advert came back altered")

@@ -4,6 +4,7 @@ inspects what the server received."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import grpc
@@ -46,14 +47,17 @@ class Recording(GrpcTransport):
         return update
 
 
-def answering(site: SecureSite, silent_at_unmask: bool = False):
-    """A site's gRPC answers: JSON for the protocol's tasks, its masked update for training."""
+def answering(site: SecureSite, silent_at_unmask: bool = False, forge_advert: bool = False):
+    """A site's gRPC answers: JSON for the protocol's tasks, its masked update for training;
+    forge_advert: its key advert carries a signature that is not its own."""
 
     def answer(task: pb.Task, blob: bytes) -> list[pb.SiteMessage]:
         if silent_at_unmask and task.kind == secure_exchange.UNMASK:  # gone after masking
             return [pb.SiteMessage(result=pb.Result(task_id=task.task_id, error="gone"))]
         if task.kind in secure_exchange.KINDS:
             reply = secure_exchange.answer(site, CONFIG, task.kind, json.loads(blob))
+            if forge_advert and task.kind == secure_exchange.ADVERTISE:
+                reply["advert"]["signature"] = base64.b64encode(b"\x00" * 64).decode()
             return result(task, b"", meta=reply)
         try:
             update = site.train(decode_state(blob), TrainOptions())
@@ -66,16 +70,18 @@ def answering(site: SecureSite, silent_at_unmask: bool = False):
     return answer
 
 
-def federation(serve, failing=(), silent=()):
+def federation(serve, failing=(), silent=(), forgers=(), server_checks_adverts=True):
     registry, port, audit = serve(SITES)
     honest = {s: TrainingSite(s, k, 10 * (k + 1), s in failing) for k, s in enumerate(SITES)}
     fakes = [FakeSite(grpc.insecure_channel(f"127.0.0.1:{port}", options=CLIENT_OPTIONS), s,
-                      answering(SecureSite(honest[s], identity=IDENTITIES[s]), s in silent))
+                      answering(SecureSite(honest[s], identity=IDENTITIES[s]), s in silent,
+                                s in forgers))
              for s in SITES]
     assert registry.wait_for(len(SITES), timeout=10)
     transport = Recording(registry, round_seconds=20.0, eval_seconds=5.0)
     transport.received = []
-    strategy = SecureAggregation(FedAvg(initial()), GrpcCoordinator(transport), threshold=2)
+    trust = IDENTITIES[SITES[0]].trust if server_checks_adverts else None  # the federation's CA
+    strategy = SecureAggregation(FedAvg(initial()), GrpcCoordinator(transport, trust), threshold=2)
     return honest, fakes, transport, strategy, audit
 
 
@@ -135,6 +141,36 @@ def test_a_site_gone_after_sending_its_masked_input_is_unmasked_by_the_others(se
     answered = [f for e, f in audit if e == "unmask_answered"]
     assert answered[0]["sites"] == ["site-0", "site-1"]
     assert [f["site"] for e, f in audit if e == "secagg_no_answer"] == ["site-2"]
+
+
+def test_a_sites_unsigned_key_advert_leaves_out_that_site_not_the_round(serve):
+    """Attacker: site-2, with a valid certificate, sends a well-formed key advert whose
+    signature is not its own. Every honest site would refuse a key book holding it (stopping
+    every round); the server checks each advert against the CA first and leaves out site-2."""
+    honest, fakes, transport, strategy, audit = federation(serve, forgers=("site-2",))
+    try:
+        run(strategy, transport)
+    finally:
+        for fake in fakes:
+            fake.stop()
+    expected = plain_mean([honest[s].sent[0] for s in SITES[:2]])
+    for key in ("w", "b"):
+        torch.testing.assert_close(strategy.global_state[key].double(), expected[key],
+                                   atol=1e-6, rtol=0)
+    refused = [f for e, f in audit if e == "secagg_no_answer"]
+    assert [f["site"] for f in refused] == ["site-2"] and "advert refused" in refused[0]["reason"]
+
+
+def test_without_the_servers_advert_check_one_forged_advert_stops_the_round(serve):
+    """The deliberate break of the test above: the server relays adverts unchecked."""
+    _, fakes, transport, strategy, _ = federation(serve, forgers=("site-2",),
+                                                  server_checks_adverts=False)
+    try:
+        with pytest.raises(SecureAggregationError):
+            run(strategy, transport)
+    finally:
+        for fake in fakes:
+            fake.stop()
 
 
 def test_fewer_survivors_than_the_threshold_fail_the_round_clearly(serve):
