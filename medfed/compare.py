@@ -11,7 +11,8 @@ For each seed, every configuration ("fedavg", ..., "pooled", "local:<site>") is 
   sensitivity and specificity at that threshold.
 Paired tests put each federated model against the pooled model and the best single site (chosen
 by its own validation AUC, not by the test set): DeLong's test on the same test images per seed,
-and a paired t-test of test AUC across seeds. The cross-site matrix scores every local model at
+and a paired t-test of test AUC across seeds; each algorithm's verdict line (evaluation/verdict.py)
+quotes the t-test, or with one seed DeLong's. The cross-site matrix scores every local model at
 every site.
 
 Across seeds each metric has `mean`, `sd` and `ci95`: the t-interval of the mean over seeds, or,
@@ -34,12 +35,12 @@ from scipy import stats
 
 from medfed.compare_results import Scored, SeedResult, load_seed, save_seed
 from medfed.config import RunConfig
-from medfed.console import name_column, print_table
+from medfed.console import name_column, print_table, print_verdict
 from medfed.evaluation import statistics as st
 from medfed.evaluation.metrics import METRIC_KEYS, compute_metrics
 from medfed.evaluation.operating_point import ALL_SITES, OWN_SITE, operating_point
 from medfed.evaluation.operating_rule import OperatingRule
-from medfed.evaluation.verdict import best_by_validation
+from medfed.evaluation.verdict import best_by_validation, compare_verdicts
 from medfed.experiment import (
     POOLED,
     Setup,
@@ -300,7 +301,10 @@ def execute_compare(config: RunConfig, options: CompareOptions, out_dir: str | P
     from medfed.report.build import build_report
 
     build_report(out)  # from the files just written, as `medfed report DIR` rebuilds it
-    print_table(Console(), _table(result, f"test set, mean ± sd over {options.seeds} seed(s) - {out}"))
+    stdout = Console()
+    for verdict in result["verdict"].values():
+        print_verdict(stdout, verdict)
+    print_table(stdout, _table(result, f"test set, mean ± sd over {options.seeds} seed(s) - {out}"))
     return result
 
 
@@ -358,6 +362,8 @@ def _result(config: RunConfig, options: CompareOptions, results: list[SeedResult
         result["paired"] = paired_tests(results, options.algorithms)
         result["cross_site"] = {"sites": [n[len(LOCAL):] for n in per_seed[0] if n.startswith(LOCAL)],
                                 "auc": [r.cross_site for r in results]}
+    result["verdict"] = compare_verdicts(list(options.algorithms), result["task"],
+                                         result.get("paired"))
     return result
 
 

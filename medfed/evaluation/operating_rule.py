@@ -21,7 +21,7 @@ class OperatingRule:
     def __post_init__(self) -> None:
         target = self.target_sensitivity
         if target is not None and not (isinstance(target, (int, float)) and 0 < target <= 1):
-            raise ConfigError(f"--target-sensitivity must be a number in (0, 1], e.g. 0.9; got "
+            raise ConfigError(f"--target-sensitivity must be in (0, 1], e.g. 0.9; got "
                               f"{target}")
 
     @property

@@ -82,23 +82,53 @@ def _auc_difference(task: Task) -> Callable[[np.ndarray, np.ndarray, np.ndarray]
     return compare
 
 
-def verdict_text(verdict: dict[str, Any]) -> str:
+def verdict_text(verdict: dict[str, Any], method: str = "DeLong") -> str:
+    """The line from a verdict's numbers; method names the paired test."""
     best, pooled = verdict["vs_best_single_site"], verdict["vs_pooled"]
     line = (f"{verdict['algorithm']} vs best single site ({best['site']}): "
-            f"{_difference(best, ' AUC', '95% CI ')}; vs pooled: {_difference(pooled, '', '')}")
+            f"{_difference(best, ' AUC', '95% CI ', method)}; vs pooled: "
+            f"{_difference(pooled, '', '', '')}")
     if "p_value" not in best:
         line += f" ({best.get('reason', 'no paired test')})"
     return line
 
 
-def _difference(test: dict[str, Any], unit: str, ci_label: str) -> str:
+def _difference(test: dict[str, Any], unit: str, ci_label: str, method: str) -> str:
     """"+0.021 AUC [95% CI +0.004, +0.038], p = 0.012 (DeLong)" or, without a test, "+0.021 AUC"."""
     text = f"{signed(test['difference'])}{unit}"
     if "p_value" in test:
         text += (f" [{ci_label}{signed(test['low'])}, {signed(test['high'])}], "
                  f"p {p_text(test['p_value'])}")
-        text += " (DeLong)" if unit else ""
+        text += f" ({method})" if method else ""
     return text
+
+
+def compare_verdict(algorithm: str, best: dict[str, Any], pooled: dict[str, Any]) -> dict[str, Any]:
+    """`medfed compare`'s verdict for one algorithm from compare.json's paired entries ("delong":
+    one test per seed, the best site chosen per seed on validation; "t_test": across seeds, when
+    there are several): the t-test over seeds, or with one seed that seed's DeLong test."""
+    seeds = len(best["delong"])
+    sites = sorted({d["against"].removeprefix("local:") for d in best["delong"]})
+    site = sites[0] if len(sites) == 1 else f"chosen per seed: {', '.join(sites)}"
+    def pick(entry: dict[str, Any]) -> dict[str, Any]:
+        return entry["t_test"] if "t_test" in entry else entry["delong"][0]
+    verdict = {"algorithm": display_name(algorithm),
+               "method": f"paired t-test over {seeds} seeds" if seeds > 1 else "DeLong",
+               "vs_best_single_site": {**pick(best), "site": site}, "vs_pooled": pick(pooled)}
+    return verdict | {"text": verdict_text(verdict, verdict["method"])}
+
+
+def compare_verdicts(algorithms: list[str], task: str, paired: dict[str, Any] | None
+                     ) -> dict[str, dict[str, Any]]:
+    """compare.json's `verdict`: one per algorithm (paired: compare.json's `paired`, binary only)."""
+    if paired is None:
+        return {a: {"algorithm": display_name(a), "method": None, "vs_best_single_site": None,
+                    "vs_pooled": None,
+                    "text": f"{display_name(a)}: no paired test against the best single site or "
+                            f"pooling for a {task} task (DeLong's is for binary tasks); the table "
+                            "has each model's AUC"} for a in algorithms}
+    return {a: compare_verdict(a, paired[f"{a} vs best_local"], paired[f"{a} vs pooled"])
+            for a in algorithms}
 
 
 def signed(value: float) -> str:

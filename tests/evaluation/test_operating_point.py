@@ -81,7 +81,7 @@ def test_no_threshold_without_both_classes_or_for_a_multiclass_task():
 
 @pytest.mark.parametrize("bad", [0, -0.1, 1.5, math.nan, math.inf])
 def test_a_target_sensitivity_outside_0_1_is_refused(bad):
-    with pytest.raises(ConfigError, match=r"--target-sensitivity must be a number in \(0, 1\]"):
+    with pytest.raises(ConfigError, match=r"--target-sensitivity must be in \(0, 1\]"):
         OperatingRule(bad)
 
 

@@ -16,6 +16,7 @@ from medfed.evaluation import statistics as st
 from medfed.evaluation.verdict import (
     MINUS,
     best_by_validation,
+    compare_verdicts,
     deployment_verdict,
     display_name,
     p_text,
@@ -110,3 +111,23 @@ def test_a_deployment_summarizes_each_hospitals_own_test_and_says_what_it_cannot
     assert "not measurable in a deployment" in text
     off = deployment_verdict("fedavg", None)
     assert "without baselines" in off["text"] and off["method"] is None
+
+
+def test_a_comparison_over_seeds_quotes_the_t_test_and_every_site_it_chose():
+    def entry(diff: float, sites: list[str], t: bool) -> dict:
+        delong = [{"against": s, "difference": diff, "low": diff - 0.02, "high": diff + 0.02,
+                   "p_value": 0.3} for s in sites]
+        return {"delong": delong} | ({"t_test": {"difference": diff, "low": diff - 0.05,
+                                                 "high": diff + 0.05, "p_value": 0.04}} if t else {})
+    paired = {"fedavg vs best_local": entry(0.02, ["local:b", "local:a"], True),
+              "fedavg vs pooled": entry(-0.01, ["pooled", "pooled"], True)}
+    text = compare_verdicts(["fedavg"], "binary", paired)["fedavg"]["text"]
+    assert text == (f"FedAvg vs best single site (chosen per seed: a, b): +0.020 AUC [95% CI "
+                    f"{MINUS}0.030, +0.070], p = 0.04 (paired t-test over 2 seeds); vs pooled: "
+                    f"{MINUS}0.010 [{MINUS}0.060, +0.040], p = 0.04")
+    one = {k: entry(v, s, False) for k, v, s in (("fedavg vs best_local", 0.02, ["local:b"]),
+                                                  ("fedavg vs pooled", -0.01, ["pooled"]))}
+    assert "(b): +0.020 AUC" in compare_verdicts(["fedavg"], "binary", one)["fedavg"]["text"]
+    assert "p = 0.3 (DeLong)" in compare_verdicts(["fedavg"], "binary", one)["fedavg"]["text"]
+    multi = compare_verdicts(["fedbn"], "ordinal", None)["fedbn"]
+    assert multi["text"].startswith("FedBN: no paired test") and multi["vs_pooled"] is None
