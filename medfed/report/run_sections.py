@@ -20,15 +20,15 @@ from medfed.report.html import Section
 from medfed.report.inputs import read_json, read_rounds, read_scores
 from medfed.report.sections import (
     binary_only,
-    operating_section,
-    verdict_line,
     calibration_figure,
     data_section,
     gradcam_section,
     learning_section,
+    operating_section,
     reading_section,
     roc_section,
     traffic_section,
+    verdict_line,
 )
 
 N_BOOT = 500  # bootstrap resamples for a run's intervals (compare.json carries its own)
