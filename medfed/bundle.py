@@ -27,6 +27,7 @@ from torch import nn
 
 import medfed
 from medfed.errors import ConfigError
+from medfed.evaluation.operating_rule import OperatingRule
 from medfed.models import ModelSpec, build_model
 from medfed.task_schema import TaskSchema
 from medfed.transport.codec import decode_state, encode_state
@@ -133,19 +134,21 @@ def bundle_info(schema: TaskSchema, model: dict[str, Any], intensity_max: float 
             "provenance": {"medfed_version": medfed.__version__, **provenance}}
 
 
-def binary_operating_point(schema: TaskSchema, probs: np.ndarray | None, labels: np.ndarray | None
-                           ) -> dict[str, Any]:
-    """Youden's threshold on validation for a binary task; the argmax (or 0.5 per finding) else."""
+def binary_operating_point(schema: TaskSchema, probs: np.ndarray | None, labels: np.ndarray | None,
+                           rule: OperatingRule | None = None) -> dict[str, Any]:
+    """The rule's threshold (default Youden's) on validation for a binary task; the argmax (or 0.5
+    per finding) else."""
     if schema.kind is Task.MULTILABEL:
         return {"rule": "each finding positive at p >= 0.5", "threshold": 0.5}
     if schema.kind is not Task.BINARY:
         return {"rule": "argmax", "threshold": None}
     if probs is None or labels is None or len(np.unique(labels)) < 2:
         return {"rule": "default 0.5: the validation split has one class", "threshold": 0.5}
-    from medfed.evaluation.statistics import youden_threshold
+    from medfed.evaluation.operating_point import threshold
 
-    return {"rule": "youden", "chosen_on": "the sites' pooled validation predictions",
-            "threshold": youden_threshold(labels, probs[:, 1])}
+    rule = rule or OperatingRule()
+    return {"rule": rule.name, "chosen_on": "the sites' pooled validation predictions",
+            "threshold": threshold(rule, labels, probs[:, 1])}
 
 
 def load_bundle(path: Path) -> Bundle:

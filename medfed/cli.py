@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also train local-only and pooled baselines (on by default)")
     run.add_argument("--resume", type=Path, metavar="DIR",
                      help="continue an interrupted run from its last completed round")
+    _add_target_sensitivity(run)
     compare = commands.add_parser("compare", help="algorithms against local-only and pooled "
                                                   "baselines over seeds, with statistics")
     compare.add_argument("--algorithms", help="comma-separated, e.g. fedavg,fedprox,fedbn")
@@ -106,9 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=int, default=3, help="seeds: --seed, --seed + 1, ... (3)")
     compare.add_argument("--bootstrap", type=int, default=1000,
                          help="bootstrap resamples of the test set for intervals (1000)")
-    compare.add_argument("--target-sensitivity", type=float,
-                         help="operating point: the highest threshold reaching this validation "
-                              "sensitivity (default: Youden's J)")
+    _add_target_sensitivity(compare)
     _add_run_flags(compare)
     report = commands.add_parser("report", help="rebuild DIR/report.html from a run or compare "
                                                 "folder's saved results")
@@ -126,6 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     deploy_commands.add_parsers(commands)  # certs, server, client, audit (deployment)
     bundle_commands.add_parsers(commands)  # predict, export (the model bundle)
     return parser
+
+
+def _add_target_sensitivity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target-sensitivity", type=float, metavar="S",
+                        help="operating point: the highest threshold whose validation sensitivity "
+                             "reaches S, in (0, 1] (default: Youden's J)")
+
+
+def operating_rule(args: argparse.Namespace):
+    """--target-sensitivity, checked before anything trains (one line and exit 2 if wrong)."""
+    from medfed.evaluation.operating_rule import OperatingRule
+
+    return OperatingRule(args.target_sensitivity)
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -159,10 +171,8 @@ def compare_options(args: argparse.Namespace, config: RunConfig):
     if args.seeds < 1 or args.bootstrap < 100:
         raise MedfedError(f"--seeds must be >= 1 and --bootstrap >= 100, got {args.seeds} and "
                           f"{args.bootstrap}")
-    target = args.target_sensitivity
-    if target is not None and not 0 < target <= 1:
-        raise MedfedError(f"--target-sensitivity must be in (0, 1], got {target}")
-    return CompareOptions(algorithms, args.seeds, args.bootstrap, target)
+    return CompareOptions(algorithms, args.seeds, args.bootstrap,
+                          operating_rule(args).target_sensitivity)
 
 
 def _add_data_flags(parser: argparse.ArgumentParser, allow_phi: bool = True) -> None:
@@ -259,11 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             config, out = _resumed(args) if args.resume else (run_config(args), None)
+            rule = operating_rule(args)
             _check_tensorboard(args)  # flags are checked before torch and MONAI load (seconds)
             from medfed.run import execute_run
 
             out = out or check_out_dir(args.out, args.force) or _fresh_run_dir()
-            execute_run(config, out, resume=bool(args.resume))
+            execute_run(config, out, resume=bool(args.resume), rule=rule)
             _tensorboard(args, out)
         elif args.command == "compare":
             config, out = _resumed(args) if args.resume else (run_config(args), None)

@@ -11,7 +11,8 @@ For each seed, every configuration ("fedavg", ..., "pooled", "local:<site>") is 
   sensitivity and specificity at that threshold.
 Paired tests put each federated model against the pooled model and the best single site (chosen
 by its own validation AUC, not by the test set): DeLong's test on the same test images per seed,
-and a paired t-test of test AUC across seeds. The cross-site matrix scores every local model at
+and a paired t-test of test AUC across seeds; each algorithm's verdict line (evaluation/verdict.py)
+quotes the t-test, or with one seed DeLong's. The cross-site matrix scores every local model at
 every site.
 
 Across seeds each metric has `mean`, `sd` and `ci95`: the t-interval of the mean over seeds, or,
@@ -34,8 +35,12 @@ from scipy import stats
 
 from medfed.compare_results import Scored, SeedResult, load_seed, save_seed
 from medfed.config import RunConfig
+from medfed.console import name_column, print_table, print_verdict
 from medfed.evaluation import statistics as st
 from medfed.evaluation.metrics import METRIC_KEYS, compute_metrics
+from medfed.evaluation.operating_point import ALL_SITES, OWN_SITE, operating_point
+from medfed.evaluation.operating_rule import OperatingRule
+from medfed.evaluation.verdict import best_by_validation, compare_verdicts
 from medfed.experiment import (
     POOLED,
     Setup,
@@ -155,11 +160,9 @@ def _binary_extras(scored: Scored, y: np.ndarray, val: tuple[np.ndarray, np.ndar
     val_score, val_y = val[0][:, -1], val[1]
     if len(np.unique(val_y)) == 2:
         scored.val_auc = st.auc(val_y, val_score)
-        threshold = (st.youden_threshold(val_y, val_score) if options.target_sensitivity is None
-                     else st.threshold_for_sensitivity(val_y, val_score, options.target_sensitivity))
-        sensitivity, specificity = st.rates_at(y, score, threshold)
-        scored.extra["operating_point"] = {"threshold": threshold, "sensitivity": sensitivity,
-                                           "specificity": specificity}
+        scored.extra["operating_point"] = operating_point(
+            OperatingRule(options.target_sensitivity), (val_y, val_score), (y, score),
+            OWN_SITE if scored.name.startswith(LOCAL) else ALL_SITES)
 
 
 def _cross_site(setup: Setup, local: Any) -> list[list[float]] | None:
@@ -265,9 +268,10 @@ def paired_tests(results: list[SeedResult], algorithms: tuple[str, ...]) -> dict
 
 
 def _best_local(seed: dict[str, Scored]) -> str:
-    locals_ = [s for s in seed.values() if s.name.startswith(LOCAL)]
-    best = max(locals_, key=lambda s: -math.inf if math.isnan(s.val_auc) else s.val_auc)
-    return best.name
+    best = best_by_validation({s.name: s.val_auc for s in seed.values() if s.name.startswith(LOCAL)})
+    if best is None:
+        raise ValueError("no local-only model to compare with")
+    return best
 
 
 def seed_configs(config: RunConfig, seeds: int) -> list[RunConfig]:
@@ -297,7 +301,10 @@ def execute_compare(config: RunConfig, options: CompareOptions, out_dir: str | P
     from medfed.report.build import build_report
 
     build_report(out)  # from the files just written, as `medfed report DIR` rebuilds it
-    Console().print(_table(result, f"test set, mean ± sd over {options.seeds} seed(s) - {out}"))
+    stdout = Console()
+    for verdict in result["verdict"].values():
+        print_verdict(stdout, verdict)
+    print_table(stdout, _table(result, f"test set, mean ± sd over {options.seeds} seed(s) - {out}"))
     return result
 
 
@@ -349,20 +356,21 @@ def _result(config: RunConfig, options: CompareOptions, results: list[SeedResult
         "seeds": [config.seed + i for i in range(options.seeds)],
         "configurations": summarize(per_seed, options), "wall_seconds": seconds,
         "data_summary": results[0].data,  # the first seed's partition (each seed draws its own)
-        "operating_point_rule": ("youden" if options.target_sensitivity is None
-                                 else f"sensitivity >= {options.target_sensitivity}"),
+        "operating_point_rule": OperatingRule(options.target_sensitivity).name,
     }
     if results[0].cross_site is not None:  # binary tasks
         result["paired"] = paired_tests(results, options.algorithms)
         result["cross_site"] = {"sites": [n[len(LOCAL):] for n in per_seed[0] if n.startswith(LOCAL)],
                                 "auc": [r.cross_site for r in results]}
+    result["verdict"] = compare_verdicts(list(options.algorithms), result["task"],
+                                         result.get("paired"))
     return result
 
 
 def _table(result: dict[str, Any], title: str) -> Table:
     keys = ("auc", "accuracy", "sensitivity", "specificity", "f1")
     table = Table(title=title)
-    table.add_column("model")
+    name_column(table, "model")
     for key in keys:
         table.add_column(key, justify="right")
     table.add_column("site mean auc", justify="right")

@@ -1,4 +1,4 @@
-"""Live progress (rich) of rounds, sites and losses, and the final results table."""
+"""Live progress (rich) of rounds, sites and losses (console.py prints the final results)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,9 @@ import math
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from medfed.server.round_loop import RoundResult
-from medfed.types import Metrics, SiteId
-
-TABLE_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "f1")
+from medfed.types import SiteId
 
 
 class RichRoundProgress:
@@ -45,20 +42,6 @@ class RichRoundProgress:
         aucs = [m.get("auc", math.nan) for m in result.val.values()]
         val = f"val AUC {_nanmean(aucs):.3f}" if aucs else ""
         self.progress.update(self._task, advance=1, status=f"round {result.round + 1} {val}")
-
-
-def results_table(rows: dict[str, Metrics], title: str) -> Table:
-    table = Table(title=title)
-    table.add_column("model")
-    for key in TABLE_METRICS:
-        table.add_column(key, justify="right")
-    for name, metrics in rows.items():
-        table.add_row(name, *(_fmt(metrics.get(k)) for k in TABLE_METRICS))
-    return table
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
 def _nanmean(values: list[float]) -> float:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from medfed.bundle_write import simulation_bundle
 from medfed.config import RunConfig
+from medfed.console import print_table, print_verdict, results_table, threshold_caption
+from medfed.evaluation.operating_rule import OperatingRule
 from medfed.experiment import (
     Outcome,
     Setup,
@@ -24,19 +28,22 @@ from medfed.experiment import (
     train,
 )
 from medfed.output import prepare_out_dir, write_config, write_json, write_models, write_rounds
-from medfed.progress import RichRoundProgress, results_table
+from medfed.progress import RichRoundProgress
 from medfed.report.artifacts import data_summary, gradcam_panels, write_gradcam, write_predictions
+from medfed.run_reading import read_run
 from medfed.run_state import Resume, load_resume
 from medfed.summary import run_summary
-from medfed.types import Prediction
+from medfed.types import Prediction, SiteId
 
 LOCAL = "ensemble"  # the local-only baseline is the ensemble's training: every site on its own
 
 
 def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None = None,
-                resume: bool = False) -> dict[str, Any]:
-    """resume: out_dir holds an interrupted run of this config; continue after its last round."""
+                resume: bool = False, rule: OperatingRule | None = None) -> dict[str, Any]:
+    """resume: out_dir holds an interrupted run of this config; continue after its last round.
+    rule: how each model's operating point is chosen on validation data (default Youden's J)."""
     console = console or Console(stderr=True)
+    rule = rule or OperatingRule()
     started = time.perf_counter()
     resumed = load_resume(Path(out_dir)) if resume else None
     setup = prepare(config)  # data and model first: a bad input leaves no half-made folder
@@ -58,23 +65,23 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     with RichRoundProgress(console) as progress:
         rounds = config.federation.rounds
         federated = _train_federated(setup, out, progress, resumed, console)
-        baselines, probs = (_baselines(setup, progress, rounds, federated) if config.baselines
-                            else (None, {}))
-    summary = _summary(setup, federated, baselines)
+        baselines = _baselines(setup, progress, rounds, federated) if config.baselines else None
+    summary = _summary(setup, federated, baselines, rule)
     summary["data_summary"] = data_summary(setup)  # aggregates computed at each site
     if federated.privacy:
         summary["privacy"] = federated.privacy
         _report_privacy(console, federated.privacy)
     summary["total_seconds"] = time.perf_counter() - started
     summary["files"] = _write(out, setup, federated, summary)
-    summary["files"] += simulation_bundle(out, setup, federated.strategy, summary)  # model/
+    summary["files"] += simulation_bundle(out, setup, federated.strategy, summary, rule)  # model/
+    probs = baselines.probs if baselines is not None else {}
     summary["files"] += [*_write_report_inputs(out, setup, federated, probs, summary), "report.html"]
     write_json(out / "summary.json", summary)
     from medfed.report.build import build_report
 
     build_report(out)  # from the files just written, as `medfed report DIR` rebuilds it
-    Console().print(results_table(_table_rows(summary), f"held-out test set ({len(fed.source.test)} "
-                                                        f"images) - results in {out}"))
+    _print_results(Console(), summary, rule, f"held-out test set ({len(fed.source.test)} images) "
+                                             f"- results in {out}")
     return summary
 
 
@@ -123,10 +130,21 @@ def _report_privacy(console: Console, privacy: dict[str, Any]) -> None:
         console.print("[bold]privacy[/] secure aggregation: the server saw only masked updates")
 
 
+@dataclass
+class Baselines:
+    """The local-only and pooled baselines: summary.json's entry, their test probabilities
+    ("pooled", "local:<site>") for predictions.npz, and the trained runs."""
+
+    summary: dict[str, Any]
+    probs: dict[str, np.ndarray]
+    pooled: Outcome
+    local: Outcome
+    local_test: dict[SiteId, np.ndarray]
+
+
 def _baselines(setup: Setup, progress: RichRoundProgress, rounds: int, federated: Outcome
-               ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Local-only (each site alone) and pooled (all training data in one place), same budget;
-    with their test probabilities ("pooled", "local:<site>") for predictions.npz."""
+               ) -> Baselines:
+    """Local-only (each site alone) and pooled (all training data in one place), same budget."""
     sites = setup.federation.sites
     reuse = federated.name == LOCAL and ensemble_models_are_local(setup.config)
     local = federated if reuse else train(
@@ -135,8 +153,9 @@ def _baselines(setup: Setup, progress: RichRoundProgress, rounds: int, federated
                    progress.start_run("pooled", rounds), baseline=True)
     predicted = predict_local_models(setup, local)  # once per site: metrics and predictions.npz
     probs = {"pooled": pooled.test_probs} | {f"local:{s}": p for s, (p, _) in predicted.items()}
-    return ({"pooled": {"test": pooled.test, "wall_seconds": pooled.seconds},
-             "local": {s: {"test": metrics_on_test(setup, *p)} for s, p in predicted.items()}}, probs)
+    summary = {"pooled": {"test": pooled.test, "wall_seconds": pooled.seconds},
+               "local": {s: {"test": metrics_on_test(setup, *p)} for s, p in predicted.items()}}
+    return Baselines(summary, probs, pooled, local, {s: p for s, (p, _) in predicted.items()})
 
 
 def _write_report_inputs(out: Path, setup: Setup, federated: Outcome, baseline_probs: dict[str, Any],
@@ -151,8 +170,12 @@ def _write_report_inputs(out: Path, setup: Setup, federated: Outcome, baseline_p
     return ["predictions.npz", "gradcam.npz"]
 
 
-def _summary(setup: Setup, federated: Outcome, baselines: dict[str, Any] | None) -> dict[str, Any]:
+def _summary(setup: Setup, federated: Outcome, baselines: Baselines | None, rule: OperatingRule
+             ) -> dict[str, Any]:
     config, source = setup.config, setup.federation.source
+    reading = (read_run(setup, rule, federated, baselines.pooled, baselines.local,
+                        baselines.local_test) if baselines is not None
+               else read_run(setup, rule, federated, None, None, {}))
     summary = run_summary(
         config, mode="simulation", dataset=source.name, task=str(source.task),
         class_names=list(source.class_names), partition=setup.federation.partition,
@@ -160,10 +183,15 @@ def _summary(setup: Setup, federated: Outcome, baselines: dict[str, Any] | None)
         device=str(setup.predictor.device), wall_seconds=federated.seconds,
         bytes_up=federated.transport.bytes_up, bytes_down=federated.transport.bytes_down,
         failed_updates={r.round + 1: r.failed for r in federated.history if r.failed},
-        attackers=attacker_sites(config, setup.federation.site_ids))
+        attackers=attacker_sites(config, setup.federation.site_ids),
+        verdict=reading.verdict, operating_point=reading.federated)
     summary |= {"skipped_files": len(source.skipped), "data_notes": list(source.notes)}
     if baselines is not None:
-        summary["baselines"] = baselines
+        summary["baselines"] = baselines.summary
+        summary["baselines"]["pooled"]["operating_point"] = reading.pooled
+        for site, point in reading.local.items():
+            summary["baselines"]["local"][site] |= {
+                "operating_point": point, "validation_auc": reading.local_val_auc[site]}
     return summary
 
 
@@ -177,9 +205,17 @@ def _write(out: Path, setup: Setup, federated: Outcome, summary: dict[str, Any])
     return ["summary.json", "config.toml", "rounds.jsonl", *write_models(out, models, meta)]
 
 
-def _table_rows(summary: dict[str, Any]) -> dict[str, dict]:
-    rows = {f"federated ({summary['algorithm']})": summary["test"]}
+def _print_results(console: Console, summary: dict[str, Any], rule: OperatingRule, title: str
+                   ) -> None:
+    """The verdict line first, then every model's test metrics at 0.5 and at its operating point."""
+    print_verdict(console, summary["verdict"])
+    rows = {f"federated ({summary['algorithm']})": (summary["test"], summary["operating_point"])}
     if "baselines" in summary:
-        rows["pooled"] = summary["baselines"]["pooled"]["test"]
-        rows |= {f"local {s}": v["test"] for s, v in summary["baselines"]["local"].items()}
-    return rows
+        pooled = summary["baselines"]["pooled"]
+        rows["pooled"] = (pooled["test"], pooled["operating_point"])
+        rows |= {f"local {s}": (v["test"], v["operating_point"])
+                 for s, v in summary["baselines"]["local"].items()}
+    table = results_table(rows, title)
+    table.caption = threshold_caption([p for _, p in rows.values()], rule.describe())
+    table.caption_justify = "left"
+    print_table(console, table)

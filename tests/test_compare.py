@@ -109,6 +109,21 @@ def test_one_seed_takes_its_interval_from_the_bootstrap(tmp_path, capsys, tiny):
     assert entry["test"]["auc"]["ci95"] == entry["per_seed"][0]["ci95"]["auc"]
     assert result["operating_point_rule"] == "sensitivity >= 0.9" and "t_test" not in \
         result["paired"]["fedavg vs pooled"]
+    verdict = result["verdict"]["fedavg"]  # one seed: that seed's DeLong test, first in the console
+    assert verdict["method"] == "DeLong" and out.startswith(f"verdict {verdict['text']}")
+    assert verdict["text"].startswith("FedAvg vs best single site (site-")
+
+
+def test_the_verdict_over_seeds_is_the_paired_t_test(two_seeds):
+    out, result = two_seeds
+    for algorithm, name in (("fedavg", "FedAvg"), ("fedprox", "FedProx")):
+        verdict = result["verdict"][algorithm]
+        t_test = result["paired"][f"{algorithm} vs pooled"]["t_test"]
+        assert verdict["vs_pooled"]["p_value"] == t_test["p_value"]
+        assert verdict["text"].startswith(f"{name} vs best single site (")
+        assert "(paired t-test over 2 seeds); vs pooled: " in verdict["text"]
+    page = (out / "report.html").read_text()
+    assert page.split("<h2>")[1].startswith('Overview</h2><p class="verdict">FedAvg vs best')
 
 
 @pytest.mark.parametrize(("args", "fragment"), [

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medfed.config import DataConfig
+from medfed.console import name_column, print_table
 from medfed.data.chestxray14 import scan_chestxray14
 from medfed.data.dicom import scan_dicom
 from medfed.data.images import scan_images
@@ -92,7 +93,7 @@ def scan_for(config: DataConfig) -> Scan:
 
 def report_table(scan: Scan, reports: list[SiteReport]) -> Table:
     table = Table(title=f"{scan.kind} data in {scan.data_dir}")
-    table.add_column("site", no_wrap=True)
+    name_column(table, "site")
     for column in ("images", "labelled", "skipped", "label prevalence",
                    "intensity mean (sd) [p1, p99]", "sizes", "spacing mm"):
         table.add_column(column)
@@ -136,7 +137,7 @@ def check_command(config: DataConfig, console: Console | None = None,
     reports = site_reports(scan)
     if json_path is not None:
         json_path.write_text(json.dumps(shareable(reports, scan), indent=2) + "\n", encoding="utf-8")
-    console.print(report_table(scan, reports))
+    print_table(console, report_table(scan, reports))
     for r in reports:
         for s in r.skipped:
             console.print(f"skipped {s.path}: {s.reason}")

@@ -8,8 +8,9 @@ the coordinator computes:
 
 - the pooled test metrics and the pooled AUC with a 95 % CI, as if every site's test patients
   were scored in one place (exact for the threshold metrics; the AUC up to the histogram's bins),
-- an operating point chosen on the pooled validation scores (Youden), and the pooled test
-  sensitivity and specificity at it,
+- an operating point chosen on the pooled validation scores (Youden; evaluation/operating_point.py
+  holds the rule `medfed run` and `medfed compare` apply too), and the pooled test sensitivity and
+  specificity at it,
 - each site's own test metrics, and their mean over sites (the figure FLamby publishes).
 
 Everything a site sends is checked first: a malformed answer is that site's failure, recorded,
@@ -29,13 +30,13 @@ from medfed.evaluation.federated import (
     ScoreSummary,
     auc_interval,
     auc_tie_bound,
-    choose_threshold,
     combine,
     parse_summary,
-    rates_at,
     summary_metrics,
 )
 from medfed.evaluation.metrics import METRIC_KEYS
+from medfed.evaluation.operating_point import POOLED_SUMMARIES, summary_operating_point
+from medfed.evaluation.operating_rule import OperatingRule
 from medfed.task_schema import TaskSchema
 from medfed.types import SiteId, Task
 
@@ -85,7 +86,10 @@ def combine_answers(answers: dict[SiteId, SiteAnswer], failed: dict[SiteId, str]
         test["auc_ci"] = [interval.low, interval.high]
         # How far the binned AUC can be from the raw pooled scores' AUC (ties within a bin).
         out["evaluation"]["auc_error_bound"] = auc_tie_bound(test_pool)
-        out["operating_point"] = _operating_point(val_pool, test_pool)
+    # Youden's J on the pooled validation histograms (operating_point.py), for binary tasks; other
+    # tasks get the record saying why there is no single threshold.
+    out["operating_point"] = summary_operating_point(OperatingRule(), val_pool, test_pool,
+                                                     POOLED_SUMMARIES)
     out["site_test"] = {s: a.metrics["test"] for s, a in answers.items()}
     out["site_val"] = {s: a.metrics["val"] for s, a in answers.items()}
     out["site_mean"] = {k: float(np.mean(v)) for k in (*METRIC_KEYS, "loss")
@@ -95,13 +99,6 @@ def combine_answers(answers: dict[SiteId, SiteAnswer], failed: dict[SiteId, str]
     if local:
         out["baselines"] = {"local": local}
     return out
-
-
-def _operating_point(val: ScoreSummary, test: ScoreSummary) -> dict[str, Any]:
-    threshold = choose_threshold(val)
-    sensitivity, specificity = rates_at(test, threshold)
-    return {"rule": "youden", "chosen_on": "the sites' pooled validation scores",
-            "threshold": threshold, "sensitivity": sensitivity, "specificity": specificity}
 
 
 def clean_metrics(raw: Any) -> dict[str, Any]:

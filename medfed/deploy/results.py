@@ -14,6 +14,7 @@ from medfed.bundle_write import deployment_bundle
 from medfed.deploy.evaluation import combine_answers, gather
 from medfed.deploy.site_worker import REFERENCE
 from medfed.deploy.state import atomic_write
+from medfed.evaluation.verdict import deployment_verdict
 from medfed.output import write_json
 from medfed.summary import run_summary
 from medfed.transport.codec import encode_state
@@ -45,9 +46,11 @@ def finish(fed: Federation, strategy: Strategy, seconds: float) -> dict[str, Any
         sites=sites, test=combined["test"], n_test=combined["n_test"], device="at each site",
         wall_seconds=seconds, bytes_up=sum(h["bytes_up"] for h in history),
         bytes_down=sum(h["bytes_down"] for h in history),
-        failed_updates={h["round"]: h["failed"] for h in history if h["failed"]}, attackers=[])
-    summary |= {k: combined[k] for k in ("site_mean", "operating_point", "baselines", "evaluation")
-                if k in combined}
+        failed_updates={h["round"]: h["failed"] for h in history if h["failed"]}, attackers=[],
+        verdict=deployment_verdict(config.federation.algorithm,
+                                   combined.get("baselines", {}).get("local")),
+        operating_point=combined.get("operating_point") or {})
+    summary |= {k: combined[k] for k in ("site_mean", "baselines", "evaluation") if k in combined}
     summary["evaluation"]["bytes_up"] = dict(fed.transport.eval_bytes)
     summary["task_schema"] = fed.task.to_json()
     if fed.privacy.active:
@@ -55,6 +58,7 @@ def finish(fed: Federation, strategy: Strategy, seconds: float) -> dict[str, Any
         if config.privacy.dp_sgd:  # the sites' accountants are at the sites: their last reports
             summary["privacy"]["epsilon"] = _last_epsilon(history)
     _write_outputs(fed, strategy, summary, history)
+    _say(f"verdict: {summary['verdict']['text']}")
     return summary
 
 

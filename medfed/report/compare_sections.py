@@ -60,7 +60,10 @@ def compare_sections(folder: Path) -> tuple[str, list[Section]]:
 def _overview(result: dict[str, Any]) -> Section:
     task, classes = result.get("task", "binary"), result.get("class_names", [])
     sites = result.get("sites", [])
-    overview = Section("Overview").facts([
+    overview = Section("Overview")
+    for verdict in result.get("verdict", {}).values():
+        overview.lead(verdict["text"])
+    overview.facts([
         ("data set", f"{result.get('dataset', '-')} ({task}: {', '.join(classes)})"),
         ("algorithms", ", ".join(result["algorithms"]) + " against local-only and pooled"),
         ("model", result.get("model", "-")),

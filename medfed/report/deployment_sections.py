@@ -14,7 +14,13 @@ from typing import Any
 from medfed.report import formatting as fmt
 from medfed.report.html import Section
 from medfed.report.inputs import read_json, read_rounds
-from medfed.report.sections import learning_section, reading_section, traffic_section
+from medfed.report.sections import (
+    learning_section,
+    operating_section,
+    reading_section,
+    traffic_section,
+    verdict_line,
+)
 
 NO_IMAGES = ("Not drawn in a deployment: it needs each image's score, and no per-image score "
              "leaves a hospital. The pooled AUC and its CI are under Results.")
@@ -47,7 +53,7 @@ def deployment_sections(folder: Path) -> tuple[str, list[Section]]:
 
 def _overview(summary: dict[str, Any]) -> Section:
     sites = list(summary.get("sites", {}))
-    section = Section("Overview").facts([
+    section = verdict_line(Section("Overview"), summary).facts([
         ("task", f"{summary['task']}: {', '.join(summary.get('class_names', []))}"),
         ("algorithm", f"{summary['algorithm']} (aggregator {summary.get('aggregator', 'mean')})"),
         ("model", f"{summary.get('model', '-')} ({summary.get('norm', '-')} norm)"),
@@ -120,14 +126,6 @@ def _paired(summary: dict[str, Any]) -> Section:
 
 
 def _operating(summary: dict[str, Any]) -> Section:
-    section = Section("Operating point")
-    test = summary.get("test", {})
-    rows = [["0.5 (default)", "0.5", fmt.num(test.get("sensitivity")),
-             fmt.num(test.get("specificity"))]]
-    point = summary.get("operating_point")
-    if point:
-        rows.append([f"{point['rule']}, on {point['chosen_on']}", fmt.num(point["threshold"], 4),
-                     fmt.num(point["sensitivity"]), fmt.num(point["specificity"])])
-    section.caption("Pooled test sensitivity and specificity at the default threshold and at the "
-                    "threshold chosen on the hospitals' pooled validation scores.")
-    return section.table(["threshold rule", "threshold", "sensitivity", "specificity"], rows)
+    """The pooled test rates at 0.5 and at the threshold the pooled validation histograms gave."""
+    return operating_section({"pooled test set": (summary.get("test", {}),
+                                                  summary.get("operating_point"))})

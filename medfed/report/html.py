@@ -20,6 +20,7 @@ th { background: #eef2f7; } td.num { text-align: right; white-space: nowrap; }
 figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #e3e8ee; }
 figcaption, .note { color: #4a5566; font-size: .92em; }
 .caption { background: #f6f8fb; border-left: 4px solid #2c5d8f; padding: .5em .8em; margin: .6em 0; }
+.verdict { font-size: 1.08em; font-weight: 600; border-left: 4px solid #8f2c5d; padding: .4em .8em; }
 dl.facts { display: grid; grid-template-columns: max-content auto; gap: .2em 1.2em; }
 dl.facts dt { font-weight: 600; }
 """
@@ -32,6 +33,11 @@ class Section:
 
     def text(self, sentence: str) -> Section:
         self.parts.append(f"<p>{escape(sentence)}</p>")
+        return self
+
+    def lead(self, sentence: str) -> Section:
+        """The one sentence a reader must not miss (the verdict), set apart."""
+        self.parts.append(f'<p class="verdict">{escape(sentence)}</p>')
         return self
 
     def caption(self, sentence: str) -> Section:

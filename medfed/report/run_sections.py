@@ -2,8 +2,9 @@
 site alone, all data pooled), from summary.json, rounds.jsonl, predictions.npz and gradcam.npz.
 
 A run has a single seed, so what it reports differs from a comparison: its intervals are a
-bootstrap over the test images computed here, its paired test is DeLong's alone, its operating
-point is the default threshold, and it has no cross-site matrix.
+bootstrap over the test images computed here, its paired test is DeLong's alone, and it has no
+cross-site matrix. The page opens with summary.json's verdict line; the operating points are
+summary.json's, chosen on validation data by the run.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from medfed.report.sections import (
     data_section,
     gradcam_section,
     learning_section,
+    operating_section,
     reading_section,
     roc_section,
     traffic_section,
+    verdict_line,
 )
 
 N_BOOT = 500  # bootstrap resamples for a run's intervals (compare.json carries its own)
@@ -46,7 +49,7 @@ def run_sections(folder: Path) -> tuple[str, list[Section]]:
         Section("Cross-site performance").text(
             "A single run does not score each local model at every site; `medfed compare` draws "
             "this matrix."),
-        _calibration(labels, scores, task), _operating(summary.get("test", {})),
+        _calibration(labels, scores, task), operating_section(_operating_rows(summary)),
         gradcam_section(folder, classes, summary.get("gradcam_skipped"),
                         "Computed with the final federated model."),
         _traffic(summary, histories),
@@ -56,7 +59,7 @@ def run_sections(folder: Path) -> tuple[str, list[Section]]:
 
 def _overview(summary: dict[str, Any]) -> Section:
     task, classes, sites = summary["task"], summary.get("class_names", []), list(summary.get("sites", {}))
-    overview = Section("Overview").facts([
+    overview = verdict_line(Section("Overview"), summary).facts([
         ("data set", f"{summary['dataset']} ({task}: {', '.join(classes)})"),
         ("algorithm", f"{summary['algorithm']} (aggregator {summary.get('aggregator', 'mean')})"),
         ("model", summary.get("model", "-")),
@@ -157,15 +160,15 @@ def _calibration(labels: np.ndarray | None, scores: dict[str, np.ndarray], task:
     return calibration
 
 
-def _operating(test: dict[str, Any]) -> Section:
-    operating = Section("Operating point")
-    operating.caption("At the default threshold (probability 0.5): how many diseased cases are "
-                      "caught and how many healthy ones are cleared. `medfed compare` chooses the "
-                      "threshold on validation data instead.")
-    operating.table(["model", "threshold", "sensitivity", "specificity"],
-                    [["federated", "0.5", fmt.num(test.get("sensitivity")),
-                      fmt.num(test.get("specificity"))]])
-    return operating
+def _operating_rows(summary: dict[str, Any]) -> dict[str, tuple[dict, dict | None]]:
+    """model -> (test metrics, operating point record): the federated model, then the baselines."""
+    rows = {"federated": (summary.get("test", {}), summary.get("operating_point"))}
+    baselines = summary.get("baselines", {})
+    if "pooled" in baselines:
+        rows["pooled"] = (baselines["pooled"]["test"], baselines["pooled"].get("operating_point"))
+    rows |= {f"local:{s}": (e["test"], e.get("operating_point"))
+             for s, e in baselines.get("local", {}).items()}
+    return rows
 
 
 def _traffic(summary: dict[str, Any], histories: dict[str, list[dict[str, Any]]]) -> Section:

@@ -1,6 +1,7 @@
 """The sections that a `medfed run` report and a `medfed compare` report draw the same way:
 the reading guide, the data at each site, learning curves, ROC curves, the reliability figure,
-Grad-CAM and communication. Each takes what both folders provide (per-site data, round histories,
+Grad-CAM and communication; and what a run's and a deployment's reports share from summary.json:
+the verdict line and the operating points. Each takes what both folders provide (per-site data, round histories,
 test labels and scores, the folder itself) and returns an html.Section; what differs between the
 two reports (which seed or model a panel shows, the traffic facts) is passed in by the caller.
 """
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from medfed.report import figures
+from medfed.report import formatting as fmt
 from medfed.report.html import Section
 
 READING = [
@@ -133,3 +135,35 @@ def traffic_section(histories: dict[str, list[dict[str, Any]]], facts: list[tupl
         section.figure(figures.per_round_traffic(histories), "Megabytes sent per round and seconds "
                                                              "per round.")
     return section
+
+
+def verdict_line(section: Section, summary: dict[str, Any]) -> Section:
+    """summary.json's verdict, the page's first sentence (a summary without one: say so)."""
+    verdict = summary.get("verdict") or {}
+    return section.lead(verdict.get("text") or "No verdict: these results were written by a medfed "
+                                               "version that did not record one.")
+
+
+def operating_section(rows: dict[str, tuple[dict[str, Any], dict[str, Any] | None]]) -> Section:
+    """rows: model -> (test metrics, operating point record): the test sensitivity and specificity
+    at 0.5 and at the threshold chosen on validation data (evaluation/operating_point.py)."""
+    section = Section("Operating point")
+    points = [p for _, p in rows.values() if p]
+    if points and all(p.get("threshold") is None for p in points):
+        return section.text(f"No operating point: {points[0].get('skipped', 'none was chosen')}.")
+    rule = next((p["rule"] for p in points if p.get("rule")), "youden")
+    section.caption("How many diseased cases are caught (sensitivity) and how many healthy ones "
+                    "are cleared (specificity), on the test set: at the default threshold 0.5, and "
+                    f"at a threshold chosen on validation data ({_rule_words(rule)}), never on the "
+                    "test set.")
+    table = [[name, fmt.num(test.get("sensitivity")), fmt.num(test.get("specificity")),
+              fmt.num((point or {}).get("threshold"), 4), (point or {}).get("chosen_on", "-"),
+              fmt.num((point or {}).get("sensitivity")), fmt.num((point or {}).get("specificity"))]
+             for name, (test, point) in rows.items()]
+    return section.table(["model", "sensitivity at 0.5", "specificity at 0.5", "chosen threshold",
+                          "chosen on", "sensitivity", "specificity"], table)
+
+
+def _rule_words(rule: str) -> str:
+    return "Youden's J: sensitivity + specificity - 1 highest" if rule == "youden" else (
+        f"the highest threshold with validation {rule}")

@@ -119,7 +119,15 @@ def test_three_hospitals_with_their_own_dicom_folders_and_a_server_that_holds_no
     low, high = summary["test"]["auc_ci"]
     assert low <= summary["test"]["auc"] <= high
     assert {"threshold", "sensitivity", "specificity"} <= summary["operating_point"].keys()
+    assert summary["operating_point"]["chosen_on"] == "the sites' pooled validation scores"
     assert set(summary["baselines"]["local"]) == set(SITES)
+    # The verdict: from each hospital's own paired test; best site and pooled said unmeasurable.
+    verdict = summary["verdict"]
+    assert set(verdict["vs_each_site"]) <= set(SITES) and verdict["vs_pooled"] is None
+    assert verdict["text"].startswith("FedAvg vs each hospital's own model") or \
+        verdict["text"].startswith("FedAvg: not compared with each hospital's own model")
+    assert "not measurable in a deployment" in verdict["text"]
+    assert f"verdict: {verdict['text']}" in procs.log_text()
 
     # Each hospital keeps its own page and record: federated vs its local-only model.
     for site in SITES:
@@ -133,6 +141,7 @@ def test_three_hospitals_with_their_own_dicom_folders_and_a_server_that_holds_no
     assert main(["report", str(state)]) == 0
     html = (state / "report.html").read_text()
     assert "medfed deployment report" in html and "Did joining help each hospital?" in html
+    assert html.split("<h2>")[1].startswith('Overview</h2><p class="verdict">')
     assert "tabular" not in html and "beside its baselines" not in html
     for site in SITES:
         assert f"<td>{site}</td>" in html
