@@ -189,6 +189,7 @@ class SecureAggregation:
         self.prediction: Prediction = inner.prediction
         self.train_overrides = inner.train_overrides
         self.aggregation_notes: dict[str, list[SiteId]] = {}
+        self.protection = "secure_aggregation"  # each round's record says what hid the updates
         self.coordinator = coordinator
         self.threshold = threshold
         self.scale = scale
