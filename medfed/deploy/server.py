@@ -54,6 +54,7 @@ from medfed.deploy.state import StateStore
 from medfed.errors import ConfigError, JobAborted, NotEnoughSites
 from medfed.experiment import train_options
 from medfed.models import build_model, norm_keys, parameter_keys
+from medfed.privacy import ckks
 from medfed.privacy.homomorphic import HomomorphicAggregation, HomomorphicError
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.privacy.secagg import SecureAggregationError
@@ -163,6 +164,7 @@ def _public_context(config: RunConfig, args: ServerArgs) -> bytes | None:
     if context is None:
         raise ConfigError("homomorphic encryption needs server.ckks in --certs: issue it with "
                           "`medfed certs ckks --name server` (and SITE.ckks for every site)")
+    ckks.load(context, private=False)  # before anything listens: a context that decrypts stops it
     return context
 
 
