@@ -33,12 +33,12 @@ import numpy as np
 import torch
 
 from medfed.algorithms.aggregate import WeightedMean
-from medfed.algorithms.checkpoint import Checkpoint
 from medfed.client.trainer import LocalSite, TrainOptions
 from medfed.errors import ConfigError, IncompatibleUpdate, MedfedError
 from medfed.privacy import ckks
+from medfed.privacy.hidden_sum import HiddenSum
 from medfed.server.validation import check_update
-from medfed.types import Metrics, Prediction, SiteId, StateDict, Update
+from medfed.types import Metrics, SiteId, StateDict, Update
 
 CIPHERTEXT_PREFIX = "medfed.he/"
 AGREEMENT = 1e-6  # how far two sites' decryptions of one sum may differ (CKKS error is ~1e-9)
@@ -169,17 +169,13 @@ class InProcessDecryptor:
         return agreed(answers, length)
 
 
-class HomomorphicAggregation:
+class HomomorphicAggregation(HiddenSum):
     """Wraps FedAvg or FedProx: receives ciphertexts, adds them, hands the wrapped strategy only
     the mean the sites decrypted. public_context: the server's context (no secret key)."""
 
     def __init__(self, inner: Any, public_context: bytes, decryptor: Decryptor,
                  patterns: Sequence[str] = ()) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.prediction: Prediction = inner.prediction
-        self.train_overrides = inner.train_overrides
-        self.aggregation_notes: dict[str, list[SiteId]] = {}
+        super().__init__(inner, fact="homomorphic_trained")
         self.context = ckks.load(public_context, private=False)
         self.decryptor = decryptor
         self.patterns = tuple(patterns)
@@ -187,7 +183,6 @@ class HomomorphicAggregation:
         self.keys = encrypted_keys(inner.global_state, self.patterns)  # a bad pattern fails now
         self._round = 0
         self._parsed: dict[SiteId, list[Any]] = {}
-        self._trained: set[SiteId] = set()
 
     def stages(self, round_index: int, sites: Sequence[SiteId]) -> list[list[SiteId]]:
         self._round = round_index
@@ -200,9 +195,6 @@ class HomomorphicAggregation:
         self._plain = WeightedMean()
         self._delivered: list[SiteId] = []
         self._parsed.clear()
-
-    def payload(self, site: SiteId) -> StateDict:
-        return self.inner.payload(site)
 
     def reply_bytes(self, sent: StateDict) -> int:
         """The most a site's reply to `sent` may weigh (the gRPC transport's limit on it)."""
@@ -237,38 +229,8 @@ class HomomorphicAggregation:
             return  # nobody delivered: the model stays as it was
         mean = self.decryptor.decrypt(ckks.serialize(self._sum), self.length, self._delivered,
                                       self._round)
-        averaged = dict(self.inner.global_state)
-        start = 0
-        for k in self.keys:
-            n = averaged[k].numel()
-            change = torch.from_numpy(mean[start:start + n].copy()).reshape(averaged[k].shape)
-            averaged[k] = (averaged[k].to(torch.float64) + change).to(averaged[k].dtype)
-            start += n
+        averaged = self.moved(self.keys, mean)
         if self._plain.count and len(self.keys) < len(averaged):
             averaged |= {k: v.to(averaged[k].dtype) for k, v in self._plain.result().items()}
-        self.inner.open_stage()
-        self.inner.receive(Update(site="homomorphic-aggregate", state=averaged, n_samples=1,
-                                  n_steps=0))
-        self.inner.close_stage()
+        self.hand_over(averaged, "homomorphic-aggregate")
         self._trained |= set(self._delivered)
-
-    def site_state(self, site: SiteId) -> StateDict:
-        return self.inner.site_state(site)
-
-    @property
-    def global_state(self) -> StateDict:
-        return self.inner.global_state
-
-    @property
-    def trained_sites(self) -> list[SiteId]:
-        return sorted(self._trained)
-
-    def checkpoint(self) -> Checkpoint:
-        """The inner strategy's state: a round's ciphertexts never outlive the round."""
-        checkpoint = self.inner.checkpoint()
-        checkpoint.facts["homomorphic_trained"] = sorted(self._trained)
-        return checkpoint
-
-    def restore(self, checkpoint: Checkpoint) -> None:
-        self.inner.restore(checkpoint)
-        self._trained = set(checkpoint.facts.get("homomorphic_trained", []))
