@@ -31,25 +31,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from medfed.config import PrivacyConfig, RunConfig
-from medfed.config_file import config_from_dict
+from compression import DATA, REPO, base_config  # the compression benchmark's setting (this folder)
+
+from medfed.config import PrivacyConfig
 from medfed.experiment import prepare, train
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
 SUBSET = ("features.0.*", "features.2.*", "head.*")
 MODES = ("plain", "secagg", "he:all", "he:subset")
-
-
-def base_config(data_file: Path, rounds: int, seed: int, width: int | None) -> RunConfig:
-    model = {"width": width} if width else {}
-    return config_from_dict({
-        "seed": seed, "device": "cpu", "baselines": False,
-        "data": {"dataset": "medmnist", "data_file": str(data_file), "sites": 5,
-                 "partition": "dirichlet", "alpha": 0.5, "proportions": [20, 25, 15, 30, 22]},
-        "model": model,
-        "federation": {"rounds": rounds, "eval_every": 0},
-    })
 
 
 def privacy_of(mode: str, subset: tuple[str, ...]) -> PrivacyConfig:
@@ -84,8 +72,9 @@ def run_modes(args: argparse.Namespace, out: Path) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| protection | MB up per round (5 sites) | MB down per round | up vs plain | "
-             "test AUC | AUC − plain |", "| --- | --- | --- | --- | --- | --- |"]
+    header = ("| protection | MB up per round (5 sites) | MB down per round | up vs plain | "
+              "test AUC | AUC − plain |")
+    lines = [header, "| --- | --- | --- | --- | --- | --- |"]
     plain = next((r for r in rows if r["mode"] == "plain"), rows[0])
     for r in rows:
         lines.append(f"| {r['mode']} | {r['bytes_up_per_round'] / 1e6:.2f} | "
