@@ -93,7 +93,7 @@ class HomomorphicSite:
         self.trainer = trainer
         self.context = ckks.load(secret_context, private=True)
         self.patterns = tuple(patterns)
-        self._open_round: int | None = None  # the round whose sum this site will decrypt, once
+        self._open: tuple[int, int] | None = None  # (round, length) of the sum it will decrypt, once
 
     @property
     def site(self) -> str:
@@ -105,7 +105,7 @@ class HomomorphicSite:
         weight = honest.n_samples
         change = _flatten(honest.state, keys) - _flatten(state, keys)
         blobs = ckks.encrypt(self.context, np.concatenate([weight * change, [float(weight)]]))
-        self._open_round = options.round
+        self._open = (options.round, len(change) + 1)
         if len(keys) == sum(v.is_floating_point() for v in state.values()):  # nothing in clear
             ints = {k: v for k, v in state.items() if not v.is_floating_point()}
             return Update(self.site, ints | as_state(blobs), n_samples=1, n_steps=0)
@@ -117,11 +117,13 @@ class HomomorphicSite:
         return self.trainer.evaluate(state, split)
 
     def decrypt(self, summed: Sequence[bytes], length: int, round_index: int) -> np.ndarray:
-        """The mean change sum_k n_k (x_k - x) / sum_k n_k of a round this site sent to; once."""
-        if self._open_round != round_index:
+        """The mean change sum_k n_k (x_k - x) / sum_k n_k of a round this site sent to, of the
+        length it sent; once."""
+        if self._open != (round_index, length):
             raise HomomorphicError(f"site {self.site} decrypts only the sum of a round it sent "
-                                   f"ciphertexts to, once (asked for round {round_index + 1})")
-        self._open_round = None
+                                   f"ciphertexts to, once, of the length it sent (asked for round "
+                                   f"{round_index + 1}, {length} values)")
+        self._open = None
         values = ckks.decrypt(self.context, list(summed), length)
         weight = round(float(values[-1]))
         if weight < 1:

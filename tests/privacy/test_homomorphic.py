@@ -20,6 +20,7 @@ import torch
 pytest.importorskip("tenseal", reason="homomorphic encryption needs TenSEAL: pip install 'medfed[he]'")
 
 from medfed.algorithms.fedavg import FedAvg  # noqa: E402
+from medfed.client.trainer import TrainOptions  # noqa: E402
 from medfed.errors import ConfigError, IncompatibleUpdate  # noqa: E402
 from medfed.privacy import ckks  # noqa: E402
 from medfed.privacy.homomorphic import (  # noqa: E402
@@ -162,6 +163,9 @@ def test_a_site_decrypts_one_sum_per_round():
         site.decrypt(summed, 31, 0)  # round 1's sum was decrypted already
     with pytest.raises(HomomorphicError, match="round 3"):
         site.decrypt(summed, 31, 2)  # it sent nothing in round 3
+    site.train(initial(), TrainOptions(round=3))
+    with pytest.raises(HomomorphicError, match="10000000 values"):
+        site.decrypt(summed, 10_000_000, 3)  # not what it sent: a server cannot make it allocate
 
 
 def test_disagreeing_decryptions_stop_the_round():
