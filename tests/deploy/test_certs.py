@@ -12,6 +12,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from medfed.deploy import certs
 from medfed.errors import ConfigError
+from medfed.privacy import ckks
 
 
 def load(path: Path) -> x509.Certificate:
@@ -56,11 +57,9 @@ def test_mistakes_are_one_clear_error(tmp_path: Path):
         certs.load_identity(tmp_path, "site-b")
 
 
-@pytest.mark.skipif(not __import__("medfed.privacy.ckks", fromlist=["x"]).available(),
-                    reason="homomorphic encryption needs TenSEAL: pip install 'medfed[he]'")
+@pytest.mark.skipif(not ckks.available(), reason="homomorphic encryption needs TenSEAL: "
+                                                  "pip install 'medfed[he]'")
 def test_sites_get_the_secret_ckks_context_and_the_server_the_public_one(tmp_path: Path):
-    from medfed.privacy import ckks
-
     certs.init_ca(tmp_path)
     site, server = certs.issue_context(tmp_path, "site-a"), certs.issue_context(tmp_path, "server")
     other = certs.issue_context(tmp_path, "site-b")

@@ -19,11 +19,11 @@ import torch
 
 pytest.importorskip("tenseal", reason="homomorphic encryption needs TenSEAL: pip install 'medfed[he]'")
 
-from medfed.algorithms.fedavg import FedAvg  # noqa: E402
-from medfed.client.trainer import TrainOptions  # noqa: E402
-from medfed.errors import ConfigError, IncompatibleUpdate  # noqa: E402
-from medfed.privacy import ckks  # noqa: E402
-from medfed.privacy.homomorphic import (  # noqa: E402
+from medfed.algorithms.fedavg import FedAvg
+from medfed.client.trainer import TrainOptions
+from medfed.errors import ConfigError, IncompatibleUpdate
+from medfed.privacy import ckks
+from medfed.privacy.homomorphic import (
     CIPHERTEXT_PREFIX,
     HomomorphicAggregation,
     HomomorphicError,
@@ -32,8 +32,8 @@ from medfed.privacy.homomorphic import (  # noqa: E402
     agreed,
     ciphertext_key,
 )
-from medfed.types import Update  # noqa: E402
-from tests.privacy.test_secure_round import FakeSite, RecordingTransport, initial, plain_mean, run  # noqa: E402
+from medfed.types import Update
+from tests.privacy.test_secure_round import FakeSite, RecordingTransport, initial, plain_mean, run
 
 CONTEXT = ckks.new_context()  # (secret, public): keys take ~0.1 s, shared by the tests
 
@@ -139,8 +139,12 @@ def test_a_pattern_that_matches_no_layer_is_one_clear_line():
 def test_bad_ciphertexts_are_that_sites_failure(corrupt, reason):
     fakes, sites, transport, strategy = federation()
     honest = sites["site-1"].train
-    sites["site-1"].train = lambda state, options: (lambda u: Update(
-        u.site, corrupt(u.state), u.n_samples, u.n_steps))(honest(state, options))
+
+    def corrupted(state, options):
+        update = honest(state, options)
+        return Update(update.site, corrupt(update.state), update.n_samples, update.n_steps)
+
+    sites["site-1"].train = corrupted
     history = run(strategy, transport, list(fakes))
     assert reason in history[0].failed["site-1"]
     expected = plain_mean([f.sent[0] for s, f in fakes.items() if s != "site-1"])

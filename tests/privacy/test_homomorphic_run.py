@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 from medfed.cli import main
 from medfed.config_file import config_from_dict
 from medfed.errors import ConfigError
+from medfed.privacy import ckks
 from tests.privacy.test_privacy_cli import run, small_data
 
-needs_tenseal = pytest.mark.skipif(
-    not __import__("medfed.privacy.ckks", fromlist=["available"]).available(),
-    reason="homomorphic encryption needs TenSEAL: pip install 'medfed[he]'")
+needs_tenseal = pytest.mark.skipif(not ckks.available(), reason="homomorphic encryption needs "
+                                                                 "TenSEAL: pip install 'medfed[he]'")
 SGD = ["--optimizer", "sgd", "--lr", "0.05", "--rounds", "2"]  # Adam would magnify 1e-9 differences
 
 
@@ -100,9 +100,8 @@ def test_without_tenseal_homomorphic_names_the_extra(tmp_path, capsys, monkeypat
     assert code == 2 and "pip install 'medfed[he]'" in err and len(err.strip().splitlines()) == 1
 
 
+@needs_tenseal
 def test_the_privacy_section_takes_homomorphic_and_layer_patterns():
-    if not __import__("medfed.privacy.ckks", fromlist=["available"]).available():
-        pytest.skip("homomorphic encryption needs TenSEAL: pip install 'medfed[he]'")
     config = config_from_dict({"privacy": {"homomorphic": True, "encrypt_layers": ["head.*"]}})
     assert config.privacy.encrypt_layers == ("head.*",)
     with pytest.raises(ConfigError, match="empty pattern"):
