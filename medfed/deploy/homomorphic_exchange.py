@@ -42,8 +42,10 @@ class GrpcDecryptor:
 
     def decrypt(self, summed: list[bytes], length: int, sites: list[SiteId],
                 round_index: int) -> np.ndarray:
+        # Its own deadline, the evaluation's: the round's may be spent by the slowest trainer.
         replies = self.transport.ask_each(DECRYPT, as_state(summed),
-                                          {"length": length, "round": round_index}, sites)
+                                          {"length": length, "round": round_index}, sites,
+                                          self.transport.eval_seconds)
         answers: dict[SiteId, np.ndarray] = {}
         for site, reply in replies.items():
             try:

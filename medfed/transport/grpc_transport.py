@@ -105,14 +105,14 @@ class GrpcTransport:
             site, kind, {}, json.dumps(b).encode()) for site, body in bodies.items()},
             self._deadline, "the round's deadline"))
 
-    def ask_each(self, kind: str, state: StateDict, options: dict[str, Any], sites: list[SiteId]
-                 ) -> dict[SiteId, Reply | TransportError]:
+    def ask_each(self, kind: str, state: StateDict, options: dict[str, Any], sites: list[SiteId],
+                 seconds: float) -> dict[SiteId, Reply | TransportError]:
         """One model-sized message to each site at once (homomorphic encryption's summed
-        ciphertexts); each site's Reply (metadata and bytes), or why it gave none before the
-        round's deadline. Both ways are counted as the round's traffic."""
+        ciphertexts); each site's Reply (metadata and bytes), or why it gave none within
+        `seconds`. Both ways are counted as the round's traffic."""
         blob = encode_state(state)
         answers = self._gather({site: lambda site=site: self._send_blob(site, kind, options, blob)
-                                for site in sites}, self._deadline, "the round's deadline")
+                                for site in sites}, time.monotonic() + seconds, "its deadline")
         self.bytes_up += sum(len(a.blob) for a in answers.values() if isinstance(a, Reply))
         return answers
 

@@ -55,10 +55,10 @@ def test_a_homomorphic_federation_adds_ciphertexts_and_gives_the_simulation_mode
 
     audit = state / "audit.jsonl"
     closed = events(audit, "round_closed")
-    assert [e["protection"] for e in closed] == ["homomorphic:all"] * 2
-    assert all(sorted(e["aggregated"]) == list(SITES) for e in closed)
+    assert [e["protection"] for e in closed] == ["homomorphic:all"] * 2, procs.log_text()
+    assert all(sorted(e["aggregated"]) == list(SITES) for e in closed), procs.log_text()
     decrypted = events(audit, "he_sum_decrypted")
-    assert [sorted(e["answered"]) for e in decrypted] == [list(SITES)] * 2
+    assert [sorted(e["answered"]) for e in decrypted] == [list(SITES)] * 2, procs.log_text()
     received = events(audit, "update_received")
     assert all(e["n_samples"] == 1 for e in received)  # the count travels encrypted
     setup = prepare(simulation_config(config))
