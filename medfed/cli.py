@@ -66,7 +66,8 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--harmonize": ("harmonize", str, "per-site intensity harmonization: none, zscore or histogram"),
     "--test-fraction": ("test_fraction", float, "share of each site held out as the test set"),
     "--site-by": ("site_by", str, "chestxray14 pseudo-sites: view, sex or age"),
-    # Privacy (medfed/privacy/); the switches --dp-sgd, --client-dp, --secure-aggregation are below.
+    # Privacy (medfed/privacy/); the switches --dp-sgd, --client-dp, --secure-aggregation and
+    # --homomorphic are below.
     "--noise-multiplier": ("noise_multiplier", float, "DP-SGD noise multiplier sigma"),
     "--max-grad-norm": ("max_grad_norm", float, "DP-SGD per-sample clipping norm C"),
     "--target-epsilon": ("target_epsilon", float, "DP-SGD budget per site (derives sigma if not given)"),
@@ -74,10 +75,12 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--clip": ("clip", float, "client-level DP: clip each site's update to this norm S"),
     "--noise": ("noise", float, "client-level DP: noise multiplier (std sigma * S on the sum)"),
     "--threshold": ("threshold", int, "secure aggregation: survivors t needed to unmask"),
+    "--encrypt-layers": ("encrypt_layers", str, "homomorphic: encrypt only the layers matching "
+                                                "these comma-separated glob patterns, e.g. 'fc.*'"),
 }
 BOOL_FLAGS = ("baselines", "augment", "allow_phi", "series_volumes")
 PRIVACY_SWITCHES = {"--dp-sgd": "dp_sgd", "--client-dp": "client_dp",
-                    "--secure-aggregation": "secure_aggregation"}
+                    "--secure-aggregation": "secure_aggregation", "--homomorphic": "homomorphic"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -191,6 +194,8 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         if value is not None:
             overrides[key] = _parse_list(flag, value, int if key == "sizes" else float) \
                 if key in ("sizes", "proportions") else value
+            if key == "encrypt_layers":  # glob patterns, comma-separated
+                overrides[key] = tuple(p.strip() for p in value.split(","))
     for key in BOOL_FLAGS:  # `compare` has no --baselines: it always trains them
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)

@@ -1,5 +1,6 @@
 """The run configuration's [privacy] section and the checks that tie it to the other sections:
-DP-SGD at each site, DP-FedAvg at the server, secure aggregation (medfed/privacy/)."""
+DP-SGD at each site, DP-FedAvg at the server, secure aggregation, homomorphic encryption
+(medfed/privacy/)."""
 
 from __future__ import annotations
 
@@ -32,11 +33,13 @@ class PrivacyConfig:
     secure_aggregation: bool = False  # the server learns only the sum of the updates
     threshold: int | None = None  # t survivors needed to unmask, > half the round; None: a majority
     fixed_point_scale: float = 2.0 ** 24  # secure aggregation's resolution
+    homomorphic: bool = False  # CKKS: the server adds encrypted updates, the sites decrypt the sum
+    encrypt_layers: tuple[str, ...] = ()  # glob patterns of the layers encrypted; empty: all
 
     @property
     def enabled(self) -> bool:
         """Whether any mechanism is on."""
-        return self.dp_sgd or self.client_dp or self.secure_aggregation
+        return self.dp_sgd or self.client_dp or self.secure_aggregation or self.homomorphic
 
     def __post_init__(self) -> None:
         if self.dp_sgd and self.noise_multiplier is None and self.target_epsilon is None:
@@ -52,6 +55,12 @@ class PrivacyConfig:
             raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
         if self.threshold is not None:
             _at_least("threshold", self.threshold, 2)
+        if self.encrypt_layers and not self.homomorphic:
+            raise ConfigError("encrypt_layers chooses what homomorphic encryption encrypts; add "
+                              "--homomorphic (homomorphic = true) or leave it out")
+        if any(not p.strip() for p in self.encrypt_layers):
+            raise ConfigError("encrypt_layers: an empty pattern; give glob patterns of layer "
+                              "names, e.g. \"fc.*,features.0.*\"")
 
 
 # What each privacy mechanism can wrap: the averaging algorithms with the plain mean.
@@ -84,6 +93,8 @@ def check_privacy(config: RunConfig) -> None:
                               f"\"mean\" (got {fed.algorithm}, {fed.aggregator})")
     if p.secure_aggregation and fed.compress != NO_COMPRESSION:
         raise ConfigError(_SECURE_COMPRESSION[parse_compression(fed.compress).kind])
+    if p.homomorphic:
+        check_homomorphic(config)
     sites = config.data.known_sites
     if sites is None:  # counted from the data; checked again once it is read
         return
@@ -101,3 +112,33 @@ def check_privacy(config: RunConfig) -> None:
                           f"(at least {sampled // 2 + 1}); raise threshold or leave it unset")
 
 
+
+
+def check_homomorphic(config: RunConfig) -> None:
+    """Homomorphic aggregation gives the server ciphertexts to add and nothing else: whatever must
+    see plaintext updates, or the server's own plaintext step, is refused with one line."""
+    from medfed.privacy.ckks import tenseal  # numpy only: no torch before the config is valid
+
+    tenseal()  # not installed: one line naming `pip install 'medfed[he]'`
+    p, fed = config.privacy, config.federation
+    if fed.algorithm not in ("fedavg", "fedprox"):
+        raise ConfigError(f"homomorphic encryption sums weighted updates for fedavg or fedprox; "
+                          f"{fed.algorithm} is refused (fedadam/fedyogi's server step, and the "
+                          "other algorithms, would need the plaintext updates or their own state)")
+    if fed.aggregator != "mean":
+        raise ConfigError(f"homomorphic encryption is refused with aggregator \"{fed.aggregator}\": "
+                          "the server sees only ciphertexts, and a median, Krum, a trimmed mean or "
+                          "norm bounding must see each plaintext update; use aggregator \"mean\"")
+    if p.secure_aggregation:
+        raise ConfigError("homomorphic encryption and secure aggregation both hide each update "
+                          "from the server; choose one (the README says when which)")
+    if p.client_dp:
+        raise ConfigError("client-level DP adds its noise to the plaintext sum at the server, which "
+                          "homomorphic encryption never sees; use DP-SGD at the sites with it")
+    if fed.compress != NO_COMPRESSION:
+        raise ConfigError("compressed updates are refused with homomorphic encryption: CKKS "
+                          "encrypts real vectors of a fixed length, not int8 codes or top-k "
+                          "indices; use compress = \"none\"")
+    if config.data.known_sites is not None and config.data.known_sites < 2:
+        raise ConfigError("homomorphic encryption needs at least 2 sites (the sum of one update "
+                          "is that update)")

@@ -120,7 +120,7 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
                           aggregator_override=privacy.aggregator() if privacy else None)
     strategy = build_strategy(algorithm, ctx)
     if privacy is not None:
-        strategy = compress_strategy(privacy.wrap_strategy(strategy), spec)
+        strategy = compress_strategy(privacy.wrap_strategy(strategy, counter=transport), spec)
     fed = config.federation
     first_round = resume.rounds_done if resume is not None else 0
     plan = (RoundPlan(fed.rounds, 1.0, fed.min_sites, eval_every=0) if baseline

@@ -128,6 +128,10 @@ def _report_privacy(console: Console, privacy: dict[str, Any]) -> None:
                       f"{privacy['client_dp']['epsilon']:.2f} at delta = {delta:g}")
     if "secure_aggregation" in privacy:
         console.print("[bold]privacy[/] secure aggregation: the server saw only masked updates")
+    if "homomorphic" in privacy:
+        console.print("[bold]privacy[/] homomorphic encryption (CKKS, layers: "
+                      f"{privacy['homomorphic']['encrypted_layers']}): the server added ciphertexts "
+                      "and saw only the mean the sites decrypted")
 
 
 @dataclass

@@ -5,6 +5,11 @@ names and IP addresses it is reached at (subject alternative names) so clients c
 Files in a certificates folder: ca.crt (share it with everyone), ca.key (keep it on the machine that
 issues certificates, never on a site), NAME.crt and NAME.key per issued name. Private keys are
 written with mode 0600 and are never logged.
+
+A federation with homomorphic encryption also has one CKKS context (privacy/ckks.py), made the
+first time one is issued: federation.ckks (its secret key; kept with ca.key), NAME.ckks for each
+site (the same secret context, 0600, beside the site's key: the sites encrypt and decrypt) and
+server.ckks (the parameters only: the server adds ciphertexts and can decrypt none).
 """
 
 from __future__ import annotations
@@ -96,6 +101,36 @@ def issue(out: Path, name: str, hosts: tuple[str, ...] = (), force: bool = False
     return out / f"{name}.crt"
 
 
+CONTEXT = "federation.ckks"  # the federation's secret CKKS context, kept with the CA
+
+
+def issue_context(out: Path, name: str, force: bool = False) -> Path:
+    """NAME.ckks: the federation's secret CKKS context for a site, the public one for the server."""
+    from medfed.privacy import ckks  # TenSEAL only for federations that ask for it
+
+    _check_name(name)
+    _load_ca(out)  # the context belongs with the authority that issues the federation's names
+    path = out / f"{name}.ckks"
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; add --force to replace it (every site must then get "
+                          "the new context, or their ciphertexts will not add up)")
+    if not (out / CONTEXT).exists():
+        secret, _ = ckks.new_context()
+        _write_private(out / CONTEXT, secret)
+    secret = (out / CONTEXT).read_bytes()
+    if name == SERVER_NAME:
+        path.write_bytes(ckks.public_of(ckks.load(secret, private=True)))
+    else:
+        _write_private(path, secret)
+    return path
+
+
+def load_context(folder: Path | None, name: str) -> bytes | None:
+    """NAME.ckks from a certificates folder, or None when there is none."""
+    path = (folder or Path()) / f"{name}.ckks"
+    return path.read_bytes() if folder is not None and path.is_file() else None
+
+
 def load_identity(folder: Path, name: str) -> Identity:
     """NAME.crt, NAME.key and ca.crt from a certificates folder, with a clear error if missing."""
     paths = [folder / f"{name}.crt", folder / f"{name}.key", folder / "ca.crt"]
@@ -139,9 +174,13 @@ def _load_ca(folder: Path):
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    """Created with mode 0600 from the start: the key is never readable by others, not even briefly."""
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    _write_private(path, key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Created with mode 0600 from the start: a secret is never readable by others, not even briefly."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)

@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from medfed.deploy.certs import load_identity
+from medfed.deploy.certs import load_context, load_identity
 from medfed.deploy.site_config import SiteConfig
 from medfed.deploy.site_data import LocalData, load_site_data
 from medfed.deploy.site_log import SiteLog
@@ -209,7 +209,8 @@ def _worker(args: ClientArgs, local: LocalData, welcome: pb.Welcome, outbox: que
     site = args.site
     try:
         return SiteWorker(local, Welcome.parse(welcome.config_toml, welcome.federation), site.site,
-                          site.policy, site.state, signer)
+                          site.policy, site.state, signer,
+                          None if args.insecure else load_context(args.certs, site.site))
     except PlanRefused as exc:
         refusal = {"site": site.site, "refused": str(exc)}
         outbox.put(pb.SiteMessage(hello=pb.Hello(info_json=json.dumps(refusal))))

@@ -1,4 +1,4 @@
-"""The deployment commands' arguments and what each runs: `medfed certs init|issue`,
+"""The deployment commands' arguments and what each runs: `medfed certs init|issue|ckks`,
 `medfed server`, `medfed client`, `medfed audit verify`. cli.py only adds these parsers."""
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     issue.add_argument("--hosts", default="", help="server only: host names / IPs it is reached at, "
                                                    "comma-separated (default localhost,127.0.0.1)")
     issue.add_argument("--force", action="store_true", help="replace an existing NAME.key and NAME.crt")
+    issue.add_argument("--homomorphic", action="store_true", help="also NAME.ckks, the federation's "
+                       "CKKS context: the secret one for a site, the public one for the server")
+    context = what.add_parser("ckks", help="issue only NAME.ckks (homomorphic encryption's context) "
+                                           "for a name that already has its certificate")
+    context.add_argument("--name", required=True, help="a site name or 'server'")
+    context.add_argument("--out", type=Path, required=True, help="the folder that holds the CA")
+    context.add_argument("--force", action="store_true", help="replace an existing NAME.ckks")
     issue.add_argument("--admin", action="store_true", help="an administrator's certificate "
                        "(admin.NAME: may submit and abort jobs; never a site)")
     server = commands.add_parser("server", help="coordinate a deployed federation (gRPC + mTLS)")
@@ -86,12 +93,16 @@ def execute(args: argparse.Namespace) -> int:
 
         if args.certs_command == "init":
             print(certs.init_ca(args.out))
+        elif args.certs_command == "ckks":
+            print(certs.issue_context(args.out, args.name, force=args.force))
         else:
             hosts = tuple(h.strip() for h in args.hosts.split(",") if h.strip())
             if args.admin and hosts:
                 raise ConfigError("--admin issues a client certificate; it takes no --hosts")
             name = f"admin.{args.name}" if args.admin else args.name
             print(certs.issue(args.out, name, hosts, force=args.force))
+            if args.homomorphic:
+                print(certs.issue_context(args.out, name, force=args.force))
         return 0
     if args.command == "audit":
         return _verify_audit(args)

@@ -44,9 +44,10 @@ from medfed.config_file import to_toml
 from medfed.deploy.audit import AuditLog
 from medfed.deploy.audit_verify import open_trail
 from medfed.deploy.audit_witness import AUDIT_HEAD
-from medfed.deploy.certs import SERVER_NAME, load_identity
+from medfed.deploy.certs import SERVER_NAME, load_context, load_identity
 from medfed.deploy.handshakes import HandshakeWatch
 from medfed.deploy.harmonization import share_reference
+from medfed.deploy.homomorphic_exchange import GrpcDecryptor
 from medfed.deploy.memory import limit_arenas, release_freed
 from medfed.deploy.results import finish
 from medfed.deploy.secure_exchange import GrpcCoordinator
@@ -56,6 +57,8 @@ from medfed.deploy.state import StateStore
 from medfed.errors import ConfigError, JobAborted, NotEnoughSites
 from medfed.experiment import train_options
 from medfed.models import build_model, norm_keys, parameter_keys
+from medfed.privacy import ckks
+from medfed.privacy.homomorphic import HomomorphicAggregation, HomomorphicError
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.privacy.secagg import SecureAggregationError
 from medfed.privacy.signing import Trust
@@ -109,6 +112,7 @@ class Federation:
     audit: AuditLog
     transport: GrpcTransport
     trust: Trust | None = None  # the federation's CA (None with --insecure): checks key adverts
+    he_context: bytes | None = None  # homomorphic encryption: server.ckks, the public context
     privacy: Mechanisms = field(init=False)  # one per run: client DP's accountant spans its rounds
     aborted: threading.Event = field(default_factory=threading.Event)  # a job's abort (jobs)
 
@@ -148,16 +152,29 @@ def open_federation(federation: FederationFile, args: ServerArgs) -> Federation:
     """A federation's model, state (locked, checked), audit trail and transport; nothing listens."""
     config, deployment = federation.config, federation.deployment
     model = ServerModel.build(config, federation.task)  # a model the task cannot take fails here
+    he_context = _public_context(config, args)  # a missing or secret context fails before the state
+    trust = None if args.insecure else Trust(x509.load_pem_x509_certificate(
+        load_identity(args.certs or Path(), SERVER_NAME).ca))
     store, audit = _open_state(args, config, federation.task)  # a refused --state fails in a moment
     sites = list(deployment.sites)
     registry = SiteRegistry(sites, audit.record)
     transport = GrpcTransport(registry, deployment.round_deadline, deployment.eval_deadline)
     transport.bounds = SampleBounds(deployment.max_samples_per_site)
     transport.replays = ReplayLedger(store)  # a resumed server still knows earlier rounds' updates
-    trust = None if args.insecure else Trust(x509.load_pem_x509_certificate(
-        load_identity(args.certs or Path(), SERVER_NAME).ca))
     return Federation(config, federation.task, deployment, model, sites, store, audit, transport,
-                      trust)
+                      trust=trust, he_context=he_context)
+
+
+def _public_context(config: RunConfig, args: ServerArgs) -> bytes | None:
+    """server.ckks: the CKKS context without its secret key (ckks.load refuses one with it)."""
+    if not config.privacy.homomorphic:
+        return None
+    context = None if args.insecure else load_context(args.certs, SERVER_NAME)
+    if context is None:
+        raise ConfigError("homomorphic encryption needs server.ckks in --certs: issue it with "
+                          "`medfed certs ckks --name server` (and SITE.ckks for every site)")
+    ckks.load(context, private=False)  # before anything listens: a context that decrypts stops it
+    return context
 
 
 def run_federation(fed: Federation) -> dict[str, Any]:
@@ -229,7 +246,7 @@ def _run_federation(fed: Federation) -> dict[str, Any]:
             run_rounds(strategy, fed.transport, fed.sites,
                        replace(_plan(fed.config, done), max_weight_share=fed.deployment.max_weight_share),
                        train_options(fed.config), _sampling(fed, done), DeployObserver(fed, strategy))
-        except (NotEnoughSites, SecureAggregationError) as exc:  # the round is not recorded
+        except (NotEnoughSites, SecureAggregationError, HomomorphicError) as exc:  # not recorded
             _check_abort(fed)
             attempts += 1
             fed.audit.record("round_failed", round=fed.store.completed_rounds() + 1, reason=str(exc),
@@ -286,6 +303,11 @@ def _strategy(fed: Federation) -> Strategy:
     if fed.config.privacy.secure_aggregation:
         # The simulation's SecureAggregation; its key and unmask messages travel over the sessions.
         strategy = fed.privacy.wrap_strategy(strategy, GrpcCoordinator(fed.transport, fed.trust))
+    if fed.config.privacy.homomorphic:  # the sites decrypt the sum over their sessions
+        strategy = fed.privacy.wrap_strategy(strategy, decryptor=GrpcDecryptor(fed.transport),
+                                             public_context=fed.he_context)
+        if isinstance(strategy, HomomorphicAggregation):  # ciphertexts outweigh the model
+            fed.transport.reply_bytes = strategy.reply_bytes
     strategy = compress_strategy(strategy, parse_compression(fed.config.federation.compress))
     if checkpoint is not None:  # every algorithm continues where the last completed round left it
         strategy.restore(checkpoint[1])
@@ -338,7 +360,7 @@ class DeployObserver:
         digest = self.fed.store.record_round(result, checkpoint, meta)
         self.fed.audit.record("round_closed", round=result.round + 1, aggregated=result.sites,
                               left_out=sorted(result.failed), aggregation=result.aggregation,
-                              compression=result.compression,
+                              compression=result.compression, protection=result.protection,
                               aggregate_sha256=digest)
         _say(f"round {result.round + 1} closed with {len(result.sites)} updates "
              f"({len(result.failed)} left out)")

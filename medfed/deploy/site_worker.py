@@ -39,7 +39,7 @@ from medfed.config_file import config_from_dict
 from medfed.data.dataset import Samples, SiteData, label_counts
 from medfed.data.harmonize import harmonize_site, pool_images, site_quantiles
 from medfed.data.transforms import Preprocess
-from medfed.deploy import secure_exchange
+from medfed.deploy import homomorphic_exchange, secure_exchange
 from medfed.deploy.audit_witness import AUDIT_HEAD, Witness
 from medfed.deploy.site_data import LocalData
 from medfed.deploy.site_policy import SHARES, SitePolicy
@@ -50,6 +50,7 @@ from medfed.evaluation.metrics import compute_metrics
 from medfed.evaluation.statistics import delong_ci, delong_test
 from medfed.experiment import make_site_trainer, train_options
 from medfed.models import build_model
+from medfed.privacy.homomorphic import HomomorphicSite
 from medfed.privacy.ledger import PrivacyLedger
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.privacy.secure_round import SecureSite
@@ -96,10 +97,11 @@ class PlanRefused(ConfigError):
 class SiteWorker:
     def __init__(self, local: LocalData, welcome: Welcome, site: str,
                  policy: SitePolicy | None = None, state: Path | None = None,
-                 identity: SigningIdentity | None = None) -> None:
+                 identity: SigningIdentity | None = None, he_context: bytes | None = None) -> None:
         """policy: the site's own [policy]; state: its state folder (the privacy ledger);
         identity: its certificate key and CA, which sign its secure-aggregation messages (None with
-        --insecure: the site then refuses secure aggregation)."""
+        --insecure: the site then refuses secure aggregation); he_context: the federation's secret
+        CKKS context (SITE.ckks beside its key), for homomorphic encryption."""
         differences = welcome.task.differences(local.schema)
         if differences:
             raise ConfigError(f"this site's data does not fit the federation's task: "
@@ -125,7 +127,8 @@ class SiteWorker:
         self.privacy = Mechanisms.build(self.config, welcome.sites, deployed=True)
         identities = {site: identity} if identity is not None else {}
         self.trainer: LocalSite = self.privacy.wrap_sites(
-            {site: self.base}, first_index=welcome.index, spent=spent, identities=identities)[site]
+            {site: self.base}, first_index=welcome.index, spent=spent, identities=identities,
+            secret_context=he_context)[site]
         self.trainer = compress_sites({site: self.trainer},  # the federation's --compress
                                       parse_compression(self.config.federation.compress),
                                       self.config.seed, welcome.index, deployed=True)[site]
@@ -170,6 +173,10 @@ class SiteWorker:
             if not isinstance(self.trainer, SecureSite):
                 raise ValueError("this federation does not use secure aggregation")
             return secure_exchange.answer(self.trainer, self.config, kind, json.loads(blob)), b""
+        if kind == homomorphic_exchange.DECRYPT:
+            if not isinstance(self.trainer, HomomorphicSite):
+                raise ValueError("this federation does not use homomorphic encryption")
+            return homomorphic_exchange.answer(self.trainer, options, blob)
         self._harmonize(options.pop(REFERENCE, None))
         head = options.pop(AUDIT_HEAD, None)
         if self.witness is not None and head is not None:

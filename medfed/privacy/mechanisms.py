@@ -2,11 +2,17 @@
 spent (summary.json's `privacy` block).
 
     sites:    SiteTrainer -> DPSite (DP-SGD) -> SecureSite (masks what it sends)
+                                             or HomomorphicSite (encrypts it, CKKS)
     strategy: FedAvg(aggregator = DP-FedAvg's clipped noisy mean)      without secure aggregation
               SecureAggregation(FedAvg), sites clip, server adds noise  with it
+              HomomorphicAggregation(FedAvg or FedProx)                 with homomorphic encryption
 
 A simulated malicious site (client/attacks.py) is left without DP-SGD: an attacker does not follow
 the protocol's privacy rules (it is still masked under secure aggregation).
+
+Homomorphic encryption needs the federation's CKKS context: a deployed site brings the secret one
+and the server the public one (both issued with the certificates); a simulation makes one here,
+keeps the secret serialization for its sites and gives the strategy only the public one.
 
 Secure aggregation signs its key adverts and survivor sets with each site's certificate key
 (signing.py): a deployed site brings its own (`identities`); a simulation gets an ephemeral CA and
@@ -24,9 +30,17 @@ from medfed.algorithms.aggregators import AggregatorFactory
 from medfed.algorithms.strategy import Strategy
 from medfed.client.trainer import LocalSite, SiteTrainer
 from medfed.config import RunConfig
+from medfed.errors import ConfigError
+from medfed.privacy import ckks
 from medfed.privacy.client_dp import ClientDP
 from medfed.privacy.dp_sgd import DPSGDSettings, DPSite, steps_per_epoch
 from medfed.privacy.fixed_point import RING_BITS
+from medfed.privacy.homomorphic import (
+    Decryptor,
+    HomomorphicAggregation,
+    HomomorphicSite,
+    InProcessDecryptor,
+)
 from medfed.privacy.noise import OS_ENTROPY, SEEDED, randomness
 from medfed.privacy.secure_round import (
     Coordinator,
@@ -48,6 +62,8 @@ class Mechanisms:
     deployed: bool = False
     dp_sites: dict[SiteId, DPSite] = field(default_factory=dict)
     secure_sites: dict[SiteId, SecureSite] = field(default_factory=dict)
+    he_sites: dict[SiteId, HomomorphicSite] = field(default_factory=dict)
+    he_context: tuple[bytes, bytes] | None = None  # a simulation's (secret, public) CKKS context
 
     @property
     def active(self) -> bool:
@@ -62,19 +78,21 @@ class Mechanisms:
             seed = None if deployed else int(np.random.SeedSequence([config.seed, 5])
                                              .generate_state(1)[0])
             client_dp = ClientDP(p.clip, p.noise, k / len(sites), randomness(seed))
-        return cls(config, sites, client_dp, deployed)
+        he_context = ckks.new_context() if p.homomorphic and not deployed else None
+        return cls(config, sites, client_dp, deployed, he_context=he_context)
 
     def wrap_sites(self, trainers: dict[SiteId, LocalSite], first_index: int = 0,
                    spent: dict[SiteId, list[tuple[float, float, int]]] | None = None,
-                   identities: dict[SiteId, SigningIdentity] | None = None
-                   ) -> dict[SiteId, LocalSite]:
+                   identities: dict[SiteId, SigningIdentity] | None = None,
+                   secret_context: bytes | None = None) -> dict[SiteId, LocalSite]:
         """DP-SGD and secure-aggregation masking around each site's trainer. first_index: the
         site's position in the federation (a deployed client wraps only its own site, and its DP
         noise must be seeded as that site's, not as the first one's). spent: a site's DP-SGD
         accountant history from its ledger (a deployed site continues its epsilon). identities:
         the sites' signing keys for secure aggregation; None in a simulation (an ephemeral CA signs
         keys for all of `trainers`); a deployed site passes its own, and one missing from it
-        refuses secure aggregation."""
+        refuses secure aggregation. secret_context: a deployed site's CKKS context (a simulation
+        uses the one build() made)."""
         p, t = self.config.privacy, self.config.training
         settings = DPSGDSettings(p.noise_multiplier, p.max_grad_norm, p.target_epsilon, p.delta)
         if p.secure_aggregation and identities is None:
@@ -92,6 +110,9 @@ class Mechanisms:
                 trainer = SecureSite(trainer, clip=p.clip if p.client_dp else None,
                                      identity=(identities or {}).get(site))
                 self.secure_sites[site] = trainer
+            if p.homomorphic:
+                trainer = HomomorphicSite(trainer, self._secret(secret_context), p.encrypt_layers)
+                self.he_sites[site] = trainer
             out[site] = trainer
         return out
 
@@ -101,10 +122,31 @@ class Mechanisms:
             return None
         return self.client_dp.aggregator()
 
-    def wrap_strategy(self, strategy: Strategy, coordinator: Coordinator | None = None) -> Strategy:
+    def _secret(self, given: bytes | None) -> bytes:
+        secret = given if given is not None else (self.he_context or (None, None))[0]
+        if secret is None:
+            raise ConfigError("homomorphic encryption needs the federation's secret CKKS context: "
+                              "issue it with `medfed certs issue --name SITE --homomorphic` and run "
+                              "the client with --certs")
+        return secret
+
+    def wrap_strategy(self, strategy: Strategy, coordinator: Coordinator | None = None,
+                      decryptor: Decryptor | None = None, public_context: bytes | None = None,
+                      counter: object = None) -> Strategy:
         """coordinator: how the protocol's key and unmask messages travel (default: in process, to
-        the sites wrap_sites made; a deployment passes its gRPC one)."""
+        the sites wrap_sites made; a deployment passes its gRPC one). Homomorphic encryption:
+        decryptor and public_context likewise (default: in process, and the public half of the
+        simulation's context); counter: the transport that counts the decryption's bytes."""
         p = self.config.privacy
+        if p.homomorphic:
+            public = public_context or (self.he_context or (None, None))[1]
+            if public is None:
+                raise ConfigError("homomorphic encryption needs the federation's public CKKS "
+                                  "context (server.ckks from `medfed certs issue --name server "
+                                  "--homomorphic`)")
+            return HomomorphicAggregation(
+                strategy, public, decryptor or InProcessDecryptor(self.he_sites, counter),
+                p.encrypt_layers)
         if not p.secure_aggregation:
             return strategy
         return SecureAggregation(strategy, coordinator or InProcessCoordinator(self.secure_sites),
@@ -131,6 +173,14 @@ class Mechanisms:
                 "secret_sharing": "Shamir over GF(2^521 - 1)",
                 "signatures": "ECDSA P-256 certificates of the federation's CA (adverts and "
                               "survivor sets)"}
+        if p.homomorphic:
+            out["homomorphic"] = {
+                "scheme": "CKKS (TenSEAL), symmetric encryption with the sites' shared secret key",
+                "poly_modulus_degree": ckks.POLY_MODULUS_DEGREE,
+                "coeff_mod_bit_sizes": list(ckks.COEFF_MOD_BIT_SIZES),
+                "scale_bits": ckks.SCALE_BITS,
+                "encrypted_layers": ", ".join(p.encrypt_layers) or "all",
+                "server_holds": "the public context only (adds ciphertexts, never decrypts)"}
         return out
 
     def _dp_sgd_report(self) -> dict:

@@ -30,15 +30,15 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from medfed.algorithms.checkpoint import Checkpoint
 from medfed.client.trainer import LocalSite, TrainOptions
 from medfed.errors import TransportError
 from medfed.privacy import secagg
 from medfed.privacy.client_dp import ClientDP
 from medfed.privacy.fixed_point import FixedPoint, FixedPointError
+from medfed.privacy.hidden_sum import HiddenSum
 from medfed.privacy.secagg_site import SiteSession
 from medfed.privacy.signing import SigningIdentity
-from medfed.types import Metrics, Prediction, SiteId, StateDict, Update
+from medfed.types import Metrics, SiteId, StateDict, Update
 
 WEIGHT_KEY = "secagg.weight"
 
@@ -179,16 +179,13 @@ class InProcessCoordinator:
         return [self.sites[s].unmask(request) for s in request.signatures]
 
 
-class SecureAggregation:
+class SecureAggregation(HiddenSum):
     """Wraps an averaging strategy: receives masked updates, hands it only their unmasked mean."""
 
     def __init__(self, inner, coordinator: Coordinator, threshold: int | None = None,
                  scale: float = 2.0 ** 24, client_dp: ClientDP | None = None) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.prediction: Prediction = inner.prediction
-        self.train_overrides = inner.train_overrides
-        self.aggregation_notes: dict[str, list[SiteId]] = {}
+        super().__init__(inner, fact="secure_trained")
+        self.protection = "secure_aggregation"  # each round's record says what hid the updates
         self.coordinator = coordinator
         self.threshold = threshold
         self.scale = scale
@@ -197,7 +194,6 @@ class SecureAggregation:
         self._stages: list[list[SiteId]] = []
         self._masked_sum: np.ndarray | None = None  # streams: one running sum of masked vectors
         self._delivered: list[SiteId] = []
-        self._trained: set[SiteId] = set()
 
     def stages(self, round_index: int, sites: Sequence[SiteId]) -> list[list[SiteId]]:
         self._round, self._stages = round_index, self.inner.stages(round_index, sites)
@@ -218,9 +214,6 @@ class SecureAggregation:
         self.book = self.coordinator.setup(self.params, self.codec)
         self._masked_sum, self._delivered = None, []
         self.aggregation_notes = {}
-
-    def payload(self, site: SiteId) -> StateDict:
-        return self.inner.payload(site)
 
     def update_template(self, sent: StateDict) -> StateDict:
         """What a site's reply looks like: its masked vector, not a model."""
@@ -245,40 +238,7 @@ class SecureAggregation:
             noise = self.client_dp.noise.normal(summed.shape, self.client_dp.std, torch.float64)
             summed = summed + noise.numpy()
             self.client_dp.record_round()
-        self._apply(summed / weight)
+        self.hand_over(self.moved(self.layout.keys, summed / weight), "secure-aggregate")
         self._trained |= set(request.survivors)
         if request.dropped:
             self.aggregation_notes = {"dropped_after_masking": list(request.dropped)}
-
-    def _apply(self, mean_change: np.ndarray) -> None:
-        """x + the mean change, handed to the wrapped strategy as its round's only update."""
-        start, averaged = 0, dict(self.inner.global_state)
-        for k in self.layout.keys:
-            n = self.layout.shapes[k].numel()
-            change = torch.from_numpy(mean_change[start:start + n]).reshape(self.layout.shapes[k])
-            averaged[k] = (averaged[k].to(torch.float64) + change).to(averaged[k].dtype)
-            start += n
-        self.inner.open_stage()
-        self.inner.receive(Update(site="secure-aggregate", state=averaged, n_samples=1, n_steps=0))
-        self.inner.close_stage()
-
-    def site_state(self, site: SiteId) -> StateDict:
-        return self.inner.site_state(site)
-
-    @property
-    def global_state(self) -> StateDict:
-        return self.inner.global_state
-
-    @property
-    def trained_sites(self) -> list[SiteId]:
-        return sorted(self._trained)
-
-    def checkpoint(self) -> Checkpoint:
-        """The inner strategy's state: a round's keys, shares and masks never outlive the round."""
-        checkpoint = self.inner.checkpoint()
-        checkpoint.facts["secure_trained"] = sorted(self._trained)
-        return checkpoint
-
-    def restore(self, checkpoint: Checkpoint) -> None:
-        self.inner.restore(checkpoint)
-        self._trained = set(checkpoint.facts.get("secure_trained", []))

@@ -119,10 +119,14 @@ def gradcam_section(folder: Path, class_names: list[str], skipped: str | None, m
                           "its predicted class.")
 
 
-def _compression(histories: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str]]:
-    """Which compression the sites' updates used, as the rounds record it (none: no line)."""
-    used = sorted({r.get("compression", "none") for h in histories.values() for r in h} - {"none"})
-    return [("updates compressed", ", ".join(used))] if used else []
+def _recorded(histories: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str]]:
+    """Which compression and which protection (secure aggregation, homomorphic encryption) the
+    sites' updates used, as the rounds record them (none: no line)."""
+    lines = []
+    for key, label in (("compression", "updates compressed"), ("protection", "updates protected by")):
+        used = sorted({r.get(key, "none") for h in histories.values() for r in h} - {"none"})
+        lines += [(label, ", ".join(used))] if used else []
+    return lines
 
 
 def traffic_section(histories: dict[str, list[dict[str, Any]]], facts: list[tuple[str, str]]
@@ -130,7 +134,7 @@ def traffic_section(histories: dict[str, list[dict[str, Any]]], facts: list[tupl
     section = Section("Communication and wall time")
     section.caption("What federation costs: the model weights sent to and received from the sites "
                     "each round (no patient data is sent), and how long each round took.")
-    section.facts(facts + _compression(histories))
+    section.facts(facts + _recorded(histories))
     if any(histories.values()):
         section.figure(figures.per_round_traffic(histories), "Megabytes sent per round and seconds "
                                                              "per round.")

@@ -7,6 +7,8 @@ A strategy whose sites reply in another form says so: `update_template(sent)` is
 look like (secure aggregation's masked vectors; compression's int8 codes or top-k indices), and
 `decode_update(update, sent)` (compression only) makes a checked reply a model again, which is then
 checked against the model sent, inside the same try: a reply that does not decode is a failed site.
+A strategy whose replies have no fixed layout (homomorphic aggregation's ciphertexts, whose byte
+length varies) offers `check_reply(update, sent)` instead, which raises IncompatibleUpdate.
 
 A transport whose sites work in parallel (gRPC: sites are other machines) may offer
 `dispatch(payloads, options)` (transport.base.StageDispatch): the loop calls it once per stage with
@@ -47,6 +49,7 @@ class RoundResult:
     aggregation: dict[str, list[SiteId]] = field(default_factory=dict)  # e.g. Krum's "left_out"
     val: dict[SiteId, Metrics] = field(default_factory=dict)  # each site scores on its own split
     compression: str = "none"  # what the sites' replies were compressed with (compression.py)
+    protection: str = "none"  # what hid each update from the server: secure_aggregation, homomorphic:...
     bytes_up: int = 0
     bytes_down: int = 0
     seconds: float = 0.0
@@ -91,7 +94,8 @@ def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId]
         start, up, down = time.perf_counter(), transport.bytes_up, transport.bytes_down
         sampled = sample_sites(sites, plan.fraction, rng, minimum=plan.min_sites)
         observer.round_started(r, sampled)
-        result = RoundResult(round=r, compression=getattr(strategy, "compression", "none"))
+        result = RoundResult(round=r, compression=getattr(strategy, "compression", "none"),
+                             protection=getattr(strategy, "protection", "none"))
         stages = strategy.stages(r, sampled)
         for stage in stages:
             _run_stage(strategy, transport, stage, replace(options, round=r), result, observer,
@@ -118,37 +122,36 @@ def _run_stage(strategy: Strategy, transport: Transport, stage: list[SiteId], op
     dispatch = getattr(transport, "dispatch", None)
     if dispatch is not None:
         dispatch(payloads, options)
-    held: list[tuple[Update, StateDict, bool]] = []
+    held: list[tuple[Update, StateDict, bool]] = []  # (update, model sent, whether it is a model)
     for site in stage:
         try:
             update = transport.train(site, payloads[site], options)
             _check_origin(update, site)
-            check_update(update, _expected_update(strategy, payloads[site]))  # as it went out
-            update, decoded = _decoded(strategy, update, payloads[site])
+            update, model = _checked(strategy, update, payloads[site])
         except (TransportError, IncompatibleUpdate) as exc:
             result.failed[site] = str(exc)
             observer.site_finished(result.round, site, None)
             continue
         if share is None:
-            _receive(strategy, update, payloads[site], result, observer, decoded)
+            _receive(strategy, update, payloads[site], result, observer, model)
         else:
-            held.append((update, payloads[site], decoded))
+            held.append((update, payloads[site], model))
     capped = cap_weights({u.site: u.n_samples for u, _, _ in held}, share) if held and share else {}
-    for update, sent, decoded in held:
+    for update, sent, model in held:
         _receive(strategy, replace(update, n_samples=capped[update.site]), sent, result, observer,
-                 decoded)
+                 model)
     strategy.close_stage()
     for what, sites in strategy.aggregation_notes.items():
         result.aggregation.setdefault(what, []).extend(sites)
 
 
 def _receive(strategy: Strategy, update: Update, sent: StateDict, result: RoundResult,
-             observer: RoundObserver, decoded: bool = False) -> None:
+             observer: RoundObserver, model: bool = True) -> None:
     site = update.site
     strategy.receive(update)
     result.sites.append(site)
     result.train_loss[site] = update.metrics.get("train_loss", float("nan"))
-    if decoded or _expected_update(strategy, sent) is sent:  # a masked update has no norm to see
+    if model:  # a masked or encrypted update has no norm to see
         result.update_norm[site] = update_norm(update.state, sent)
     if "epsilon" in update.metrics:
         result.epsilon[site] = update.metrics["epsilon"]
@@ -178,6 +181,17 @@ def _expected_update(strategy: Strategy, sent: StateDict) -> StateDict:
     vectors: privacy/secure_round.py) says a reply must look like."""
     template = getattr(strategy, "update_template", None)
     return template(sent) if template is not None else sent
+
+
+def _checked(strategy: Strategy, update: Update, sent: StateDict) -> tuple[Update, bool]:
+    """A reply checked as it went out (and decoded, if compressed): (the update, whether it is a
+    model whose norm the round may record)."""
+    check = getattr(strategy, "check_reply", None)
+    if check is not None:  # ciphertexts (privacy/homomorphic.py): no norm to see
+        return check(update, sent), False
+    check_update(update, _expected_update(strategy, sent))
+    update, decoded = _decoded(strategy, update, sent)
+    return update, decoded or _expected_update(strategy, sent) is sent
 
 
 def _decoded(strategy: Strategy, update: Update, sent: StateDict) -> tuple[Update, bool]:

@@ -44,6 +44,9 @@ class GrpcTransport:
         self.common_options: dict[str, Any] = {}  # sent with every model (a harmonization reference)
         self.eval_bytes: dict[SiteId, int] = {}  # what each site sent to score the final model
         self.bounds = replies.SampleBounds()  # [deployment] max_samples_per_site
+        # A reply may weigh what was sent; a strategy whose replies are larger (homomorphic
+        # ciphertexts, ~18x the model) says how much larger a reply to a model may be.
+        self.reply_bytes: Callable[[StateDict], int] | None = None
         self.replays = replies.ReplayLedger()  # a server's ledger is kept in its state database
 
     def begin_round(self, round_index: int) -> None:
@@ -84,8 +87,8 @@ class GrpcTransport:
         """One task to each site at once (e.g. scoring the final model); each site's JSON answer,
         or why it gave none within `seconds`. The answer's bytes are counted as evaluation."""
         deadline = time.monotonic() + seconds
-        answers = self._gather({site: lambda s=state, site=site: self._send(site, kind, options, s)
-                                for site, state in states.items()}, deadline, "its deadline")
+        answers = _metas(self._gather({site: lambda s=state, site=site: self._send(site, kind, options, s)
+                                       for site, state in states.items()}, deadline, "its deadline"))
         for site, answer in answers.items():
             if not isinstance(answer, TransportError):
                 self.eval_bytes[site] = len(json.dumps(answer))
@@ -98,12 +101,23 @@ class GrpcTransport:
                  ) -> dict[SiteId, dict[str, Any] | TransportError]:
         """A small JSON message to each site at once (secure aggregation's keys and shares); each
         site's JSON answer, or why it gave none before the round's deadline."""
-        return self._gather({site: lambda b=body, site=site: self._send_blob(
+        return _metas(self._gather({site: lambda b=body, site=site: self._send_blob(
             site, kind, {}, json.dumps(b).encode()) for site, body in bodies.items()},
-            self._deadline, "the round's deadline")
+            self._deadline, "the round's deadline"))
+
+    def ask_each(self, kind: str, state: StateDict, options: dict[str, Any], sites: list[SiteId],
+                 seconds: float) -> dict[SiteId, Reply | TransportError]:
+        """One model-sized message to each site at once (homomorphic encryption's summed
+        ciphertexts); each site's Reply (metadata and bytes), or why it gave none within
+        `seconds`. Both ways are counted as the round's traffic."""
+        blob = encode_state(state)
+        answers = self._gather({site: lambda site=site: self._send_blob(site, kind, options, blob)
+                                for site in sites}, time.monotonic() + seconds, "its deadline")
+        self.bytes_up += sum(len(a.blob) for a in answers.values() if isinstance(a, Reply))
+        return answers
 
     def _gather(self, sends: dict[SiteId, Callable[[], tuple[SiteChannel, int, Future]]],
-                deadline: float, what: str) -> dict[SiteId, dict[str, Any] | TransportError]:
+                deadline: float, what: str) -> dict[SiteId, Reply | TransportError]:
         """Send to every site first (they work in parallel), then wait for each answer."""
         pending: dict[SiteId, tuple[SiteChannel, int, Future] | TransportError] = {}
         for site, send in sends.items():
@@ -111,22 +125,24 @@ class GrpcTransport:
                 pending[site] = send()
             except TransportError as exc:
                 pending[site] = exc
-        answers: dict[SiteId, dict[str, Any] | TransportError] = {}
+        answers: dict[SiteId, Reply | TransportError] = {}
         for site, sent in pending.items():
             try:
                 if isinstance(sent, TransportError):
                     raise sent
-                answers[site] = self._wait(site, sent, deadline, what).meta
+                answers[site] = self._wait(site, sent, deadline, what)
             except TransportError as exc:
                 answers[site] = exc
         return answers
 
     def _send(self, site: SiteId, kind: str, options: dict[str, Any], state: StateDict
               ) -> tuple[SiteChannel, int, Future]:
-        return self._send_blob(site, kind, {**options, **self.common_options}, self._encode(state))
+        blob = self._encode(state)
+        reply = self.reply_bytes(state) if self.reply_bytes is not None else 0
+        return self._send_blob(site, kind, {**options, **self.common_options}, blob, reply)
 
-    def _send_blob(self, site: SiteId, kind: str, options: dict[str, Any], blob: bytes
-                   ) -> tuple[SiteChannel, int, Future]:
+    def _send_blob(self, site: SiteId, kind: str, options: dict[str, Any], blob: bytes,
+                   reply_bytes: int = 0) -> tuple[SiteChannel, int, Future]:
         if kind == "train" and self.key_holders is not None and site not in self.key_holders:
             raise TransportError(f"site {site} holds no keys of this round's secure aggregation "
                                  "(it did not advertise or share them)")
@@ -135,7 +151,7 @@ class GrpcTransport:
             raise TransportError(f"site {site} is not connected")
         task = pb.Task(task_id=self.registry.next_task_id(), kind=kind, size=len(blob),
                        options_json=json.dumps(options), round=self.round + 1)
-        future = channel.send(task, blob, limit=len(blob) + METADATA_ALLOWANCE)
+        future = channel.send(task, blob, limit=max(len(blob), reply_bytes) + METADATA_ALLOWANCE)
         self.bytes_down += len(blob)
         return channel, task.task_id, future
 
@@ -158,6 +174,10 @@ class GrpcTransport:
             self._sent = (state, encode_state(state))
         return self._sent[1]
 
+
+
+def _metas(answers: dict[SiteId, Reply | TransportError]) -> dict[SiteId, dict[str, Any] | TransportError]:
+    return {site: a if isinstance(a, TransportError) else a.meta for site, a in answers.items()}
 
 
 def _audited(value: Any) -> Any:

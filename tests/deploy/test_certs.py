@@ -12,6 +12,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from medfed.deploy import certs
 from medfed.errors import ConfigError
+from medfed.privacy import ckks
 
 
 def load(path: Path) -> x509.Certificate:
@@ -54,3 +55,18 @@ def test_mistakes_are_one_clear_error(tmp_path: Path):
         certs.issue(tmp_path, "../evil")
     with pytest.raises(ConfigError, match="missing"):
         certs.load_identity(tmp_path, "site-b")
+
+
+@pytest.mark.skipif(not ckks.available(), reason="homomorphic encryption needs TenSEAL: "
+                                                  "pip install 'medfed[he]'")
+def test_sites_get_the_secret_ckks_context_and_the_server_the_public_one(tmp_path: Path):
+    certs.init_ca(tmp_path)
+    site, server = certs.issue_context(tmp_path, "site-a"), certs.issue_context(tmp_path, "server")
+    other = certs.issue_context(tmp_path, "site-b")
+    assert stat.S_IMODE(site.stat().st_mode) == 0o600 and site.read_bytes() == other.read_bytes()
+    assert stat.S_IMODE((tmp_path / certs.CONTEXT).stat().st_mode) == 0o600
+    assert ckks.load(site.read_bytes(), private=True).is_private()
+    assert not ckks.load(server.read_bytes(), private=False).is_private()
+    with pytest.raises(ConfigError, match="add --force"):
+        certs.issue_context(tmp_path, "site-a")
+    assert certs.load_context(tmp_path, "site-c") is None
