@@ -117,8 +117,9 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     transport = InProcessTransport(trainers)
     ctx = StrategyContext(setup.initial, setup.parameter_keys, setup.norm_keys, list(sites),
                           config.federation, config.training,
-                          aggregator_override=privacy.aggregator() if privacy else None)
-    strategy = build_strategy(algorithm, ctx)
+                          aggregator_override=privacy.aggregator() if privacy else None,
+                          seed=config.seed)
+    strategy = build_strategy(algorithm, ctx, "server" if baseline else config.federation.topology)
     if privacy is not None:
         strategy = compress_strategy(privacy.wrap_strategy(strategy), spec)
     fed = config.federation
