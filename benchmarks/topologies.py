@@ -107,9 +107,9 @@ def rounds_to_reach(curve: list[float], target: float) -> int | None:
 
 def table(rows: list[dict[str, Any]]) -> str:
     target = {r["seed"]: r["test_auc"] for r in rows if r["topology"] == "fedavg (server)"}
-    lines = ["| topology | test AUC (mean ± sd) | DeLong 95 % CI per seed | sites' own models, "
-             "test AUC | rounds to FedAvg's final AUC | consensus gap (last round) | "
-             "MB per site | MB between aggregators |", "|---" * 8 + "|"]
+    lines = [("| topology | test AUC (mean ± sd) | DeLong 95 % CI per seed | sites' own models, "
+              "test AUC | rounds to FedAvg's final AUC | consensus gap (last round) | "
+              "MB per site | MB between aggregators |"), "|---" * 8 + "|"]
     for name in TOPOLOGIES:
         runs = [r for r in rows if r["topology"] == name]
         if not runs:

@@ -13,6 +13,7 @@ from medfed.algorithms.topology_spec import (
     SERVER,
     TOPOLOGIES,
     check_graph,
+    check_regions,
     parse_gossip,
     parse_regions,
 )
@@ -65,3 +66,13 @@ def _only_with(topology: str, needs: str, key: str, given: bool) -> None:
     if given and topology != needs:
         raise ConfigError(f"{key} applies to topology {needs}, not {topology}; add "
                           f"--topology {needs} or leave {key} out")
+
+
+def check_topology_sites(config: RunConfig, sites: list[str]) -> None:
+    """The checks that need the sites' names (the data's natural sites are known only once it is
+    read): every site in one region; a graph that exists on this many sites."""
+    fed = config.federation
+    if fed.topology == HYBRID and fed.regions is not None:
+        check_regions(parse_regions(fed.regions), sites)
+    if fed.topology == P2P:
+        check_graph(parse_gossip(fed.gossip), len(sites))

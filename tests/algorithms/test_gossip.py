@@ -10,6 +10,8 @@ of by samples (two regions != FedAvg); drop the forced global round at the end (
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -95,7 +97,7 @@ def test_ring_consensus_gap_shrinks_when_no_site_trains():
     history = run(ring, rounds=12, transport=StepTransport(lr=0.0, fixed=apart))
     gaps = [r.consensus_gap for r in history]
     assert gaps[0] > 0.5
-    assert all(later < earlier for earlier, later in zip(gaps, gaps[1:]))
+    assert all(later < earlier for earlier, later in pairwise(gaps))
     assert gaps[-1] < 0.05 * gaps[0]
 
 
