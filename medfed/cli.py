@@ -45,6 +45,11 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--fraction": ("fraction", float, "share of sites sampled per round"),
     "--compress": ("compress", str, "the sites' updates: none, q8 (8-bit) or topk:F (the largest F "
                                     "share, with error feedback), e.g. topk:0.1"),
+    "--topology": ("topology", str, ("server (a central aggregator), p2p (gossip between peers) or "
+                                     "hybrid (regional, then global aggregation)")),
+    "--gossip": ("gossip", str, "p2p graph: ring, k-regular:K (random, from --seed) or full"),
+    "--regions": ("regions", str, "hybrid: sites per region, e.g. 'north:site-a,site-b;south:site-c'"),
+    "--global-every": ("global_every", int, "hybrid: regional rounds per global average (1)"),
     "--mu": ("mu", float, "FedProx proximal weight"),
     "--server-lr": ("server_lr", float, "FedAdam/FedYogi server learning rate"),
     "--local-epochs": ("local_epochs", int, "epochs of local training per round"),

@@ -24,6 +24,7 @@ from medfed.config_checks import at_least as _at_least
 from medfed.config_checks import choice as _choice
 from medfed.config_checks import positive as _positive
 from medfed.config_privacy import PrivacyConfig, check_privacy
+from medfed.config_topology import check_topology
 from medfed.errors import ConfigError
 
 # Names the registries answer to. tests/test_config.py checks that each registry holds exactly these.
@@ -152,6 +153,13 @@ class FederationConfig:
     krum_keep: int | None = None  # m, the updates Multi-Krum averages (default: n - f)
     norm_bound: float | None = None  # norm-bound's M (default: the median norm of the round)
     compress: str = NO_COMPRESSION  # the sites' updates: none, q8 or topk:F (compression.py)
+    # Who averages with whom (config_topology.py): "server" (a central aggregator), "p2p" (gossip
+    # between neighbours of the `gossip` graph: ring, k-regular:K, full) or "hybrid" (regional
+    # aggregators, then a global average of regions every `global_every` rounds).
+    topology: str = "server"
+    gossip: str = "ring"
+    regions: str | None = None  # hybrid: "north:site-a,site-b;south:site-c"
+    global_every: int = 1
 
     def __post_init__(self) -> None:
         parse_compression(self.compress)
@@ -230,6 +238,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         _choice("device", self.device, DEVICES)
         check_privacy(self)
+        check_topology(self)
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         fed, sites = self.federation, self.data.known_sites

@@ -22,6 +22,7 @@ from medfed.client.attacks import MaliciousSite, poisoned_data
 from medfed.client.predictor import Predictor
 from medfed.client.trainer import LocalSite, SiteTrainer, TrainOptions
 from medfed.config import RunConfig
+from medfed.config_topology import check_topology_sites
 from medfed.data.dataset import Federation, Samples, SiteData, label_counts
 from medfed.data.federation import build_federation
 from medfed.data.sources import load_source
@@ -74,6 +75,7 @@ def prepare(config: RunConfig) -> Setup:
     federation = build_federation(source, config.data, int(seeds[1]))
     if config.data.sites is None:  # counted from the data: the site-count checks run now
         config = replace(config, data=replace(config.data, sites=len(federation.sites)))
+    check_topology_sites(config, federation.site_ids)
     size = config.data.image_size
     spatial = (size,) * source.spatial_dims if size and source.spatial_dims else None
     spec = ModelSpec(source.spatial_dims, source.in_channels, source.num_outputs, config.model.norm,
@@ -117,8 +119,9 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     transport = InProcessTransport(trainers)
     ctx = StrategyContext(setup.initial, setup.parameter_keys, setup.norm_keys, list(sites),
                           config.federation, config.training,
-                          aggregator_override=privacy.aggregator() if privacy else None)
-    strategy = build_strategy(algorithm, ctx)
+                          aggregator_override=privacy.aggregator() if privacy else None,
+                          seed=config.seed)
+    strategy = build_strategy(algorithm, ctx, "server" if baseline else config.federation.topology)
     if privacy is not None:
         strategy = compress_strategy(privacy.wrap_strategy(strategy, counter=transport), spec)
     fed = config.federation

@@ -14,6 +14,7 @@ from medfed.bundle_write import simulation_bundle
 from medfed.config import RunConfig
 from medfed.console import print_table, print_verdict, results_table, threshold_caption
 from medfed.evaluation.operating_rule import OperatingRule
+from medfed.evaluation.topology import topology_summary
 from medfed.experiment import (
     Outcome,
     Setup,
@@ -62,6 +63,7 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
                   f"{len(fed.sites)} sites ({fed.partition}), {config.federation.algorithm}, "
                   f"{config.federation.rounds} rounds, model {config.model.model}")
     _announce_robustness(console, config, fed.site_ids)
+    _announce_topology(console, config)
     with RichRoundProgress(console) as progress:
         rounds = config.federation.rounds
         federated = _train_federated(setup, out, progress, resumed, console)
@@ -113,6 +115,16 @@ def _announce_robustness(console: Console, config: RunConfig, sites: list[str]) 
     if attackers:
         console.print(f"[bold red]simulated attack[/] {config.adversary.attack} by "
                       f"{', '.join(attackers)} (baselines stay honest)")
+
+
+def _announce_topology(console: Console, config: RunConfig) -> None:
+    fed = config.federation
+    if fed.topology == "p2p":
+        console.print(f"topology [bold]p2p[/]: no server; each site averages with its neighbours "
+                      f"on a {fed.gossip} graph (test: the sites' average model)")
+    elif fed.topology == "hybrid":
+        console.print(f"topology [bold]hybrid[/]: regional averages, a global one every "
+                      f"{fed.global_every} round(s); regions {fed.regions}")
 
 
 def _report_privacy(console: Console, privacy: dict[str, Any]) -> None:
@@ -190,6 +202,8 @@ def _summary(setup: Setup, federated: Outcome, baselines: Baselines | None, rule
         attackers=attacker_sites(config, setup.federation.site_ids),
         verdict=reading.verdict, operating_point=reading.federated)
     summary |= {"skipped_files": len(source.skipped), "data_notes": list(source.notes)}
+    if config.federation.topology != "server":
+        summary["topology"] = topology_summary(setup, federated)
     if baselines is not None:
         summary["baselines"] = baselines.summary
         summary["baselines"]["pooled"]["operating_point"] = reading.pooled

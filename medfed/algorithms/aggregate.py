@@ -44,6 +44,11 @@ class WeightedMean:
         self._total += weight
         self.count += 1
 
+    @property
+    def total(self) -> float:
+        """The sum of the weights added so far (hierarchical.py weights a region by it)."""
+        return self._total
+
     def notes(self) -> dict[str, list[int]]:
         return {}  # every update counts, none is changed
 

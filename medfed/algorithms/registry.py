@@ -14,6 +14,8 @@ from medfed.algorithms.scaffold import Scaffold
 from medfed.algorithms.sequential import SequentialTransfer
 from medfed.algorithms.server_optimizer import AdaptiveServerOptimizer
 from medfed.algorithms.strategy import Strategy
+from medfed.algorithms.topologies import build_topology
+from medfed.algorithms.topology_spec import SERVER
 from medfed.config import FederationConfig, TrainingConfig
 from medfed.registry import Registry
 from medfed.types import SiteId, StateDict
@@ -30,6 +32,7 @@ class StrategyContext:
     config: FederationConfig
     training: TrainingConfig = TrainingConfig()
     aggregator_override: AggregatorFactory | None = None  # e.g. DP-FedAvg's (privacy/client_dp.py)
+    seed: int = 0  # the run's seed (a p2p run's random k-regular graph is drawn from it)
 
     def aggregator(self) -> AggregatorFactory:
         if self.aggregator_override is not None:
@@ -68,5 +71,8 @@ ALGORITHMS: Registry[Callable[[StrategyContext], Strategy]] = Registry("algorith
 })
 
 
-def build_strategy(name: str, ctx: StrategyContext) -> Strategy:
+def build_strategy(name: str, ctx: StrategyContext, topology: str = SERVER) -> Strategy:
+    """topology: the federated run's config topology; baselines keep the default (server)."""
+    if topology != SERVER:
+        return build_topology(name, ctx)
     return ALGORITHMS[name](ctx)

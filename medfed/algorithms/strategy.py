@@ -11,7 +11,8 @@ One round, as the loop drives it:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from medfed.algorithms.checkpoint import Checkpoint
 from medfed.types import Prediction, SiteId, StateDict, Update
@@ -57,4 +58,22 @@ class Strategy(Protocol):
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from a checkpoint taken after a completed round."""
+        ...
+
+
+@dataclass(frozen=True)
+class TopologyRound:
+    """What a strategy without one central aggregator (gossip.py, hierarchical.py) adds to a round's
+    record: the consensus gap of p2p, and the model bytes its topology moves that no site-to-server
+    message carries (peer to peer; regional to global aggregator)."""
+
+    consensus_gap: float | None = None
+    bytes_peers: int = 0  # models sent between sites, each counted once (it is received once)
+    bytes_regions: int = 0  # models between the regional aggregators and the global one, both ways
+
+
+@runtime_checkable
+class TopologyReporting(Protocol):
+    def round_stats(self) -> TopologyRound:
+        """Called by the round loop once a round's stages are closed."""
         ...

@@ -108,7 +108,11 @@ def _federation(raw: dict[str, Any], path: str) -> FederationFile:
                           f"not in the federation file; [data] here may only set "
                           f"{', '.join(SITE_DATA_KEYS)}")
     raw["data"] = {**data, "sites": len(settings.sites)}
-    return FederationFile(config_from_dict(raw, source=str(path)), task, settings)
+    config = config_from_dict(raw, source=str(path))
+    if config.federation.topology != "server":  # README "Topologies": the relay is not built yet
+        raise ConfigError(f"topology {config.federation.topology} runs in simulation only (medfed "
+                          "run / compare); a deployment has topology = \"server\"")
+    return FederationFile(config, task, settings)
 
 
 def deployment_config(raw: dict[str, Any]) -> DeploymentConfig:

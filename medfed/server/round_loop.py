@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from medfed.algorithms import robust
-from medfed.algorithms.strategy import Strategy
+from medfed.algorithms.strategy import Strategy, TopologyReporting
 from medfed.client.trainer import TrainOptions
 from medfed.errors import IncompatibleUpdate, NotEnoughSites, TransportError
 from medfed.server.sampling import sample_sites
@@ -50,6 +50,9 @@ class RoundResult:
     val: dict[SiteId, Metrics] = field(default_factory=dict)  # each site scores on its own split
     compression: str = "none"  # what the sites' replies were compressed with (compression.py)
     protection: str = "none"  # what hid each update from the server: secure_aggregation, homomorphic:...
+    consensus_gap: float | None = None  # p2p: mean ||x_i - x_bar|| of the sites' own models
+    bytes_peers: int = 0  # p2p: model bytes sent site to site (not in bytes_up / bytes_down)
+    bytes_regions: int = 0  # hybrid: model bytes between regional and global aggregators
     bytes_up: int = 0
     bytes_down: int = 0
     seconds: float = 0.0
@@ -104,6 +107,10 @@ def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId]
         if len(set(result.sites)) < min(plan.min_sites, len(asked)):
             raise NotEnoughSites(f"round {r + 1}: {len(result.sites)} usable updates, "
                                  f"fewer than min_sites={plan.min_sites}; failures: {result.failed}")
+        if isinstance(strategy, TopologyReporting):
+            stats = strategy.round_stats()
+            result.consensus_gap = stats.consensus_gap
+            result.bytes_peers, result.bytes_regions = stats.bytes_peers, stats.bytes_regions
         if _evaluate_now(plan, r):
             result.val = _evaluate_sites(strategy, transport, sites, result)
         result.bytes_up, result.bytes_down = transport.bytes_up - up, transport.bytes_down - down

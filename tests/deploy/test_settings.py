@@ -34,6 +34,8 @@ TASK = '[task]\nkind = "binary"\nclasses = ["no", "yes"]\nspatial_dims = 2\nchan
     (TASK.replace("channels = 1", "channels = 0") + '[deployment]\nsites = ["a"]\n', "channels must be >= 1"),
     (TASK.replace('"binary"', '"binry"') + '[deployment]\nsites = ["a"]\n', "binry"),
     (TASK.replace('["no", "yes"]', '["no"]') + '[deployment]\nsites = ["a"]\n', "at least 2"),
+    (TASK + '[federation]\ntopology = "p2p"\n[deployment]\nsites = ["a", "b"]\n',
+     "topology p2p runs in simulation only"),
 ])
 def test_a_federation_declares_a_task_and_no_data(tmp_path: Path, text: str, message: str):
     path = tmp_path / "f.toml"

@@ -1,0 +1,163 @@
+"""Topologies: FedAvg (a server) against p2p gossip (ring, random 2-regular) and hybrid (2 regions).
+
+    .venv/bin/python benchmarks/topologies.py                          # 3 seeds, 20 rounds
+    .venv/bin/python benchmarks/topologies.py --seeds 1 --rounds 2     # a quick check that it runs
+
+PneumoniaMNIST, 5 sites, Dirichlet 0.5 (no proportions: the split's own sizes), default cnn, 1 local
+epoch per round, no baselines. Per seed and topology: the final test AUC (of the global model; for
+p2p the consensus, the sample-weighted average of the sites' models, which no site holds) with its
+DeLong 95 % interval; the mean test AUC of the sites' own models (p2p); the test AUC after every
+round (read from the run's checkpoint after each round), hence the rounds to reach FedAvg's final
+AUC of the same seed; the consensus gap of the last round; and the model bytes per site over the
+run: to and from the server (summary.json's bytes_up + bytes_down over the sites; no evaluation
+rounds, so only training messages) or, for p2p, sent plus received between peers. Each run appends
+one line to benchmarks/out/topologies.jsonl; the end prints a markdown table, mean ± sd over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from medfed.algorithms.checkpoint import from_bytes
+from medfed.algorithms.registry import StrategyContext, build_strategy
+from medfed.config import RunConfig
+from medfed.config_file import config_from_dict
+from medfed.evaluation.statistics import delong_ci
+from medfed.experiment import Setup, metrics_on_test, predict_test, prepare, train
+from medfed.run_state import CHECKPOINT
+from medfed.server.round_loop import RoundResult, SilentObserver
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
+# name -> the [federation] keys of that topology ({regions} is filled with the run's sites)
+TOPOLOGIES: dict[str, dict[str, Any]] = {
+    "fedavg (server)": {},
+    "p2p ring": {"topology": "p2p", "gossip": "ring"},
+    "p2p random 2-regular": {"topology": "p2p", "gossip": "k-regular:2"},
+    "hybrid 2 regions": {"topology": "hybrid", "regions": "{regions}"},
+    "hybrid 2 regions, global every 2": {"topology": "hybrid", "regions": "{regions}",
+                                         "global_every": 2},
+}
+
+
+def base_config(data_file: Path, rounds: int, seed: int) -> RunConfig:
+    return config_from_dict({
+        "seed": seed, "device": "cpu", "baselines": False,
+        "data": {"dataset": "medmnist", "data_file": str(data_file), "sites": 5,
+                 "partition": "dirichlet", "alpha": 0.5},
+        "federation": {"rounds": rounds, "eval_every": 0},
+    })
+
+
+class TestCurve(SilentObserver):
+    """After each round, the model of the round's checkpoint scored on the held-out test set."""
+
+    def __init__(self, setup: Setup, folder: Path) -> None:
+        self.setup, self.folder, self.auc = setup, folder, []
+
+    def round_finished(self, result: RoundResult) -> None:
+        checkpoint, _ = from_bytes((self.folder / CHECKPOINT).read_bytes())
+        c, sites = self.setup.config, self.setup.federation.site_ids
+        ctx = StrategyContext(self.setup.initial, self.setup.parameter_keys, self.setup.norm_keys,
+                              sites, c.federation, c.training, seed=c.seed)
+        strategy = build_strategy(c.federation.algorithm, ctx, c.federation.topology)
+        strategy.restore(checkpoint)
+        self.auc.append(metrics_on_test(self.setup, *predict_test(self.setup, strategy, sites))["auc"])
+
+
+def regions_of(sites: list[str]) -> str:
+    return f"north:{','.join(sites[:3])};south:{','.join(sites[3:])}"
+
+
+def run_one(setup: Setup, name: str, keys: dict[str, Any]) -> dict[str, Any]:
+    config, sites = setup.config, setup.federation.site_ids
+    keys = {k: regions_of(sites) if v == "{regions}" else v for k, v in keys.items()}
+    setup = replace(setup, config=replace(config, federation=replace(config.federation, **keys)))
+    with tempfile.TemporaryDirectory() as folder:
+        curve = TestCurve(setup, Path(folder))
+        start = time.perf_counter()
+        outcome = train(setup, "fedavg", setup.federation.sites, name, curve,
+                        checkpoints=Path(folder))
+        seconds = time.perf_counter() - start
+    history, n = outcome.history, len(sites)
+    peers = sum(r.bytes_peers for r in history)
+    server = sum(r.bytes_up + r.bytes_down for r in history) if not peers else 0
+    ci = delong_ci(setup.federation.source.test.y.ravel(), outcome.test_probs[:, -1])
+    own = [metrics_on_test(setup, *setup.predictor.predict(outcome.strategy.site_state(s),
+                                                           setup.federation.source.test))["auc"]
+           for s in sites] if peers else []
+    return {"topology": name, "seed": config.seed, "rounds": config.federation.rounds,
+            "test_auc": outcome.test["auc"], "ci95": [ci.low, ci.high], "curve": curve.auc,
+            "site_models_auc": own, "consensus_gap": history[-1].consensus_gap,
+            "bytes_per_site": (server + 2 * peers) / n,
+            "bytes_regions": sum(r.bytes_regions for r in history), "seconds": seconds}
+
+
+def rounds_to_reach(curve: list[float], target: float) -> int | None:
+    """The first round (from 1) whose test AUC is at least target; None if none is."""
+    return next((r + 1 for r, auc in enumerate(curve) if auc >= target), None)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    target = {r["seed"]: r["test_auc"] for r in rows if r["topology"] == "fedavg (server)"}
+    lines = [("| topology | test AUC (mean ± sd) | DeLong 95 % CI per seed | sites' own models, "
+              "test AUC | rounds to FedAvg's final AUC | consensus gap (last round) | "
+              "MB per site | MB between aggregators |"), "|---" * 8 + "|"]
+    for name in TOPOLOGIES:
+        runs = [r for r in rows if r["topology"] == name]
+        if not runs:
+            continue
+        reach = [rounds_to_reach(r["curve"], target[r["seed"]]) if r["seed"] in target else None
+                 for r in runs]
+        own = [statistics.fmean(r["site_models_auc"]) for r in runs if r["site_models_auc"]]
+        gaps = [r["consensus_gap"] for r in runs if r["consensus_gap"] is not None]
+        lines.append("| " + " | ".join([
+            name, _mean_sd([r["test_auc"] for r in runs]),
+            "; ".join(f"{lo:.3f}–{hi:.3f}" for lo, hi in (r["ci95"] for r in runs)),
+            _mean_sd(own) if own else "-",
+            ", ".join("never" if k is None else str(k) for k in reach),
+            _mean_sd(gaps) if gaps else "-",
+            _mean_sd([r["bytes_per_site"] / 1e6 for r in runs], 2),
+            _mean_sd([r["bytes_regions"] / 1e6 for r in runs], 2)]) + " |")
+    return "\n".join(lines)
+
+
+def _mean_sd(values: list[float], digits: int = 3) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-file", type=Path, default=DATA)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "topologies.jsonl")
+    parser.add_argument("--table-only", action="store_true", help="print the table of --out")
+    args = parser.parse_args()
+    if not args.data_file.is_file() and not args.table_only:
+        raise SystemExit(f"{args.data_file} not found (PneumoniaMNIST .npz); pass --data-file")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            setup = prepare(base_config(args.data_file, args.rounds, seed))
+            for name, keys in TOPOLOGIES.items():
+                row = run_one(setup, name, keys)
+                with args.out.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(f"seed {seed} {name}: test AUC {row['test_auc']:.3f}", flush=True)
+    rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+    print(table([r for r in rows if r["rounds"] == args.rounds]))
+
+
+if __name__ == "__main__":
+    main()

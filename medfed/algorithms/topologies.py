@@ -1,0 +1,36 @@
+"""The strategy of a topology other than server (config [federation] topology): gossip over a
+peer-to-peer graph (gossip.py) or regional then global aggregation (hierarchical.py). Only the
+federated run gets one; baselines (local-only, pooled) are the same whatever the topology."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from medfed.algorithms.gossip import Gossip
+from medfed.algorithms.graphs import build_graph
+from medfed.algorithms.hierarchical import Hierarchical
+from medfed.algorithms.strategy import Strategy
+from medfed.algorithms.topology_spec import P2P, check_regions, parse_gossip, parse_regions
+from medfed.transport.codec import encode_state
+
+if TYPE_CHECKING:
+    from medfed.algorithms.registry import StrategyContext
+
+GRAPH_STREAM = 8  # the random stream of the k-regular graph: SeedSequence([seed, 8])
+
+
+def build_topology(algorithm: str, ctx: StrategyContext) -> Strategy:
+    fed = ctx.config
+    mu = fed.mu if algorithm == "fedprox" else 0.0
+    sites = list(ctx.sites)
+    model_bytes = len(encode_state(ctx.initial))  # what one model message weighs on the wire
+    if fed.topology == P2P:
+        seed = int(np.random.SeedSequence([ctx.seed, GRAPH_STREAM]).generate_state(1)[0])
+        graph = build_graph(parse_gossip(fed.gossip), sites, seed)
+        return Gossip(ctx.initial, graph, model_bytes, name=algorithm, proximal_mu=mu)
+    regions = parse_regions(fed.regions or "")
+    check_regions(regions, sites)
+    return Hierarchical(ctx.initial, regions, fed.rounds, model_bytes, fed.global_every,
+                        name=algorithm, proximal_mu=mu)
