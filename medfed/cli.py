@@ -47,14 +47,17 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
                                     "share, with error feedback), e.g. topk:0.1"),
     "--mu": ("mu", float, "FedProx proximal weight"),
     "--server-lr": ("server_lr", float, "FedAdam/FedYogi server learning rate"),
-    "--local-epochs": ("local_epochs", int, "epochs of local training per round"),
+    "--local-epochs": ("local_epochs", int, "epochs of local training per round (default 1)"),
+    "--local-steps": ("local_steps", int, "at least this many optimizer steps per round; a small "
+                                          "site repeats its data (default 20; 0: epochs only)"),
     "--batch-size": ("batch_size", int, "local batch size"),
     "--lr": ("lr", float, "local learning rate"),
     "--optimizer": ("optimizer", str, "adam or sgd"),
     "--momentum": ("momentum", float, "SGD momentum"),
     "--logit-adjust": ("logit_adjust", float, "label skew: train on logits + tau log(site's label prior)"),
-    "--model": ("model", str, "cnn, resnet18, resnet50, densenet121, mlp, logistic"),
-    "--norm": ("norm", str, "batch, group or instance"),
+    "--model": ("model", str, "cnn, resnet18, resnet50, densenet121, mlp, logistic (default: "
+                              "from the data: cnn for images, mlp for tabular rows)"),
+    "--norm": ("norm", str, "batch, group or instance (default: from the data)"),
     "--width": ("width", int, "cnn: channels of its first stage (default 16, ~70k parameters; 60: ~1M)"),
     "--seed": ("seed", int, "random seed"),
     "--device": ("device", str, "auto, cpu, cuda or mps"),
@@ -140,7 +143,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     for flag, (_, kind, text) in RUN_FLAGS.items():
         parser.add_argument(flag, type=kind, help=text)
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                        help="training-only augmentation (on by default)")
+                        help="training-only augmentation (default: on for images, off for "
+                             "binary masks and tabular rows)")
     for flag in PRIVACY_SWITCHES:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                             help=f"privacy: {flag[2:]} (off by default)")

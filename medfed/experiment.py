@@ -26,6 +26,7 @@ from medfed.data.dataset import Federation, Samples, SiteData, label_counts
 from medfed.data.federation import build_federation
 from medfed.data.sources import load_source
 from medfed.data.transforms import Preprocess
+from medfed.defaults import DataFacts, Defaults, choose_defaults, choose_sites
 from medfed.device import pick_device
 from medfed.errors import DataError, TransportError
 from medfed.evaluation.metrics import compute_metrics
@@ -52,6 +53,7 @@ class Setup:
     predictor: Predictor  # the server side's scorer of the held-out test set
     parameter_keys: frozenset[str]
     norm_keys: frozenset[str]
+    defaults: Defaults  # what was chosen from the data for settings the user left unset
 
 
 @dataclass
@@ -72,8 +74,10 @@ def prepare(config: RunConfig) -> Setup:
     seeds = np.random.SeedSequence(config.seed).generate_state(2)
     source = load_source(config.data, int(seeds[0]))
     federation = build_federation(source, config.data, int(seeds[1]))
-    if config.data.sites is None:  # counted from the data: the site-count checks run now
-        config = replace(config, data=replace(config.data, sites=len(federation.sites)))
+    # What the user left unset, chosen from the data; counted sites make the site-count checks run.
+    defaults = choose_sites(choose_defaults(config, DataFacts.of_source(source)),
+                            len(federation.sites), federation.partition, source.groups is not None)
+    config = defaults.config
     size = config.data.image_size
     spatial = (size,) * source.spatial_dims if size and source.spatial_dims else None
     spec = ModelSpec(source.spatial_dims, source.in_channels, source.num_outputs, config.model.norm,
@@ -81,7 +85,7 @@ def prepare(config: RunConfig) -> Setup:
     model = build_model(config.model.model, spec, config.seed)
     preprocess = Preprocess(source.max_value if source.spatial_dims else None, spatial)
     device = pick_device(config.device)
-    return Setup(config=config, federation=federation, spec=spec,
+    return Setup(config=config, federation=federation, spec=spec, defaults=defaults,
                  initial={k: v.clone() for k, v in model.state_dict().items()},
                  preprocess=preprocess,
                  predictor=Predictor(model, source.task, preprocess, device),
@@ -90,7 +94,8 @@ def prepare(config: RunConfig) -> Setup:
 
 def train_options(config: RunConfig) -> TrainOptions:
     t = config.training
-    return TrainOptions(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
+    return TrainOptions(epochs=t.local_epochs or 1, min_steps=t.local_steps or 0,
+                        batch_size=t.batch_size, lr=t.lr,
                         optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay,
                         logit_adjust=t.logit_adjust)
 

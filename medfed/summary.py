@@ -15,8 +15,8 @@ from medfed.types import Metrics, SiteId
 def run_summary(config: RunConfig, *, mode: str, dataset: str, task: str, class_names: list[str],
                 partition: str, sites: dict[SiteId, dict[str, Any]], test: Metrics, n_test: int,
                 device: str, wall_seconds: float, bytes_up: int, bytes_down: int,
-                failed_updates: dict[int, dict[str, str]], attackers: list[SiteId]
-                ) -> dict[str, Any]:
+                failed_updates: dict[int, dict[str, str]], attackers: list[SiteId],
+                defaults: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     fed = config.federation
     return {
         "medfed_version": medfed.__version__, "mode": mode, "dataset": dataset, "task": task,
@@ -27,4 +27,5 @@ def run_summary(config: RunConfig, *, mode: str, dataset: str, task: str, class_
         "local_epochs": config.training.local_epochs, "seed": config.seed, "device": device,
         "sites": sites, "test": test, "n_test": n_test, "wall_seconds": wall_seconds,
         "bytes_up": bytes_up, "bytes_down": bytes_down, "failed_updates": failed_updates,
+        "defaults": defaults or {},  # settings chosen from the data: {key: {value, why}}
     }

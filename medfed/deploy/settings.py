@@ -28,6 +28,7 @@ from medfed.config import RunConfig
 from medfed.config_file import config_from_dict, read_toml
 from medfed.errors import ConfigError
 from medfed.registry import unknown_choice
+from medfed.defaults import DataFacts, choose_defaults
 from medfed.task_schema import TaskSchema
 from medfed.transport.grpc_channel import split_address
 
@@ -108,7 +109,9 @@ def _federation(raw: dict[str, Any], path: str) -> FederationFile:
                           f"not in the federation file; [data] here may only set "
                           f"{', '.join(SITE_DATA_KEYS)}")
     raw["data"] = {**data, "sites": len(settings.sites)}
-    return FederationFile(config_from_dict(raw, source=str(path)), task, settings)
+    # Settings left unset are chosen from the task schema, here, so every site gets them filled in.
+    config = choose_defaults(config_from_dict(raw, source=str(path)), DataFacts.of_task(task)).config
+    return FederationFile(config, task, settings)
 
 
 def deployment_config(raw: dict[str, Any]) -> DeploymentConfig:
