@@ -32,7 +32,7 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--sizes": ("sizes", str, "exact samples per site, comma-separated, e.g. 400,500,300"),
     "--proportions": ("proportions", str, "relative site sizes, e.g. 20,25,15,30,22"),
     "--image-size": ("image_size", int, "resize images to this side length"),
-    "--algorithm": ("algorithm", str, "fedavg, fedprox, fedbn, fedadam, fedyogi, fednova, scaffold, "
+    "--algorithm": ("algorithm", str, "fedavg, fedavgm, fedprox, fedbn, fedadam, fedyogi, fednova, scaffold, "
                                       "swt, cwt, ensemble"),
     "--aggregator": ("aggregator", str, "mean, median, trimmed-mean, krum, multi-krum, norm-bound"),
     "--byzantine": ("byzantine", int, "faulty sites Krum and the trimmed mean tolerate (f)"),
@@ -46,7 +46,8 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--compress": ("compress", str, "the sites' updates: none, q8 (8-bit) or topk:F (the largest F "
                                     "share, with error feedback), e.g. topk:0.1"),
     "--mu": ("mu", float, "FedProx proximal weight"),
-    "--server-lr": ("server_lr", float, "FedAdam/FedYogi server learning rate"),
+    "--server-lr": ("server_lr", float, "server learning rate (FedAdam/FedYogi 0.01, FedAvgM 1)"),
+    "--server-momentum": ("server_momentum", float, "FedAvgM's server momentum beta (0.9)"),
     "--local-epochs": ("local_epochs", int, "epochs of local training per round (default 1)"),
     "--local-steps": ("local_steps", int, "at least this many optimizer steps per round; a small "
                                           "site repeats its data (default 20; 0: epochs only)"),

@@ -29,11 +29,11 @@ from medfed.errors import ConfigError
 # Names the registries answer to. tests/test_config.py checks that each registry holds exactly these.
 DATASETS = ("synthetic", "medmnist", "dicom", "nifti", "chestxray14", "heart-disease", "images")
 PARTITIONS = ("iid", "dirichlet", "quantity", "natural")
-ALGORITHMS = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fednova", "scaffold", "swt", "cwt",
+ALGORITHMS = ("fedavg", "fedavgm", "fedprox", "fedbn", "fedadam", "fedyogi", "fednova", "scaffold", "swt", "cwt",
               "ensemble")
 AGGREGATORS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "norm-bound")
 # The algorithms whose server step is an average, and so can take any aggregator.
-AVERAGING = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi")
+AVERAGING = ("fedavg", "fedavgm", "fedprox", "fedbn", "fedadam", "fedyogi")
 CNN_WIDTH = 16  # the default cnn's first-stage channels (models/cnn.py uses it)
 MODELS = ("cnn", "resnet18", "resnet50", "densenet121", "mlp", "logistic")
 NORMS = ("batch", "group", "instance")
@@ -149,7 +149,9 @@ class FederationConfig:
     min_sites: int = 1  # a round closes only if at least this many usable updates arrived
     eval_every: int = 1  # score on the sites' validation splits every N rounds (0: only the final model)
     mu: float = 0.01  # FedProx proximal weight
-    server_lr: float = 0.01  # FedAdam / FedYogi server step size (Reddi et al. 2021)
+    # The server's step size: None is 0.01 for FedAdam / FedYogi (Reddi et al. 2021), 1 for FedAvgM.
+    server_lr: float | None = None
+    server_momentum: float = 0.9  # FedAvgM's beta (Hsu et al. 2019)
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3  # adaptivity: the epsilon under the square root
@@ -179,8 +181,11 @@ class FederationConfig:
         _at_least("eval_every", self.eval_every, 0)
         if self.mu < 0:
             raise ConfigError(f"mu must be >= 0, got {self.mu}")
-        for name in ("server_lr", "tau"):
-            _positive(name, getattr(self, name))
+        if self.server_lr is not None:
+            _positive("server_lr", self.server_lr)
+        _positive("tau", self.tau)
+        if not 0 <= self.server_momentum < 1:
+            raise ConfigError(f"server_momentum must be in [0, 1), got {self.server_momentum}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")

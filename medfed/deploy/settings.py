@@ -26,9 +26,9 @@ from typing import Any
 
 from medfed.config import RunConfig
 from medfed.config_file import config_from_dict, read_toml
+from medfed.defaults import DataFacts, choose_defaults
 from medfed.errors import ConfigError
 from medfed.registry import unknown_choice
-from medfed.defaults import DataFacts, choose_defaults
 from medfed.task_schema import TaskSchema
 from medfed.transport.grpc_channel import split_address
 
