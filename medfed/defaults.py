@@ -24,6 +24,10 @@ from medfed.task_schema import TaskSchema
 # Local training budget: each site takes at least this many optimizer steps per round (a site
 # with 150 images at batch 32 would otherwise take 5 steps a round from a fresh optimizer).
 LOCAL_STEPS = 20
+# Augmentation from this image side up: below it a bilinear warp blurs most of the few pixels
+# there are, and measured on 28-32 px images it slowed learning within the rounds given
+# (benchmarks/RESULTS.md, "Defaults (issue 15)").
+AUGMENT_FROM_SIDE = 64
 MASK_SAMPLE = 64  # images looked at to tell binary masks from intensity images
 
 
@@ -34,6 +38,10 @@ class DataFacts:
     spatial_dims: int  # 0: tabular rows
     channels: int
     binary_masks: bool = False  # every value 0 or white: a shape, not an intensity image
+    # The sites are the data's own groups (hospitals, scanners), whose images may differ; False:
+    # they are shares of one pool (iid, dirichlet, quantity), acquired alike.
+    natural_sites: bool = True
+    side: int | None = None  # the smallest image side the model sees (after --image-size)
 
     @property
     def kind(self) -> str:
@@ -47,13 +55,17 @@ class DataFacts:
             f"3D {colour} volumes"
 
     @classmethod
-    def of_source(cls, source: DataSource) -> DataFacts:
-        return cls(source.spatial_dims, source.in_channels, _binary_masks(source))
+    def of_source(cls, source: DataSource, partition: str, image_size: int | None = None
+                  ) -> DataFacts:
+        side = image_size or (min(source.pool.x.shape[2:]) if source.spatial_dims else None)
+        return cls(source.spatial_dims, source.in_channels, _binary_masks(source),
+                   natural_sites=partition == "natural", side=side)
 
     @classmethod
     def of_task(cls, task: TaskSchema) -> DataFacts:
-        """A coordinator sees no data: masks cannot be told from images, so it assumes images."""
-        return cls(task.spatial_dims, task.channels)
+        """A coordinator sees no data: masks cannot be told from images, so it assumes images;
+        its sites are hospitals, each with its own scanners."""
+        return cls(task.spatial_dims, task.channels, side=task.image_size)
 
 
 @dataclass(frozen=True)
@@ -127,12 +139,14 @@ def _norm(d: Defaults, facts: DataFacts) -> Defaults:
         return d
     if facts.spatial_dims == 0:
         norm, why = "group", "tabular rows: mlp takes batch or group; group is site-independent"
-    elif facts.binary_masks and not dp:
-        norm, why = "batch", "binary masks: batch statistics keep each volume's own scale"
     elif dp:
         norm, why = "group", "DP-SGD: per-sample gradients need a norm without batch statistics"
+    elif facts.binary_masks:
+        norm, why = "batch", "binary masks: batch statistics keep each volume's own scale"
+    elif facts.natural_sites:
+        norm, why = "instance", "per image: the sites' scanners differ, batch averages do not transfer"
     else:
-        norm, why = "instance", "per image: sites' scanners differ, batch averages do not transfer"
+        norm, why = "batch", "sites share one pool's acquisition: batch statistics transfer"
     return d.with_choice("norm", norm, why, _set(d.config, "model", norm=norm))
 
 
@@ -143,6 +157,8 @@ def _augment(d: Defaults, facts: DataFacts) -> Defaults:
         on, why = False, "tabular rows: nothing to flip or rotate"
     elif facts.binary_masks:
         on, why = False, "binary masks: the crop rescales the shape and the warp blurs the mask"
+    elif facts.side is not None and facts.side < AUGMENT_FROM_SIDE:
+        on, why = False, f"{facts.side}-px images: a warp blurs the few pixels there are"
     else:
         on, why = True, f"{facts.kind}: flip, rotation +-10 degrees, 90-100% crop"
     return d.with_choice("augment", on, why, _set(d.config, "data", augment=on))
@@ -159,6 +175,8 @@ def _local_budget(d: Defaults, facts: DataFacts) -> Defaults:
             steps, why = 0, "DP-SGD: its epsilon accounting counts epochs"
         elif t.local_epochs is not None:
             steps, why = 0, "--local-epochs given: epochs only"
+        elif facts.spatial_dims == 3:
+            steps, why = 0, "3D volumes: a step costs ~30 2D steps; one epoch keeps run times"
         else:
             steps, why = LOCAL_STEPS, "at least this many steps a round: small sites not starved"
         out = out.with_choice("local_steps", steps, why, _set(out.config, "training",

@@ -75,7 +75,8 @@ def prepare(config: RunConfig) -> Setup:
     source = load_source(config.data, int(seeds[0]))
     federation = build_federation(source, config.data, int(seeds[1]))
     # What the user left unset, chosen from the data; counted sites make the site-count checks run.
-    defaults = choose_sites(choose_defaults(config, DataFacts.of_source(source)),
+    facts = DataFacts.of_source(source, federation.partition, config.data.image_size)
+    defaults = choose_sites(choose_defaults(config, facts),
                             len(federation.sites), federation.partition, source.groups is not None)
     config = defaults.config
     size = config.data.image_size

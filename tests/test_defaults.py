@@ -21,8 +21,8 @@ from medfed.types import Task
 from tests.data.test_heart import write_hospitals
 
 TABULAR = DataFacts(0, 22)
-GREY = DataFacts(2, 1)
-RGB = DataFacts(2, 3)
+GREY = DataFacts(2, 1, side=224)
+RGB = DataFacts(2, 3, side=224)
 MASKS = DataFacts(3, 1, binary_masks=True)
 
 
@@ -37,14 +37,29 @@ def test_tabular_rows_get_a_tabular_model_with_a_norm_it_accepts_and_no_augmenta
 
 
 @pytest.mark.parametrize("facts", [GREY, RGB, DataFacts(3, 1)])
-def test_intensity_images_get_the_cnn_per_image_norm_and_augmentation(facts):
+def test_intensity_images_at_natural_sites_get_the_cnn_and_a_per_image_norm(facts):
     got = chosen(RunConfig(), facts)
-    assert (got["model"], got["norm"], got["augment"]) == ("cnn", "instance", True)
+    assert (got["model"], got["norm"]) == ("cnn", "instance")
+
+
+@pytest.mark.parametrize(("facts", "on"), [(GREY, True), (RGB, True), (DataFacts(2, 1, side=28), False),
+                                           (DataFacts(2, 1), True)])
+def test_augmentation_is_on_for_images_large_enough_to_warp(facts, on):
+    assert chosen(RunConfig(), facts)["augment"] is on
+
+
+def test_shares_of_one_pool_get_batch_statistics():
+    assert chosen(RunConfig(), DataFacts(2, 1, natural_sites=False))["norm"] == "batch"
 
 
 def test_binary_masks_get_no_intensity_destroying_augmentation_and_keep_their_scale():
     got = chosen(RunConfig(), MASKS)
     assert got["augment"] is False and got["norm"] == "batch"
+
+
+def test_small_2d_sites_get_a_step_budget_and_costly_3d_volumes_one_epoch():
+    assert chosen(RunConfig(), GREY)["local_steps"] == LOCAL_STEPS
+    assert chosen(RunConfig(), MASKS)["local_steps"] == 0
 
 
 def test_dp_sgd_gets_a_norm_without_batch_statistics_and_an_epoch_budget():
@@ -93,10 +108,10 @@ def test_masks_are_told_from_intensity_images_by_their_values():
     rng = np.random.default_rng(0)
     masks = (rng.random((8, 1, 6, 6, 6)) > 0.5).astype(np.uint8) * 255
     grey = rng.integers(0, 256, (8, 1, 6, 6, 6), dtype=np.uint8)
-    assert DataFacts.of_source(source_of(masks)).binary_masks
-    assert not DataFacts.of_source(source_of(grey)).binary_masks
-    assert DataFacts.of_source(source_of(grey)).kind == "3D grey volumes"
-    assert not DataFacts.of_source(source_of(rng.normal(size=(8, 5)), 1.0)).binary_masks
+    assert DataFacts.of_source(source_of(masks), "iid").binary_masks
+    assert not DataFacts.of_source(source_of(grey), "iid").binary_masks
+    assert DataFacts.of_source(source_of(grey), "natural").kind == "3D grey volumes"
+    assert not DataFacts.of_source(source_of(rng.normal(size=(8, 5)), 1.0), "iid").binary_masks
 
 
 def test_a_natural_source_gets_its_own_sites_and_a_tabular_model(tmp_path):
