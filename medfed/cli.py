@@ -79,7 +79,7 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--noise": ("noise", float, "client-level DP: noise multiplier (std sigma * S on the sum)"),
     "--threshold": ("threshold", int, "secure aggregation: survivors t needed to unmask"),
 }
-BOOL_FLAGS = ("baselines", "augment", "allow_phi", "series_volumes")
+BOOL_FLAGS = ("baselines", "augment", "allow_phi", "series_volumes", "keep_best")
 PRIVACY_SWITCHES = {"--dp-sgd": "dp_sgd", "--client-dp": "client_dp",
                     "--secure-aggregation": "secure_aggregation"}
 
@@ -143,6 +143,9 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
                              "OUT/tensorboard/ (needs: pip install tensorboard)")
     for flag, (_, kind, text) in RUN_FLAGS.items():
         parser.add_argument(flag, type=kind, help=text)
+    parser.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep the global model of the round with the best validation AUC "
+                             "(off)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                         help="training-only augmentation (default: on for images, off for "
                              "binary masks and tabular rows)")

@@ -160,6 +160,9 @@ class FederationConfig:
     krum_keep: int | None = None  # m, the updates Multi-Krum averages (default: n - f)
     norm_bound: float | None = None  # norm-bound's M (default: the median norm of the round)
     compress: str = NO_COMPRESSION  # the sites' updates: none, q8 or topk:F (compression.py)
+    # Keep the global model of the round with the best federated validation score (the sites'
+    # mean validation AUC) instead of the last round's (server/best_model.py).
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         parse_compression(self.compress)

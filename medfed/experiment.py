@@ -33,6 +33,7 @@ from medfed.evaluation.metrics import compute_metrics
 from medfed.models import ModelSpec, build_model, norm_keys, parameter_keys
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.run_state import Resume, RunCheckpointer
+from medfed.server.best_model import BestValidation
 from medfed.server.round_loop import RoundObserver, RoundPlan, RoundResult, run_rounds
 from medfed.server.sampling import sample_sites
 from medfed.transport.inprocess import InProcessTransport
@@ -142,8 +143,12 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
             sample_sites(list(sites), plan.fraction, sampling, minimum=plan.min_sites)
     if checkpoints is not None:
         observer = RunCheckpointer(checkpoints, observer, strategy, earlier, privacy)
+    best = (BestValidation(strategy, observer)
+            if fed.keep_best and not baseline and strategy.prediction is Prediction.GLOBAL else None)
     history = earlier + run_rounds(strategy, transport, list(sites), plan, train_options(config),
-                                   sampling, observer)
+                                   sampling, best or observer)
+    if best is not None:
+        best.restore_best()  # the global model of the round with the best validation score
     outcome = Outcome(name, strategy, history, transport, time.perf_counter() - start)
     if privacy is not None and privacy.active:
         outcome.privacy = privacy.report()
