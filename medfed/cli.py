@@ -49,15 +49,15 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--server-lr": ("server_lr", float, "server learning rate (FedAdam/FedYogi 0.01, FedAvgM 1)"),
     "--server-momentum": ("server_momentum", float, "FedAvgM's server momentum beta (0.9)"),
     "--local-epochs": ("local_epochs", int, "epochs of local training per round (default 1)"),
-    "--local-steps": ("local_steps", int, "at least this many optimizer steps per round; a small "
-                                          "site repeats its data (default 20; 0: epochs only)"),
+    "--local-steps": ("local_steps", int, ("at least this many optimizer steps per round; a small "
+                                           "site repeats its data (default 20; 0: epochs only)")),
     "--batch-size": ("batch_size", int, "local batch size"),
     "--lr": ("lr", float, "local learning rate"),
     "--optimizer": ("optimizer", str, "adam or sgd"),
     "--momentum": ("momentum", float, "SGD momentum"),
     "--logit-adjust": ("logit_adjust", float, "label skew: train on logits + tau log(site's label prior)"),
-    "--model": ("model", str, "cnn, resnet18, resnet50, densenet121, mlp, logistic (default: "
-                              "from the data: cnn for images, mlp for tabular rows)"),
+    "--model": ("model", str, ("cnn, resnet18, resnet50, densenet121, mlp, logistic (default: "
+                               "from the data: cnn for images, mlp for tabular rows)")),
     "--norm": ("norm", str, "batch, group or instance (default: from the data)"),
     "--width": ("width", int, "cnn: channels of its first stage (default 16, ~70k parameters; 60: ~1M)"),
     "--seed": ("seed", int, "random seed"),
