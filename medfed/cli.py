@@ -32,7 +32,7 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--sizes": ("sizes", str, "exact samples per site, comma-separated, e.g. 400,500,300"),
     "--proportions": ("proportions", str, "relative site sizes, e.g. 20,25,15,30,22"),
     "--image-size": ("image_size", int, "resize images to this side length"),
-    "--algorithm": ("algorithm", str, "fedavg, fedprox, fedbn, fedadam, fedyogi, fednova, scaffold, "
+    "--algorithm": ("algorithm", str, "fedavg, fedavgm, fedprox, fedbn, fedadam, fedyogi, fednova, scaffold, "
                                       "swt, cwt, ensemble"),
     "--aggregator": ("aggregator", str, "mean, median, trimmed-mean, krum, multi-krum, norm-bound"),
     "--byzantine": ("byzantine", int, "faulty sites Krum and the trimmed mean tolerate (f)"),
@@ -51,15 +51,19 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--regions": ("regions", str, "hybrid: sites per region, e.g. 'north:site-a,site-b;south:site-c'"),
     "--global-every": ("global_every", int, "hybrid: regional rounds per global average (1)"),
     "--mu": ("mu", float, "FedProx proximal weight"),
-    "--server-lr": ("server_lr", float, "FedAdam/FedYogi server learning rate"),
-    "--local-epochs": ("local_epochs", int, "epochs of local training per round"),
+    "--server-lr": ("server_lr", float, "server learning rate (FedAdam/FedYogi 0.01, FedAvgM 1)"),
+    "--server-momentum": ("server_momentum", float, "FedAvgM's server momentum beta (0.9)"),
+    "--local-epochs": ("local_epochs", int, "epochs of local training per round (default 1)"),
+    "--local-steps": ("local_steps", int, ("at least this many optimizer steps per round; a small "
+                                           "site repeats its data (default 20; 0: epochs only)")),
     "--batch-size": ("batch_size", int, "local batch size"),
     "--lr": ("lr", float, "local learning rate"),
     "--optimizer": ("optimizer", str, "adam or sgd"),
     "--momentum": ("momentum", float, "SGD momentum"),
     "--logit-adjust": ("logit_adjust", float, "label skew: train on logits + tau log(site's label prior)"),
-    "--model": ("model", str, "cnn, resnet18, resnet50, densenet121, mlp, logistic"),
-    "--norm": ("norm", str, "batch, group or instance"),
+    "--model": ("model", str, ("cnn, resnet18, resnet50, densenet121, mlp, logistic (default: "
+                               "from the data: cnn for images, mlp for tabular rows)")),
+    "--norm": ("norm", str, "batch, group or instance (default: from the data)"),
     "--width": ("width", int, "cnn: channels of its first stage (default 16, ~70k parameters; 60: ~1M)"),
     "--seed": ("seed", int, "random seed"),
     "--device": ("device", str, "auto, cpu, cuda or mps"),
@@ -83,7 +87,7 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--encrypt-layers": ("encrypt_layers", str, "homomorphic: encrypt only the layers matching "
                                                 "these comma-separated glob patterns, e.g. 'fc.*'"),
 }
-BOOL_FLAGS = ("baselines", "augment", "allow_phi", "series_volumes")
+BOOL_FLAGS = ("baselines", "augment", "allow_phi", "series_volumes", "keep_best")
 PRIVACY_SWITCHES = {"--dp-sgd": "dp_sgd", "--client-dp": "client_dp",
                     "--secure-aggregation": "secure_aggregation", "--homomorphic": "homomorphic"}
 
@@ -159,8 +163,12 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
                              "OUT/tensorboard/ (needs: pip install tensorboard)")
     for flag, (_, kind, text) in RUN_FLAGS.items():
         parser.add_argument(flag, type=kind, help=text)
+    parser.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep the global model of the round with the best validation AUC "
+                             "(off)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                        help="training-only augmentation (on by default)")
+                        help="training-only augmentation (default: on for images, off for "
+                             "binary masks and tabular rows)")
     for flag in PRIVACY_SWITCHES:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                             help=f"privacy: {flag[2:]} (off by default)")

@@ -102,8 +102,9 @@ def run_seed(config: RunConfig, options: CompareOptions, observe: Callable[[str,
     scored[POOLED] = _score(setup, POOLED, pooled.test_probs, predict, val, options)
     source = setup.federation.source
     about = {"dataset": source.name, "task": str(source.task), "class_names": list(source.class_names),
-             "partition": setup.federation.partition, "sites": list(sites), "model": config.model.model,
-             "rounds": config.federation.rounds, "local_epochs": config.training.local_epochs,
+             "partition": setup.federation.partition, "sites": list(sites),
+             "model": setup.config.model.model, "rounds": config.federation.rounds,
+             "local_epochs": setup.config.training.local_epochs,
              "n_test": len(source.test)}
     return SeedResult(scored, _cross_site(setup, local.strategy), source.test.y, histories,
                       data_summary(setup), gradcam, about)
@@ -286,9 +287,11 @@ def execute_compare(config: RunConfig, options: CompareOptions, out_dir: str | P
     console = console or Console(stderr=True)
     started = time.perf_counter()
     configs = seed_configs(config, options.seeds)
-    prepare(configs[0])  # a bad data path or config fails before any folder is made
+    # A bad data path or config fails before any folder is made; config.toml gets the settings
+    # chosen from the data filled in (the same for every seed: they depend on the data's kind).
+    resolved = prepare(configs[0]).config
     out = prepare_out_dir(out_dir)
-    write_config(out, config)
+    write_config(out, resolved)
     write_json(out / "compare-options.json", asdict(options))  # what --resume continues with
     with RichRoundProgress(console) as progress:
         observe = lambda name, seed: progress.start_run(f"{name} (seed {seed})",

@@ -30,11 +30,11 @@ from medfed.errors import ConfigError
 # Names the registries answer to. tests/test_config.py checks that each registry holds exactly these.
 DATASETS = ("synthetic", "medmnist", "dicom", "nifti", "chestxray14", "heart-disease", "images")
 PARTITIONS = ("iid", "dirichlet", "quantity", "natural")
-ALGORITHMS = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fednova", "scaffold", "swt", "cwt",
+ALGORITHMS = ("fedavg", "fedavgm", "fedprox", "fedbn", "fedadam", "fedyogi", "fednova", "scaffold", "swt", "cwt",
               "ensemble")
 AGGREGATORS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "norm-bound")
 # The algorithms whose server step is an average, and so can take any aggregator.
-AVERAGING = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi")
+AVERAGING = ("fedavg", "fedavgm", "fedprox", "fedbn", "fedadam", "fedyogi")
 CNN_WIDTH = 16  # the default cnn's first-stage channels (models/cnn.py uses it)
 MODELS = ("cnn", "resnet18", "resnet50", "densenet121", "mlp", "logistic")
 NORMS = ("batch", "group", "instance")
@@ -59,7 +59,9 @@ class DataConfig:
     proportions: tuple[float, ...] = ()  # relative site sizes, e.g. 20, 25, 15, 30, 22
     val_fraction: float = 0.1  # of each site's data, kept at the site for validation
     image_size: int | None = None  # resize to this side length; None keeps the native size
-    augment: bool = True  # random flip, rotation +-10 degrees and crop, training only
+    # Random flip, rotation +-10 degrees and crop, training only. None: chosen from the data
+    # (medfed/defaults.py: on for images, off for tabular rows and binary masks).
+    augment: bool | None = None
     synthetic_samples: int = 1500  # synthetic only: training + validation images over all sites
     synthetic_test: int = 1000  # synthetic only: held-out test images over all sites
     # Files a site holds (dicom, nifti, chestxray14): see README "Data at a site".
@@ -121,18 +123,22 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model: str = "cnn"
-    # Per-image normalization by default: with BatchNorm, FedAvg trains on each site's own batch
-    # statistics but predicts with their average, which fails at the site whose scanner differs
-    # most (benchmarks/RESULTS.md). "batch" stays available, and FedBN is built for it.
-    norm: str = "instance"
+    # None: chosen from the data (medfed/defaults.py): cnn for images, mlp for tabular rows.
+    model: str | None = None
+    # None: chosen from the data. Per-image (instance) normalization for images: with BatchNorm,
+    # FedAvg trains on each site's own batch statistics but predicts with their average, which
+    # fails at the site whose scanner differs most (benchmarks/RESULTS.md); group for tabular rows;
+    # batch for binary masks. "batch" stays available, and FedBN is built for it.
+    norm: str | None = None
     width: int = CNN_WIDTH  # cnn: channels of the first of its 3 stages (16: ~70k parameters; 60: ~1M)
 
     def __post_init__(self) -> None:
-        _choice("model", self.model, MODELS)
-        _choice("norm", self.norm, NORMS)
+        if self.model is not None:
+            _choice("model", self.model, MODELS)
+        if self.norm is not None:
+            _choice("norm", self.norm, NORMS)
         _at_least("width", self.width, 1)
-        if self.width != CNN_WIDTH and self.model != "cnn":
+        if self.width != CNN_WIDTH and self.model not in ("cnn", None):
             raise ConfigError(f"width applies to --model cnn only, not {self.model}")
 
 
@@ -144,7 +150,9 @@ class FederationConfig:
     min_sites: int = 1  # a round closes only if at least this many usable updates arrived
     eval_every: int = 1  # score on the sites' validation splits every N rounds (0: only the final model)
     mu: float = 0.01  # FedProx proximal weight
-    server_lr: float = 0.01  # FedAdam / FedYogi server step size (Reddi et al. 2021)
+    # The server's step size: None is 0.01 for FedAdam / FedYogi (Reddi et al. 2021), 1 for FedAvgM.
+    server_lr: float | None = None
+    server_momentum: float = 0.9  # FedAvgM's beta (Hsu et al. 2019)
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3  # adaptivity: the epsilon under the square root
@@ -160,6 +168,9 @@ class FederationConfig:
     gossip: str = "ring"
     regions: str | None = None  # hybrid: "north:site-a,site-b;south:site-c"
     global_every: int = 1
+    # Keep the global model of the round with the best federated validation score (the sites'
+    # mean validation AUC) instead of the last round's (server/best_model.py).
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         parse_compression(self.compress)
@@ -181,8 +192,11 @@ class FederationConfig:
         _at_least("eval_every", self.eval_every, 0)
         if self.mu < 0:
             raise ConfigError(f"mu must be >= 0, got {self.mu}")
-        for name in ("server_lr", "tau"):
-            _positive(name, getattr(self, name))
+        if self.server_lr is not None:
+            _positive("server_lr", self.server_lr)
+        _positive("tau", self.tau)
+        if not 0 <= self.server_momentum < 1:
+            raise ConfigError(f"server_momentum must be in [0, 1), got {self.server_momentum}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -190,7 +204,8 @@ class FederationConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    local_epochs: int = 1
+    # None: chosen (medfed/defaults.py): 1 epoch and at least LOCAL_STEPS optimizer steps a round.
+    local_epochs: int | None = None
     batch_size: int = 32
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -199,9 +214,16 @@ class TrainingConfig:
     # Logit adjustment for label skew (Menon et al., ICLR 2021): each site trains on its logits
     # plus tau * log(its own label prior), so what it learns does not lean to its majority class.
     logit_adjust: float = 0.0  # tau; 0: off
+    # At least this many optimizer steps per round: a site whose epoch is shorter goes on into its
+    # data again, so a small site is not starved. 0: epochs only. None: chosen (0 if local_epochs
+    # is given or with DP-SGD, whose accounting counts epochs).
+    local_steps: int | None = None
 
     def __post_init__(self) -> None:
-        _at_least("local_epochs", self.local_epochs, 1)
+        if self.local_epochs is not None:
+            _at_least("local_epochs", self.local_epochs, 1)
+        if self.local_steps is not None:
+            _at_least("local_steps", self.local_steps, 0)
         _at_least("batch_size", self.batch_size, 1)
         _positive("lr", self.lr)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -239,6 +261,9 @@ class RunConfig:
         _choice("device", self.device, DEVICES)
         check_privacy(self)
         check_topology(self)
+        if self.privacy.dp_sgd and self.training.local_steps:
+            raise ConfigError("DP-SGD's epsilon accounting counts epochs: use --local-epochs, "
+                              "not --local-steps, with --dp-sgd")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         fed, sites = self.federation, self.data.known_sites

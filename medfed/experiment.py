@@ -27,12 +27,14 @@ from medfed.data.dataset import Federation, Samples, SiteData, label_counts
 from medfed.data.federation import build_federation
 from medfed.data.sources import load_source
 from medfed.data.transforms import Preprocess
+from medfed.defaults import DataFacts, Defaults, choose_defaults, choose_sites
 from medfed.device import pick_device
 from medfed.errors import DataError, TransportError
 from medfed.evaluation.metrics import compute_metrics
 from medfed.models import ModelSpec, build_model, norm_keys, parameter_keys
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.run_state import Resume, RunCheckpointer
+from medfed.server.best_model import BestValidation
 from medfed.server.round_loop import RoundObserver, RoundPlan, RoundResult, run_rounds
 from medfed.server.sampling import sample_sites
 from medfed.transport.inprocess import InProcessTransport
@@ -53,6 +55,7 @@ class Setup:
     predictor: Predictor  # the server side's scorer of the held-out test set
     parameter_keys: frozenset[str]
     norm_keys: frozenset[str]
+    defaults: Defaults  # what was chosen from the data for settings the user left unset
 
 
 @dataclass
@@ -73,8 +76,11 @@ def prepare(config: RunConfig) -> Setup:
     seeds = np.random.SeedSequence(config.seed).generate_state(2)
     source = load_source(config.data, int(seeds[0]))
     federation = build_federation(source, config.data, int(seeds[1]))
-    if config.data.sites is None:  # counted from the data: the site-count checks run now
-        config = replace(config, data=replace(config.data, sites=len(federation.sites)))
+    # What the user left unset, chosen from the data; counted sites make the site-count checks run.
+    facts = DataFacts.of_source(source, federation.partition, config.data.image_size)
+    defaults = choose_sites(choose_defaults(config, facts),
+                            len(federation.sites), federation.partition, source.groups is not None)
+    config = defaults.config
     check_topology_sites(config, federation.site_ids)
     size = config.data.image_size
     spatial = (size,) * source.spatial_dims if size and source.spatial_dims else None
@@ -83,7 +89,7 @@ def prepare(config: RunConfig) -> Setup:
     model = build_model(config.model.model, spec, config.seed)
     preprocess = Preprocess(source.max_value if source.spatial_dims else None, spatial)
     device = pick_device(config.device)
-    return Setup(config=config, federation=federation, spec=spec,
+    return Setup(config=config, federation=federation, spec=spec, defaults=defaults,
                  initial={k: v.clone() for k, v in model.state_dict().items()},
                  preprocess=preprocess,
                  predictor=Predictor(model, source.task, preprocess, device),
@@ -92,7 +98,8 @@ def prepare(config: RunConfig) -> Setup:
 
 def train_options(config: RunConfig) -> TrainOptions:
     t = config.training
-    return TrainOptions(epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
+    return TrainOptions(epochs=t.local_epochs or 1, min_steps=t.local_steps or 0,
+                        batch_size=t.batch_size, lr=t.lr,
                         optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay,
                         logit_adjust=t.logit_adjust)
 
@@ -139,8 +146,12 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
             sample_sites(list(sites), plan.fraction, sampling, minimum=plan.min_sites)
     if checkpoints is not None:
         observer = RunCheckpointer(checkpoints, observer, strategy, earlier, privacy)
+    best = (BestValidation(strategy, observer)
+            if fed.keep_best and not baseline and strategy.prediction is Prediction.GLOBAL else None)
     history = earlier + run_rounds(strategy, transport, list(sites), plan, train_options(config),
-                                   sampling, observer)
+                                   sampling, best or observer)
+    if best is not None:
+        best.restore_best()  # the global model of the round with the best validation score
     outcome = Outcome(name, strategy, history, transport, time.perf_counter() - start)
     if privacy is not None and privacy.active:
         outcome.privacy = privacy.report()

@@ -62,6 +62,7 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     console.print(f"[bold]medfed run[/]: {fed.source.name} ({fed.source.task}), "
                   f"{len(fed.sites)} sites ({fed.partition}), {config.federation.algorithm}, "
                   f"{config.federation.rounds} rounds, model {config.model.model}")
+    _announce_defaults(console, setup)
     _announce_robustness(console, config, fed.site_ids)
     _announce_topology(console, config)
     with RichRoundProgress(console) as progress:
@@ -99,6 +100,15 @@ def _train_federated(setup: Setup, out: Path, progress: RichRoundProgress, resum
                       f"`medfed run --resume {out}` continues after the last of them",
                       soft_wrap=True, markup=False)
         raise
+
+
+def _announce_defaults(console: Console, setup: Setup) -> None:
+    """What was chosen from the data for the settings the user left unset, in one block."""
+    lines = setup.defaults.lines()
+    if lines:
+        console.print("[bold]chosen from the data[/] (any flag overrides):")
+        for line in lines:
+            console.print(f"  {line}", markup=False, highlight=False)
 
 
 def _announce_robustness(console: Console, config: RunConfig, sites: list[str]) -> None:
@@ -200,7 +210,8 @@ def _summary(setup: Setup, federated: Outcome, baselines: Baselines | None, rule
         bytes_up=federated.transport.bytes_up, bytes_down=federated.transport.bytes_down,
         failed_updates={r.round + 1: r.failed for r in federated.history if r.failed},
         attackers=attacker_sites(config, setup.federation.site_ids),
-        verdict=reading.verdict, operating_point=reading.federated)
+        verdict=reading.verdict, operating_point=reading.federated,
+        defaults=setup.defaults.record())
     summary |= {"skipped_files": len(source.skipped), "data_notes": list(source.notes)}
     if config.federation.topology != "server":
         summary["topology"] = topology_summary(setup, federated)

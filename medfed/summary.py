@@ -22,7 +22,8 @@ def run_summary(config: RunConfig, *, mode: str, dataset: str, task: str, class_
                 partition: str, sites: dict[SiteId, dict[str, Any]], test: Metrics, n_test: int,
                 device: str, wall_seconds: float, bytes_up: int, bytes_down: int,
                 failed_updates: dict[int, dict[str, str]], attackers: list[SiteId],
-                verdict: dict[str, Any], operating_point: dict[str, Any]) -> dict[str, Any]:
+                verdict: dict[str, Any], operating_point: dict[str, Any],
+                defaults: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     fed = config.federation
     return {
         "verdict": verdict, "medfed_version": medfed.__version__, "mode": mode, "dataset": dataset,
@@ -35,4 +36,5 @@ def run_summary(config: RunConfig, *, mode: str, dataset: str, task: str, class_
         "sites": sites, "test": test, "operating_point": operating_point, "n_test": n_test,
         "wall_seconds": wall_seconds,
         "bytes_up": bytes_up, "bytes_down": bytes_down, "failed_updates": failed_updates,
+        "defaults": defaults or {},  # settings chosen from the data: {key: {value, why}}
     }

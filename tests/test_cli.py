@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 
 from medfed import config as cfg
 from medfed.cli import main
-from medfed.config import RunConfig
 from medfed.config_file import load_config, with_overrides
 from medfed.evaluation.metrics import METRIC_KEYS
 from medfed.models import ModelSpec, build_model, norm_keys
@@ -229,7 +228,7 @@ def test_the_written_config_reloads_to_the_resolved_config(tiny_run, tiny_toml):
 
 def test_the_model_file_is_safetensors_with_the_models_keys(tiny_run):
     state = load_file(str(tiny_run / "model.safetensors"))
-    expected = build_model("cnn", ModelSpec(2, 1, 2, norm=RunConfig().model.norm), seed=0).state_dict()
+    expected = build_model("cnn", ModelSpec(2, 1, 2, norm="instance"), seed=0).state_dict()
     assert state.keys() == expected.keys()
     assert all(state[k].shape == expected[k].shape and state[k].dtype == expected[k].dtype
                for k in state)
@@ -274,7 +273,7 @@ def test_personalized_algorithms_write_one_model_per_site(algorithm, tiny_toml, 
     assert sorted(p.name for p in (out / "models").iterdir()) == [f"{s}.safetensors" for s in sites]
     assert not (out / "model.safetensors").exists()
     models = {s: load_file(str(out / "models" / f"{s}.safetensors")) for s in sites}
-    local = norm_keys(build_model("cnn", ModelSpec(2, 1, 2, norm=RunConfig().model.norm), seed=0))
+    local = norm_keys(build_model("cnn", ModelSpec(2, 1, 2, norm="instance"), seed=0))
     a, b = models["site-a"], models["site-b"]
     assert any(not torch.equal(a[k], b[k]) for k in local)  # each site's own normalization
     shared = [k for k in a if k not in local]

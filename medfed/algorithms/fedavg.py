@@ -3,6 +3,7 @@
 - FedAvg (McMahan et al., AISTATS 2017, Algorithm 1): x <- sum_k (n_k / n) x_k over this round's sites.
 - FedProx (Li et al., MLSys 2020, eq. 2): the same server, sites add (mu/2)||w - x||^2 to their loss.
 - FedAdam / FedYogi (Reddi et al., ICLR 2021): the same average, then an adaptive server step.
+- FedAvgM (Hsu et al. 2019): the same average, then a server step with heavy-ball momentum.
 
 The average itself is an aggregator (aggregators.py): the sample-weighted mean by default, or a
 robust rule (median, trimmed mean, Krum, norm bounding) that any of these algorithms can use.
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from medfed.algorithms.aggregate import WeightedMean, cast_like
 from medfed.algorithms.aggregators import Aggregator, AggregatorFactory
 from medfed.algorithms.checkpoint import Checkpoint
-from medfed.algorithms.server_optimizer import AdaptiveServerOptimizer
+from medfed.algorithms.server_optimizer import ServerOptimizer
 from medfed.types import Prediction, SiteId, StateDict, Update
 
 
@@ -23,7 +24,7 @@ class FedAvg:
     prediction = Prediction.GLOBAL
 
     def __init__(self, initial: StateDict, name: str = "fedavg", proximal_mu: float = 0.0,
-                 server_optimizer: AdaptiveServerOptimizer | None = None,
+                 server_optimizer: ServerOptimizer | None = None,
                  aggregator: AggregatorFactory | None = None) -> None:
         self.name = name
         self._global = initial

@@ -12,11 +12,13 @@ from medfed.algorithms.fedbn import FedBN
 from medfed.algorithms.fednova import FedNova
 from medfed.algorithms.scaffold import Scaffold
 from medfed.algorithms.sequential import SequentialTransfer
-from medfed.algorithms.server_optimizer import AdaptiveServerOptimizer
+from medfed.algorithms.server_optimizer import AdaptiveServerOptimizer, MomentumServerOptimizer
 from medfed.algorithms.strategy import Strategy
 from medfed.algorithms.topologies import build_topology
 from medfed.algorithms.topology_spec import SERVER
 from medfed.config import FederationConfig, TrainingConfig
+
+ADAPTIVE_SERVER_LR = 0.01  # FedAdam / FedYogi's eta when server_lr is unset (Reddi et al. 2021)
 from medfed.registry import Registry
 from medfed.types import SiteId, StateDict
 
@@ -48,11 +50,20 @@ class StrategyContext:
 def _fedopt(variant: str) -> Callable[[StrategyContext], Strategy]:
     def build(ctx: StrategyContext) -> Strategy:
         c = ctx.config
-        optimizer = AdaptiveServerOptimizer(ctx.parameter_keys, variant, c.server_lr, c.beta1,
-                                            c.beta2, c.tau)
+        lr = ADAPTIVE_SERVER_LR if c.server_lr is None else c.server_lr
+        optimizer = AdaptiveServerOptimizer(ctx.parameter_keys, variant, lr, c.beta1, c.beta2,
+                                            c.tau)
         return FedAvg(ctx.initial, name=f"fed{variant}", server_optimizer=optimizer,
                       aggregator=ctx.aggregator())
     return build
+
+
+def _fedavgm(ctx: StrategyContext) -> Strategy:
+    c = ctx.config
+    optimizer = MomentumServerOptimizer(ctx.parameter_keys, 1.0 if c.server_lr is None else c.server_lr,
+                                        c.server_momentum)
+    return FedAvg(ctx.initial, name="fedavgm", server_optimizer=optimizer,
+                  aggregator=ctx.aggregator())
 
 
 ALGORITHMS: Registry[Callable[[StrategyContext], Strategy]] = Registry("algorithm", {
@@ -61,6 +72,7 @@ ALGORITHMS: Registry[Callable[[StrategyContext], Strategy]] = Registry("algorith
                                   aggregator=ctx.aggregator()),
     "fedbn": lambda ctx: FedBN(FedAvg(ctx.initial, name="fedbn", aggregator=ctx.aggregator()),
                                ctx.norm_keys),
+    "fedavgm": _fedavgm,
     "fedadam": _fedopt("adam"),
     "fedyogi": _fedopt("yogi"),
     "fednova": lambda ctx: FedNova(ctx.initial, ctx.parameter_keys, ctx.sgd_momentum()),

@@ -84,7 +84,8 @@ class MaliciousSite:
         if self.attack.kind in (AttackKind.NOISE, AttackKind.FREE_RIDE):
             # No computation at all (the point of a free rider), yet it claims a full round's work.
             n = len(self.trainer.data.train)
-            claimed_steps = math.ceil(n / options.batch_size) * options.epochs
+            claimed_steps = max(math.ceil(n / options.batch_size) * options.epochs,
+                                options.min_steps)
             honest = Update(self.site, state, n, claimed_steps)
         else:
             honest = self.trainer.train(state, options)

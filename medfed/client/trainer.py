@@ -21,6 +21,7 @@ from medfed.types import CONTROL_PREFIX, Metrics, StateDict, Task, Update, split
 @dataclass(frozen=True)
 class TrainOptions:
     epochs: int = 1
+    min_steps: int = 0  # at least this many optimizer steps: a short epoch is followed by more data
     batch_size: int = 32
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -97,12 +98,17 @@ class SiteTrainer:
 
     def _local_steps(self, options: TrainOptions,
                      correction: list[tuple[nn.Parameter, torch.Tensor]]) -> tuple[float, int]:
-        """options.epochs over the site's training split; returns (sum of task losses, steps)."""
+        """options.epochs over the site's training split, then more passes until options.min_steps
+        steps are done (stopping mid-pass); returns (sum of task losses, steps)."""
         optimizer = self._optimizer(options)
         anchor = self._anchor(options)
         total_loss, steps = 0.0, 0
-        for _ in range(options.epochs):
+        passes, before = 0, -1
+        while (passes < options.epochs or steps < options.min_steps) and steps > before:
+            passes, before = passes + 1, steps  # a pass that yields no batch ends the loop
             for x, y in self._batches(self.data.train, options.batch_size):
+                if passes > options.epochs and steps >= options.min_steps:
+                    break
                 optimizer.zero_grad(set_to_none=True)
                 task_loss = self.task_loss(self.model(x), y, options)
                 loss = task_loss + self._proximal(anchor, options.proximal_mu) if anchor else task_loss
@@ -165,6 +171,8 @@ class SiteTrainer:
     def _batches(self, samples: Samples, batch_size: int):
         """Shuffled training batches, preprocessed and (when on) augmented."""
         n = len(samples)
+        if n == 0:
+            return  # nothing to train on (torch would split an empty order into one empty batch)
         for index in torch.randperm(n, generator=self.shuffle).split(batch_size):
             if len(index) == 1 < batch_size and n > 1:
                 continue  # a lone sample breaks BatchNorm's batch statistics; it comes back next epoch

@@ -26,6 +26,7 @@ from typing import Any
 
 from medfed.config import RunConfig
 from medfed.config_file import config_from_dict, read_toml
+from medfed.defaults import DataFacts, choose_defaults
 from medfed.errors import ConfigError
 from medfed.registry import unknown_choice
 from medfed.task_schema import TaskSchema
@@ -108,7 +109,8 @@ def _federation(raw: dict[str, Any], path: str) -> FederationFile:
                           f"not in the federation file; [data] here may only set "
                           f"{', '.join(SITE_DATA_KEYS)}")
     raw["data"] = {**data, "sites": len(settings.sites)}
-    config = config_from_dict(raw, source=str(path))
+    # Settings left unset are chosen from the task schema, here, so every site gets them filled in.
+    config = choose_defaults(config_from_dict(raw, source=str(path)), DataFacts.of_task(task)).config
     if config.federation.topology != "server":  # README "Topologies": the relay is not built yet
         raise ConfigError(f"topology {config.federation.topology} runs in simulation only (medfed "
                           "run / compare); a deployment has topology = \"server\"")

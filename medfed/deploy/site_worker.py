@@ -39,6 +39,7 @@ from medfed.config_file import config_from_dict
 from medfed.data.dataset import Samples, SiteData, label_counts
 from medfed.data.harmonize import harmonize_site, pool_images, site_quantiles
 from medfed.data.transforms import Preprocess
+from medfed.defaults import DataFacts, choose_defaults
 from medfed.deploy import homomorphic_exchange, secure_exchange
 from medfed.deploy.audit_witness import AUDIT_HEAD, Witness
 from medfed.deploy.site_data import LocalData
@@ -80,8 +81,11 @@ class Welcome:
         if not isinstance(raw, dict) or not isinstance(raw.get("index"), int) \
                 or not isinstance(raw.get("sites"), list):
             raise ConfigError("the server's welcome lacks the task, the site's index or the sites")
-        return cls(config, TaskSchema.from_json(raw.get("task"), "the server's task"),
-                   raw["index"], [str(s) for s in raw["sites"]], welcome_key(config_toml, body))
+        task = TaskSchema.from_json(raw.get("task"), "the server's task")
+        # A medfed server sends its settings filled in (settings.py); filling from the same task
+        # schema here is a no-op then, and gives what that server would have chosen otherwise.
+        config = choose_defaults(config, DataFacts.of_task(task)).config
+        return cls(config, task, raw["index"], [str(s) for s in raw["sites"]], welcome_key(config_toml, body))
 
 
 def welcome_key(config_toml: str, body: str) -> str:

@@ -258,3 +258,26 @@ def test_an_unknown_algorithm_names_the_valid_ones():
         build_strategy("fedavgg", context())
     assert "did you mean 'fedavg'" in str(info.value)
     assert all(name in str(info.value) for name in config.ALGORITHMS)
+
+
+def test_fedavgm_builds_momentum_on_the_rounds_average():
+    """Hsu et al. 2019: m <- beta m + Delta, x <- x + eta m; parameters only, buffers averaged."""
+    strategy = build_strategy("fedavgm", context(server_lr=0.5, server_momentum=0.8))
+    assert strategy.name == "fedavgm"
+    one_stage(strategy, [update("site-a", state(1.0, 2.0, 4), 1),
+                         update("site-b", state(3.0, 4.0, 6), 1)])
+    g1 = strategy.global_state  # conv: 0 -> mean 2, Delta 2, m 2, x 0 + 0.5 * 2 = 1
+    torch.testing.assert_close(g1["conv.weight"], torch.full((2, 2), 1.0))
+    torch.testing.assert_close(g1["bn.running_mean"], torch.full((2,), 3.0))
+    one_stage(strategy, [update("site-a", state(2.0, 2.0, 7), 1)])
+    # Delta 2 - 1 = 1, m = 0.8 * 2 + 1 = 2.6, x = 1 + 0.5 * 2.6 = 2.3
+    torch.testing.assert_close(strategy.global_state["conv.weight"], torch.full((2, 2), 2.3))
+
+
+def test_fedavgm_without_momentum_at_step_one_is_fedavg():
+    momentum, plain = build_strategy("fedavgm", context(server_momentum=0.0)), FedAvg(state(0.0, 1.0))
+    for strategy in (momentum, plain):
+        one_stage(strategy, [update("site-a", state(1.0, 2.0, 4), 1),
+                             update("site-b", state(3.0, 5.0, 6), 3)])
+    for key, value in plain.global_state.items():
+        torch.testing.assert_close(momentum.global_state[key], value)

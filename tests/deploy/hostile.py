@@ -15,6 +15,7 @@ import grpc
 import torch
 
 from medfed.config_file import config_from_dict
+from medfed.defaults import DataFacts, choose_defaults
 from medfed.deploy import certs
 from medfed.deploy.audit import AuditLog
 from medfed.deploy.server import Federation, ServerModel, _listen, _run_federation
@@ -97,8 +98,9 @@ class Server:
 
     def __init__(self, tmp: Path, deployment: DeploymentConfig, config: dict | None = None) -> None:
         self.certs = pki(tmp / "certs")
-        run_config = config_from_dict(config or CONFIG)
         task = TaskSchema.from_json(TASK)
+        # filled in from the task as `medfed server` fills a federation file (settings.py)
+        run_config = choose_defaults(config_from_dict(config or CONFIG), DataFacts.of_task(task)).config
         self.task = task
         store, audit = StateStore(tmp / "state"), AuditLog(tmp / "state" / "audit.jsonl")
         from medfed.transport.grpc_server import SiteRegistry

@@ -42,8 +42,8 @@ def shifted(blob: bytes, by: float) -> bytes:
 
 
 def test_a_round_below_min_sites_is_not_recorded_and_runs_again(tmp_path: Path):
-    config = config_from_dict(TINY)
-    setup = prepare(config)
+    setup = prepare(config_from_dict(TINY))
+    config = setup.config  # with the settings chosen from the data filled in, as a server has it
     sites = setup.federation.site_ids
     task = TaskSchema.of_source(setup.federation.source, 16)
     store, audit = StateStore(tmp_path), AuditLog(tmp_path / "audit.jsonl")

@@ -1,0 +1,202 @@
+"""Defaults chosen from the data: what a newcomer who gives only a data path should get.
+
+Settings the user leaves unset stay None in the config (a sentinel: "choose for me"); once the
+data is read (simulation) or the task schema is known (deployment), `choose_defaults` fills each
+one from what the data is: tabular rows, 2D grey or RGB images, 3D volumes, binary masks. A flag
+or config key always wins: only None fields are filled. Every choice is kept with a few words of
+why, so `medfed run` can print them and summary.json can record them (`defaults`).
+
+The filled config is concrete, so the config.toml a run writes reruns it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from medfed.config import CNN_WIDTH, RunConfig
+from medfed.data.dataset import DataSource
+from medfed.errors import ConfigError
+from medfed.task_schema import TaskSchema
+
+# Local training budget: each site takes at least this many optimizer steps per round (a site
+# with 150 images at batch 32 would otherwise take 5 steps a round from a fresh optimizer).
+LOCAL_STEPS = 20
+# Augmentation from this image side up: below it a bilinear warp blurs most of the few pixels
+# there are, and measured on 28-32 px images it slowed learning within the rounds given
+# (benchmarks/RESULTS.md, "Defaults (issue 15)").
+AUGMENT_FROM_SIDE = 64
+MASK_SAMPLE = 64  # images looked at to tell binary masks from intensity images
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the choices depend on: the kind of data, never its labels or test set."""
+
+    spatial_dims: int  # 0: tabular rows
+    channels: int
+    binary_masks: bool = False  # every value 0 or white: a shape, not an intensity image
+    # The sites are the data's own groups (hospitals, scanners), whose images may differ; False:
+    # they are shares of one pool (iid, dirichlet, quantity), acquired alike.
+    natural_sites: bool = True
+    side: int | None = None  # the smallest image side the model sees (after --image-size)
+
+    @property
+    def kind(self) -> str:
+        if self.spatial_dims == 0:
+            return "tabular rows"
+        if self.binary_masks:
+            return f"{self.spatial_dims}D binary masks"
+        colour = "RGB" if self.channels == 3 else "grey" if self.channels == 1 else \
+            f"{self.channels}-channel"
+        return f"{self.spatial_dims}D {colour} images" if self.spatial_dims == 2 else \
+            f"3D {colour} volumes"
+
+    @classmethod
+    def of_source(cls, source: DataSource, partition: str, image_size: int | None = None
+                  ) -> DataFacts:
+        side = image_size or (min(source.pool.x.shape[2:]) if source.spatial_dims else None)
+        return cls(source.spatial_dims, source.in_channels, _binary_masks(source),
+                   natural_sites=partition == "natural", side=side)
+
+    @classmethod
+    def of_task(cls, task: TaskSchema) -> DataFacts:
+        """A coordinator sees no data: masks cannot be told from images, so it assumes images;
+        its sites are hospitals, each with its own scanners."""
+        return cls(task.spatial_dims, task.channels, side=task.image_size)
+
+
+@dataclass(frozen=True)
+class Choice:
+    value: Any
+    why: str
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The filled config and what was chosen for it (config key -> Choice), in choosing order."""
+
+    config: RunConfig
+    chosen: dict[str, Choice] = field(default_factory=dict)
+
+    def record(self) -> dict[str, dict[str, Any]]:
+        """summary.json's `defaults`: each chosen key's value and reason."""
+        return {key: {"value": c.value, "why": c.why} for key, c in self.chosen.items()}
+
+    def lines(self) -> list[str]:
+        """One compact line per choice, for the console."""
+        return [f"{key} = {_show(c.value)}  ({c.why})" for key, c in self.chosen.items()]
+
+    def with_choice(self, key: str, value: Any, why: str, config: RunConfig) -> Defaults:
+        return Defaults(config, {**self.chosen, key: Choice(value, why)})
+
+
+def choose_defaults(config: RunConfig, facts: DataFacts) -> Defaults:
+    """Every None setting of config filled from the facts; settings already given are kept."""
+    out = Defaults(config)
+    for step in (_model, _norm, _augment, _local_budget):
+        out = step(out, facts)
+    return out
+
+
+def choose_sites(defaults: Defaults, sites: int, partition: str, natural: bool) -> Defaults:
+    """The partition and number of sites, once the federation is built from the data."""
+    data = defaults.config.data
+    out = defaults
+    if data.partition is None:
+        why = "the data's own sites" if natural else "the data has no natural sites"
+        out = out.with_choice("partition", partition, why,
+                              replace(out.config, data=replace(out.config.data, partition=partition)))
+    if data.sites is None:
+        why = ("one per natural group of the data" if partition == "natural"
+               else "one per proportion given" if data.sizes or data.proportions
+               else "the default for a split pool")
+        config = out.config
+        out = out.with_choice("sites", sites, why, replace(config, data=replace(config.data,
+                                                                                 sites=sites)))
+    return out
+
+
+def _model(d: Defaults, facts: DataFacts) -> Defaults:
+    m = d.config.model
+    if m.model is not None:
+        return d
+    if facts.spatial_dims == 0:
+        if m.width != CNN_WIDTH:
+            raise ConfigError("width applies to --model cnn only; this data is tabular rows "
+                              "(use --model mlp or logistic)")
+        name, why = "mlp", "tabular rows: a small MLP"
+    else:
+        name, why = "cnn", f"{facts.kind}: the small {facts.spatial_dims}D CNN"
+    return d.with_choice("model", name, why, _set(d.config, "model", model=name))
+
+
+def _norm(d: Defaults, facts: DataFacts) -> Defaults:
+    m, dp = d.config.model, d.config.privacy.dp_sgd
+    if m.norm is not None:
+        return d
+    if facts.spatial_dims == 0:
+        norm, why = "group", "tabular rows: mlp takes batch or group; group is site-independent"
+    elif dp:
+        norm, why = "group", "DP-SGD: per-sample gradients need a norm without batch statistics"
+    elif facts.binary_masks:
+        norm, why = "batch", "binary masks: batch statistics keep each volume's own scale"
+    elif facts.natural_sites:
+        norm, why = "instance", "per image: the sites' scanners differ, batch averages do not transfer"
+    else:
+        norm, why = "batch", "sites share one pool's acquisition: batch statistics transfer"
+    return d.with_choice("norm", norm, why, _set(d.config, "model", norm=norm))
+
+
+def _augment(d: Defaults, facts: DataFacts) -> Defaults:
+    if d.config.data.augment is not None:
+        return d
+    if facts.spatial_dims == 0:
+        on, why = False, "tabular rows: nothing to flip or rotate"
+    elif facts.binary_masks:
+        on, why = False, "binary masks: the crop rescales the shape and the warp blurs the mask"
+    elif facts.side is not None and facts.side < AUGMENT_FROM_SIDE:
+        on, why = False, f"{facts.side}-px images: a warp blurs the few pixels there are"
+    else:
+        on, why = True, f"{facts.kind}: flip, rotation +-10 degrees, 90-100% crop"
+    return d.with_choice("augment", on, why, _set(d.config, "data", augment=on))
+
+
+def _local_budget(d: Defaults, facts: DataFacts) -> Defaults:
+    """One local epoch, and at least LOCAL_STEPS optimizer steps, unless epochs were given."""
+    t, out = d.config.training, d
+    if t.local_epochs is None:
+        out = out.with_choice("local_epochs", 1, "one pass over the site's data per round",
+                              _set(out.config, "training", local_epochs=1))
+    if t.local_steps is None:
+        if d.config.privacy.dp_sgd:
+            steps, why = 0, "DP-SGD: its epsilon accounting counts epochs"
+        elif t.local_epochs is not None:
+            steps, why = 0, "--local-epochs given: epochs only"
+        elif facts.spatial_dims == 3:
+            steps, why = 0, "3D volumes: a step costs ~30 2D steps; one epoch keeps run times"
+        else:
+            steps, why = LOCAL_STEPS, "at least this many steps a round: small sites not starved"
+        out = out.with_choice("local_steps", steps, why, _set(out.config, "training",
+                                                             local_steps=steps))
+    return out
+
+
+def _set(config: RunConfig, section: str, **values: Any) -> RunConfig:
+    return replace(config, **{section: replace(getattr(config, section), **values)})
+
+
+def _binary_masks(source: DataSource) -> bool:
+    """Images holding only 0 and white (segmentation masks, shapes): a sample of them is enough."""
+    if source.spatial_dims == 0 or len(source.pool) == 0:
+        return False
+    x = np.asarray(source.pool.x[:MASK_SAMPLE])
+    return bool(np.isin(x, (0, source.max_value)).all())
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)

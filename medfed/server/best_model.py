@@ -1,0 +1,50 @@
+"""Keeping the best-validation model: early stopping's model selection (Prechelt 1998), on the
+federated validation score, so a model that starts to overfit its sites' small training splits is
+not the one kept.
+
+The score of a round is the mean of the AUCs the sites report on their own validation splits (a
+site whose split holds one class has none and is left out); the sites' test data plays no part.
+"""
+
+from __future__ import annotations
+
+import math
+
+from medfed.algorithms.checkpoint import Checkpoint
+from medfed.algorithms.strategy import Strategy
+from medfed.server.round_loop import RoundObserver, RoundResult, SilentObserver
+from medfed.types import Metrics, SiteId
+
+
+def validation_score(val: dict[SiteId, Metrics]) -> float | None:
+    """The mean validation AUC over the sites that have one; None when no site has one."""
+    aucs = [m["auc"] for m in val.values() if m.get("auc") is not None and math.isfinite(m["auc"])]
+    return sum(aucs) / len(aucs) if aucs else None
+
+
+class BestValidation:
+    """A round observer that snapshots the strategy whenever the validation score improves;
+    `restore_best()` puts the best snapshot back (the last round's model if none scored)."""
+
+    def __init__(self, strategy: Strategy, inner: RoundObserver | None = None) -> None:
+        self.strategy, self.inner = strategy, inner or SilentObserver()
+        self.best_score: float | None = None
+        self.best_round: int | None = None
+        self._snapshot: Checkpoint | None = None
+
+    def round_started(self, round_index: int, sites: list[SiteId]) -> None:
+        self.inner.round_started(round_index, sites)
+
+    def site_finished(self, round_index: int, site: SiteId, loss: float | None) -> None:
+        self.inner.site_finished(round_index, site, loss)
+
+    def round_finished(self, result: RoundResult) -> None:
+        score = validation_score(result.val)
+        if score is not None and (self.best_score is None or score > self.best_score):
+            self.best_score, self.best_round = score, result.round
+            self._snapshot = self.strategy.checkpoint()
+        self.inner.round_finished(result)
+
+    def restore_best(self) -> None:
+        if self._snapshot is not None:
+            self.strategy.restore(self._snapshot)

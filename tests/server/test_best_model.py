@@ -1,0 +1,43 @@
+"""Keeping the best-validation model: the round with the best mean validation AUC is the one kept.
+
+Hand mutation that must fail a test: keep the last snapshot instead of the best one."""
+
+from __future__ import annotations
+
+import torch
+
+from medfed.algorithms.fedavg import FedAvg
+from medfed.server.best_model import BestValidation, validation_score
+from medfed.server.round_loop import RoundResult
+from medfed.types import Update
+
+
+def test_the_score_is_the_mean_auc_of_the_sites_that_have_one():
+    assert validation_score({"a": {"auc": 0.8}, "b": {"auc": 0.6}, "c": {"auc": None}}) == 0.7
+    assert validation_score({"a": {"auc": float("nan")}}) is None
+
+
+def step(strategy: FedAvg, value: float) -> None:
+    strategy.open_stage()
+    strategy.receive(Update("a", {"w": torch.tensor([value])}, 1, 1))
+    strategy.close_stage()
+
+
+def test_the_model_of_the_best_round_is_restored():
+    strategy = FedAvg({"w": torch.tensor([0.0])})
+    best = BestValidation(strategy)
+    for r, (value, auc) in enumerate([(1.0, 0.7), (2.0, 0.9), (3.0, 0.8), (4.0, None)]):
+        step(strategy, value)
+        best.round_finished(RoundResult(round=r, val={"a": {"auc": auc}}))
+    assert strategy.global_state["w"].item() == 4.0
+    best.restore_best()
+    assert strategy.global_state["w"].item() == 2.0 and best.best_round == 1
+
+
+def test_with_no_score_the_last_model_stays():
+    strategy = FedAvg({"w": torch.tensor([0.0])})
+    best = BestValidation(strategy)
+    step(strategy, 5.0)
+    best.round_finished(RoundResult(round=0))
+    best.restore_best()
+    assert strategy.global_state["w"].item() == 5.0

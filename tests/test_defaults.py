@@ -1,0 +1,159 @@
+"""Defaults chosen from the data (medfed/defaults.py): the kind of data decides the model, the norm,
+the augmentation and the local budget; a natural source its own sites; a flag always wins; what was
+chosen is printed and recorded in summary.json, and the config.toml written reruns the run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medfed.cli import main
+from medfed.config import DataConfig, FederationConfig, ModelConfig, RunConfig, TrainingConfig
+from medfed.config_file import load_config, with_overrides
+from medfed.config_privacy import PrivacyConfig
+from medfed.data.dataset import DataSource, Samples
+from medfed.defaults import LOCAL_STEPS, DataFacts, choose_defaults
+from medfed.errors import ConfigError
+from medfed.experiment import prepare
+from medfed.types import Task
+from tests.data.test_heart import write_hospitals
+
+TABULAR = DataFacts(0, 22)
+GREY = DataFacts(2, 1, side=224)
+RGB = DataFacts(2, 3, side=224)
+MASKS = DataFacts(3, 1, binary_masks=True)
+
+
+def chosen(config: RunConfig, facts: DataFacts) -> dict:
+    return {key: c.value for key, c in choose_defaults(config, facts).chosen.items()}
+
+
+def test_tabular_rows_get_a_tabular_model_with_a_norm_it_accepts_and_no_augmentation():
+    assert chosen(RunConfig(), TABULAR) | {} == {
+        "model": "mlp", "norm": "group", "augment": False, "local_epochs": 1,
+        "local_steps": LOCAL_STEPS}
+
+
+@pytest.mark.parametrize("facts", [GREY, RGB, DataFacts(3, 1)])
+def test_intensity_images_at_natural_sites_get_the_cnn_and_a_per_image_norm(facts):
+    got = chosen(RunConfig(), facts)
+    assert (got["model"], got["norm"]) == ("cnn", "instance")
+
+
+@pytest.mark.parametrize(("facts", "on"), [(GREY, True), (RGB, True), (DataFacts(2, 1, side=28), False),
+                                           (DataFacts(2, 1), True)])
+def test_augmentation_is_on_for_images_large_enough_to_warp(facts, on):
+    assert chosen(RunConfig(), facts)["augment"] is on
+
+
+def test_shares_of_one_pool_get_batch_statistics():
+    assert chosen(RunConfig(), DataFacts(2, 1, natural_sites=False))["norm"] == "batch"
+
+
+def test_binary_masks_get_no_intensity_destroying_augmentation_and_keep_their_scale():
+    got = chosen(RunConfig(), MASKS)
+    assert got["augment"] is False and got["norm"] == "batch"
+
+
+def test_small_2d_sites_get_a_step_budget_and_costly_3d_volumes_one_epoch():
+    assert chosen(RunConfig(), GREY)["local_steps"] == LOCAL_STEPS
+    assert chosen(RunConfig(), MASKS)["local_steps"] == 0
+
+
+def test_dp_sgd_gets_a_norm_without_batch_statistics_and_an_epoch_budget():
+    config = RunConfig(privacy=PrivacyConfig(dp_sgd=True, noise_multiplier=1.0))
+    got = chosen(config, MASKS)
+    assert got["norm"] == "group" and got["local_steps"] == 0
+
+
+def test_a_setting_given_is_never_chosen_over():
+    config = RunConfig(model=ModelConfig(model="resnet18", norm="group"),
+                       data=DataConfig(augment=True),
+                       training=TrainingConfig(local_epochs=2))
+    filled = choose_defaults(config, MASKS)
+    assert "model" not in filled.chosen and "norm" not in filled.chosen
+    assert "augment" not in filled.chosen and "local_epochs" not in filled.chosen
+    assert filled.config.model == ModelConfig(model="resnet18", norm="group")
+    assert filled.config.data.augment is True
+    # Epochs given: the step budget does not silently add work on top of them.
+    assert filled.config.training.local_epochs == 2 and filled.config.training.local_steps == 0
+    given_steps = with_overrides(RunConfig(), {"local_steps": 7})
+    assert choose_defaults(given_steps, GREY).config.training.local_steps == 7
+
+
+def test_a_filled_config_has_nothing_left_to_choose():
+    filled = choose_defaults(RunConfig(), TABULAR).config
+    assert choose_defaults(filled, TABULAR).chosen == {}
+
+
+def test_a_cnn_width_on_tabular_rows_is_one_clear_error():
+    with pytest.raises(ConfigError, match="width applies to --model cnn only"):
+        choose_defaults(RunConfig(model=ModelConfig(width=32)), TABULAR)
+
+
+def test_local_steps_with_dp_sgd_is_refused():
+    with pytest.raises(ConfigError, match="local-steps"):
+        RunConfig(privacy=PrivacyConfig(dp_sgd=True, noise_multiplier=1.0),
+                  training=TrainingConfig(local_steps=10))
+
+
+def source_of(x: np.ndarray, max_value: float = 255.0) -> DataSource:
+    y = np.arange(len(x)) % 2
+    return DataSource("t", Task.BINARY, ("a", "b"), Samples(x, y), Samples(x, y), max_value)
+
+
+def test_masks_are_told_from_intensity_images_by_their_values():
+    rng = np.random.default_rng(0)
+    masks = (rng.random((8, 1, 6, 6, 6)) > 0.5).astype(np.uint8) * 255
+    grey = rng.integers(0, 256, (8, 1, 6, 6, 6), dtype=np.uint8)
+    assert DataFacts.of_source(source_of(masks), "iid").binary_masks
+    assert not DataFacts.of_source(source_of(grey), "iid").binary_masks
+    assert DataFacts.of_source(source_of(grey), "natural").kind == "3D grey volumes"
+    assert not DataFacts.of_source(source_of(rng.normal(size=(8, 5)), 1.0), "iid").binary_masks
+
+
+def test_a_natural_source_gets_its_own_sites_and_a_tabular_model(tmp_path):
+    root = write_hospitals(tmp_path / "d")
+    for partition in (None, "natural"):  # the data path alone, or naming the partition
+        config = RunConfig(device="cpu", data=DataConfig(dataset="heart-disease",
+                                                          data_dir=str(root), partition=partition))
+        setup = prepare(config)
+        assert setup.config.data.sites == 4 and setup.config.model.model == "mlp"
+        assert setup.defaults.chosen["sites"].value == 4
+        assert ("partition" in setup.defaults.chosen) is (partition is None)
+
+
+def test_medfed_run_prints_and_records_the_defaults_and_config_toml_reruns_them(tmp_path, capsys):
+    root = write_hospitals(tmp_path / "d", rows_per_site=25)
+    out = tmp_path / "out"
+    code = main(["run", "--dataset", "heart-disease", "--data-dir", str(root), "--rounds", "1",
+                 "--device", "cpu", "--no-baselines", "--out", str(out)])
+    assert code == 0
+    assert "chosen from the data" in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    defaults = summary["defaults"]
+    assert defaults["model"]["value"] == "mlp" and defaults["sites"]["value"] == 4
+    assert defaults["augment"]["value"] is False and defaults["model"]["why"]
+    rerun = load_config(out / "config.toml")
+    assert rerun.model.model == "mlp" and rerun.training.local_steps == LOCAL_STEPS
+    assert prepare(rerun).defaults.chosen == {}  # everything is given now: the same run again
+
+
+def test_a_flag_overrides_the_default_and_is_not_recorded_as_chosen(tmp_path):
+    root = write_hospitals(tmp_path / "d", rows_per_site=25)
+    out = tmp_path / "out"
+    assert main(["run", "--dataset", "heart-disease", "--data-dir", str(root), "--rounds", "1",
+                 "--model", "logistic", "--device", "cpu", "--no-baselines", "--out",
+                 str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "logistic" and "model" not in summary["defaults"]
+
+
+def test_the_defaults_fill_a_deployments_config_from_its_task_schema():
+    from medfed.task_schema import TaskSchema
+
+    task = TaskSchema(Task.BINARY, ("a", "b"), 0, 22)
+    config = choose_defaults(RunConfig(federation=FederationConfig()), DataFacts.of_task(task)).config
+    assert config.model.model == "mlp" and config.model.norm == "group"
