@@ -18,7 +18,9 @@ from tests.privacy.test_privacy_cli import run, small_data
 
 needs_tenseal = pytest.mark.skipif(not ckks.available(), reason="homomorphic encryption needs "
                                                                  "TenSEAL: pip install 'medfed[he]'")
-SGD = ["--optimizer", "sgd", "--lr", "0.05", "--rounds", "2"]  # Adam would magnify 1e-9 differences
+# Few steps, SGD: CKKS's ~1e-9 rounding grows with every later step, and Adam (or the default
+# budget of 20 steps a round on these tiny sites) magnifies it past a tight tolerance.
+SGD = ["--optimizer", "sgd", "--lr", "0.05", "--rounds", "2", "--local-epochs", "1"]
 
 
 def model(tmp_path, name):
