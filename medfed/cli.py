@@ -71,6 +71,16 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--max-grad-norm": ("max_grad_norm", float, "DP-SGD per-sample clipping norm C"),
     "--target-epsilon": ("target_epsilon", float, "DP-SGD budget per site (derives sigma if not given)"),
     "--delta": ("delta", float, "the delta of (epsilon, delta)-DP (default 1e-5)"),
+    "--logical-batch": ("logical_batch", int, "DP-SGD: expected images per noisy step (default 256)"),
+    "--physical-batch": ("physical_batch", int, "DP-SGD: images per forward pass, copies included "
+                                                "(memory only; default 256)"),
+    "--augment-multiplicity": ("augment_multiplicity", int, "DP-SGD: augmented copies per image, "
+                                                            "averaged before its clip (default 4)"),
+    "--ema-decay": ("ema_decay", float, "DP-SGD: average of the weights along the noisy steps "
+                                        "(default 0.9; 0: off)"),
+    "--dp-optimizer": ("dp_optimizer", str, "DP-SGD: adam or sgd (default sgd, momentum 0.9)"),
+    "--dp-lr": ("dp_lr", float, "DP-SGD: learning rate (default 0.5)"),
+    "--dp-momentum": ("dp_momentum", float, "DP-SGD: SGD momentum (default 0.9)"),
     "--clip": ("clip", float, "client-level DP: clip each site's update to this norm S"),
     "--noise": ("noise", float, "client-level DP: noise multiplier (std sigma * S on the sum)"),
     "--threshold": ("threshold", int, "secure aggregation: survivors t needed to unmask"),

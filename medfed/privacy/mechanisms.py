@@ -25,6 +25,7 @@ from medfed.algorithms.strategy import Strategy
 from medfed.client.trainer import LocalSite, SiteTrainer
 from medfed.config import RunConfig
 from medfed.privacy.client_dp import ClientDP
+from medfed.privacy.dp_plan import dp_plan
 from medfed.privacy.dp_sgd import DPSGDSettings, DPSite, steps_per_epoch
 from medfed.privacy.fixed_point import RING_BITS
 from medfed.privacy.noise import OS_ENTROPY, SEEDED, randomness
@@ -77,6 +78,7 @@ class Mechanisms:
         refuses secure aggregation."""
         p, t = self.config.privacy, self.config.training
         settings = DPSGDSettings(p.noise_multiplier, p.max_grad_norm, p.target_epsilon, p.delta)
+        plan = dp_plan(p, self.config.data.augment)
         if p.secure_aggregation and identities is None:
             identities = ephemeral_identities(trainers)
         out: dict[SiteId, LocalSite] = {}
@@ -84,7 +86,7 @@ class Mechanisms:
             if p.dp_sgd and isinstance(trainer, SiteTrainer):
                 seed = None if self.deployed else int(
                     np.random.SeedSequence([self.config.seed, 4, k]).generate_state(1)[0])
-                trainer = DPSite(trainer, settings, t.batch_size,
+                trainer = DPSite(trainer, settings, plan,
                                  self.config.federation.rounds * t.local_epochs, seed,
                                  (spent or {}).get(site))
                 self.dp_sites[site] = trainer
@@ -143,5 +145,6 @@ class Mechanisms:
                           for s, d in self.dp_sites.items()},
                 "steps_per_epoch": {s: steps_per_epoch(d.budget.rate) for s, d in self.dp_sites.items()},
                 "accountant": "RDP (Opacus)", "sampling": "Poisson",
+                "recipe": dp_plan(p, self.config.data.augment).report(),
                 "stopped": stopped}
 
