@@ -1,18 +1,22 @@
 """Sample-level differential privacy at a site: DP-SGD (Abadi et al., CCS 2016, Algorithm 1) with
-Opacus, and the site's privacy budget.
+Opacus, trained with the DP-friendly recipe of privacy/dp_plan.py, and the site's privacy budget.
 
-Each step samples every training image independently with probability q = B / n (Poisson sampling,
-Opacus' UniformWithReplacementSampler), clips each image's gradient to norm C, adds N(0, sigma^2 C^2)
-to their sum (Opacus' DPOptimizer) and divides by the expected batch size B. The site's own RDP
-accountant (Mironov et al. 2019; Opacus' RDPAccountant) composes every step of every round it
-trains; epsilon at delta is reported with each update. With a target epsilon the site refuses a
-round whose steps would take it past the target (PrivacyBudgetExhausted: the round loop records the
-site as failed and the run goes on with the others); if sigma is not given, it is derived from the
-target for the full plan of rounds x local epochs x 1/q steps (Opacus' get_noise_multiplier).
+Each noisy step samples every training image independently with probability q = L / n, L the
+logical batch (Poisson sampling, as Opacus' UniformWithReplacementSampler); Opacus'
+BatchMemoryManager cuts the sampled batch into physical batches that fit in memory. Each image
+comes with K augmented copies whose gradients are averaged, then clipped once to norm C; the sum
+over the logical batch gets N(0, sigma^2 C^2) and is divided by the expected batch q n
+(privacy/dp_optimizer.py). The site's own RDP accountant (Mironov et al. 2019; Opacus'
+RDPAccountant) counts every logical batch drawn, at rate q, over every round it trains; epsilon at
+delta is reported with each update. With a target epsilon the site refuses a round whose steps
+would take it past the target (PrivacyBudgetExhausted: the round loop records the site as failed
+and the run goes on with the others); if sigma is not given, it is derived from the target for the
+full plan of rounds x local epochs x 1/q steps (Opacus' get_noise_multiplier).
 
-The weights that leave the site are post-processing of the noisy steps, so the epsilon covers
-them; what else a site may send (training loss, label counts, validation metrics) is the site's
-[policy] (deploy/site_policy.py), off by default under DP. Noise and Poisson sampling come from a
+The weights that leave the site, the last noisy iterate or their moving average
+(privacy/weight_average.py), are post-processing of the noisy steps, so the epsilon covers them;
+what else a site may send (training loss, label counts, validation metrics) is the site's [policy]
+(deploy/site_policy.py), off by default under DP. Noise and Poisson sampling come from a
 privacy/noise.py source: seeded in simulation (reproducible, not secret), OS entropy in a
 deployment. The accountant's history can start from a site's ledger (privacy/ledger.py), so a
 restarted site continues from what it has spent.

@@ -68,7 +68,8 @@ def test_each_site_reports_the_epsilon_of_the_steps_it_took():
 
 def test_target_mode_trains_every_round_within_the_target():
     # larger sites (a lower sampling rate) keep Opacus' search for sigma fast
-    setup = prepare(tiny(PrivacyConfig(dp_sgd=True, target_epsilon=3.0, logical_batch=16), sizes=(150, 160, 170)))
+    setup = prepare(tiny(PrivacyConfig(dp_sgd=True, target_epsilon=3.0, logical_batch=16),
+                         sizes=(150, 160, 170)))
     outcome = train(setup, "fedavg", setup.federation.sites, "fedavg")
     assert all(len(r.sites) == 3 for r in outcome.history)
     assert all(2.9 <= e <= 3.0 for e in outcome.privacy["epsilon"].values())
@@ -83,8 +84,8 @@ def test_a_site_whose_budget_is_spent_stops_and_the_run_goes_on():
     large = min(second, key=second.get)  # the site that can afford a second round
     target = (second[large] + min(e for s, e in second.items() if s != large)) / 2
     assert max(first.values()) < target  # every site trains once, only `large` twice
-    setup = prepare(tiny(PrivacyConfig(dp_sgd=True, noise_multiplier=1.0, target_epsilon=target, logical_batch=16),
-                         sizes=sizes))
+    setup = prepare(tiny(PrivacyConfig(dp_sgd=True, noise_multiplier=1.0, target_epsilon=target,
+                                       logical_batch=16), sizes=sizes))
     outcome = train(setup, "fedavg", setup.federation.sites, "fedavg")
     stopped = set(outcome.history[1].failed)
     assert outcome.history[0].failed == {} and large not in stopped and stopped
