@@ -19,6 +19,7 @@ from medfed.config_file import load_config, with_overrides
 from medfed.deploy import commands as deploy_commands
 from medfed.errors import ConfigError, MedfedError
 from medfed.output_dir import check_out_dir
+from medfed.privacy import dp_plan
 
 # flag -> (config key, type, help). Names mirror the config keys (DESIGN.md's CLI contract).
 RUN_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -71,16 +72,17 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--max-grad-norm": ("max_grad_norm", float, "DP-SGD per-sample clipping norm C"),
     "--target-epsilon": ("target_epsilon", float, "DP-SGD budget per site (derives sigma if not given)"),
     "--delta": ("delta", float, "the delta of (epsilon, delta)-DP (default 1e-5)"),
-    "--logical-batch": ("logical_batch", int, "DP-SGD: expected images per noisy step (default 256)"),
+    "--logical-batch": ("logical_batch", int, "DP-SGD: expected images per noisy step "
+                                              f"(default {dp_plan.LOGICAL_BATCH})"),
     "--physical-batch": ("physical_batch", int, "DP-SGD: images per forward pass, copies included "
-                                                "(memory only; default 256)"),
+                                                f"(memory only; default {dp_plan.PHYSICAL_BATCH})"),
     "--augment-multiplicity": ("augment_multiplicity", int, "DP-SGD: augmented copies per image, "
-                                                            "averaged before its clip (default 4)"),
+                               f"averaged before its clip (default {dp_plan.MULTIPLICITY})"),
     "--ema-decay": ("ema_decay", float, "DP-SGD: average of the weights along the noisy steps "
-                                        "(default 0.9; 0: off)"),
-    "--dp-optimizer": ("dp_optimizer", str, "DP-SGD: adam or sgd (default sgd, momentum 0.9)"),
-    "--dp-lr": ("dp_lr", float, "DP-SGD: learning rate (default 0.5)"),
-    "--dp-momentum": ("dp_momentum", float, "DP-SGD: SGD momentum (default 0.9)"),
+                                        f"(default {dp_plan.EMA_DECAY:g}; 0: off)"),
+    "--dp-optimizer": ("dp_optimizer", str, f"DP-SGD: adam or sgd (default {dp_plan.OPTIMIZER})"),
+    "--dp-lr": ("dp_lr", float, f"DP-SGD: learning rate (default {dp_plan.LR:g})"),
+    "--dp-momentum": ("dp_momentum", float, f"DP-SGD: SGD momentum (default {dp_plan.MOMENTUM:g})"),
     "--clip": ("clip", float, "client-level DP: clip each site's update to this norm S"),
     "--noise": ("noise", float, "client-level DP: noise multiplier (std sigma * S on the sum)"),
     "--threshold": ("threshold", int, "secure aggregation: survivors t needed to unmask"),

@@ -42,11 +42,12 @@ def test_dp_sgd_run_prints_and_records_epsilon_per_site(tmp_path, capsys):
 
 def test_dp_sgd_trains_with_the_dp_friendly_recipe_and_flags_override_it(tmp_path, capsys):
     code, err, summary = run(tmp_path, capsys, *small_data(tmp_path), "--dp-sgd",
-                             "--target-epsilon", "8", "--logical-batch", "24", "--ema-decay", "0")
+                             "--target-epsilon", "8", "--logical-batch", "24",
+                             "--augment-multiplicity", "2")
     assert code == 0, err
     dp = summary["privacy"]["dp_sgd"]
-    assert dp["recipe"] == {"logical_batch": 24, "physical_batch": 256, "augment_multiplicity": 4,
-                            "ema_decay": 0.0, "optimizer": "sgd", "lr": 0.5, "momentum": 0.9}
+    assert dp["recipe"] == {"logical_batch": 24, "physical_batch": 256, "augment_multiplicity": 2,
+                            "ema_decay": 0.0, "optimizer": "adam", "lr": 0.002, "momentum": 0.9}
     sizes = {s: v["n_train"] for s, v in summary["sites"].items()}
     assert dp["sample_rate"] == {s: 24 / n for s, n in sizes.items()}  # q of the logical batch
 
