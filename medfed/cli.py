@@ -72,14 +72,16 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--max-grad-norm": ("max_grad_norm", float, "DP-SGD per-sample clipping norm C"),
     "--target-epsilon": ("target_epsilon", float, "DP-SGD budget per site (derives sigma if not given)"),
     "--delta": ("delta", float, "the delta of (epsilon, delta)-DP (default 1e-5)"),
-    "--logical-batch": ("logical_batch", int, "DP-SGD: expected images per noisy step "
-                                              f"(default {dp_plan.LOGICAL_BATCH})"),
-    "--physical-batch": ("physical_batch", int, "DP-SGD: images per forward pass, copies included "
-                                                f"(memory only; default {dp_plan.PHYSICAL_BATCH})"),
-    "--augment-multiplicity": ("augment_multiplicity", int, "DP-SGD: augmented copies per image, "
-                               f"averaged before its clip (default {dp_plan.MULTIPLICITY})"),
-    "--ema-decay": ("ema_decay", float, "DP-SGD: average of the weights along the noisy steps "
-                                        f"(default {dp_plan.EMA_DECAY:g}; 0: off)"),
+    "--logical-batch": ("logical_batch", int, (f"DP-SGD: expected images per noisy step "
+                                               f"(default {dp_plan.LOGICAL_BATCH})")),
+    "--physical-batch": ("physical_batch", int, (f"DP-SGD: images per forward pass, copies "
+                                                 f"included (memory only; default "
+                                                 f"{dp_plan.PHYSICAL_BATCH})")),
+    "--augment-multiplicity": ("augment_multiplicity", int, (
+        f"DP-SGD: augmented copies per image, averaged before its clip (default "
+        f"{dp_plan.MULTIPLICITY})")),
+    "--ema-decay": ("ema_decay", float, (f"DP-SGD: average of the weights along the noisy steps "
+                                         f"(default {dp_plan.EMA_DECAY:g}; 0: off)")),
     "--dp-optimizer": ("dp_optimizer", str, f"DP-SGD: adam or sgd (default {dp_plan.OPTIMIZER})"),
     "--dp-lr": ("dp_lr", float, f"DP-SGD: learning rate (default {dp_plan.LR:g})"),
     "--dp-momentum": ("dp_momentum", float, f"DP-SGD: SGD momentum (default {dp_plan.MOMENTUM:g})"),
