@@ -19,6 +19,7 @@ from medfed.config_file import load_config, with_overrides
 from medfed.deploy import commands as deploy_commands
 from medfed.errors import ConfigError, MedfedError
 from medfed.output_dir import check_out_dir
+from medfed.privacy import dp_plan
 
 # flag -> (config key, type, help). Names mirror the config keys (DESIGN.md's CLI contract).
 RUN_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -81,6 +82,19 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--max-grad-norm": ("max_grad_norm", float, "DP-SGD per-sample clipping norm C"),
     "--target-epsilon": ("target_epsilon", float, "DP-SGD budget per site (derives sigma if not given)"),
     "--delta": ("delta", float, "the delta of (epsilon, delta)-DP (default 1e-5)"),
+    "--logical-batch": ("logical_batch", int, (f"DP-SGD: expected images per noisy step "
+                                               f"(default {dp_plan.LOGICAL_BATCH})")),
+    "--physical-batch": ("physical_batch", int, (f"DP-SGD: images per forward pass, copies "
+                                                 f"included (memory only; default "
+                                                 f"{dp_plan.PHYSICAL_BATCH})")),
+    "--augment-multiplicity": ("augment_multiplicity", int, (
+        f"DP-SGD: augmented copies per image, averaged before its clip (default "
+        f"{dp_plan.MULTIPLICITY})")),
+    "--ema-decay": ("ema_decay", float, (f"DP-SGD: average of the weights along the noisy steps "
+                                         f"(default {dp_plan.EMA_DECAY:g}; 0: off)")),
+    "--dp-optimizer": ("dp_optimizer", str, f"DP-SGD: adam or sgd (default {dp_plan.OPTIMIZER})"),
+    "--dp-lr": ("dp_lr", float, f"DP-SGD: learning rate (default {dp_plan.LR:g})"),
+    "--dp-momentum": ("dp_momentum", float, f"DP-SGD: SGD momentum (default {dp_plan.MOMENTUM:g})"),
     "--clip": ("clip", float, "client-level DP: clip each site's update to this norm S"),
     "--noise": ("noise", float, "client-level DP: noise multiplier (std sigma * S on the sum)"),
     "--threshold": ("threshold", int, "secure aggregation: survivors t needed to unmask"),

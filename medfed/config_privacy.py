@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from medfed.algorithms.compression_spec import NONE as NO_COMPRESSION
 from medfed.algorithms.compression_spec import TOPK, parse_compression
 from medfed.config_checks import at_least as _at_least
+from medfed.config_checks import choice as _choice
 from medfed.config_checks import positive as _positive
 from medfed.errors import ConfigError
 
@@ -27,6 +28,14 @@ class PrivacyConfig:
     max_grad_norm: float = 1.0  # DP-SGD's per-sample clipping norm C
     target_epsilon: float | None = None  # a site's budget; it stops training once spent
     delta: float = 1e-5
+    # DP-SGD's recipe (privacy/dp_plan.py); None: its DP-friendly default.
+    logical_batch: int | None = None  # expected images per noisy step; q = logical_batch / n
+    physical_batch: int | None = None  # images (copies included) per forward pass: memory only
+    augment_multiplicity: int | None = None  # K augmented copies per image, averaged, clipped once
+    ema_decay: float | None = None  # average of the weights along the noisy steps; 0: off
+    dp_optimizer: str | None = None  # adam or sgd
+    dp_lr: float | None = None
+    dp_momentum: float | None = None  # sgd only
     client_dp: bool = False  # DP-FedAvg: each site's update clipped to `clip`, noise on the sum
     clip: float = 1.0  # S
     noise: float = 1.0  # client-level sigma: the sum gets N(0, (sigma S)^2)
@@ -61,6 +70,20 @@ class PrivacyConfig:
         if any(not p.strip() for p in self.encrypt_layers):
             raise ConfigError("encrypt_layers: an empty pattern; give glob patterns of layer "
                               "names, e.g. \"fc.*,features.0.*\"")
+        self._check_recipe()
+
+    def _check_recipe(self) -> None:
+        for name in ("logical_batch", "physical_batch", "augment_multiplicity"):
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 1)
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
+        if self.dp_optimizer is not None:
+            _choice("dp_optimizer", self.dp_optimizer, ("adam", "sgd"))
+        if self.dp_lr is not None:
+            _positive("dp_lr", self.dp_lr)
+        if self.dp_momentum is not None and self.dp_momentum < 0:
+            raise ConfigError(f"dp_momentum must be >= 0, got {self.dp_momentum}")
 
 
 # What each privacy mechanism can wrap: the averaging algorithms with the plain mean.
@@ -142,3 +165,4 @@ def check_homomorphic(config: RunConfig) -> None:
     if config.data.known_sites is not None and config.data.known_sites < 2:
         raise ConfigError("homomorphic encryption needs at least 2 sites (the sum of one update "
                           "is that update)")
+

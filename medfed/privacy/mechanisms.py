@@ -33,6 +33,7 @@ from medfed.config import RunConfig
 from medfed.errors import ConfigError
 from medfed.privacy import ckks
 from medfed.privacy.client_dp import ClientDP
+from medfed.privacy.dp_plan import dp_plan
 from medfed.privacy.dp_sgd import DPSGDSettings, DPSite, steps_per_epoch
 from medfed.privacy.fixed_point import RING_BITS
 from medfed.privacy.homomorphic import (
@@ -95,6 +96,7 @@ class Mechanisms:
         uses the one build() made)."""
         p, t = self.config.privacy, self.config.training
         settings = DPSGDSettings(p.noise_multiplier, p.max_grad_norm, p.target_epsilon, p.delta)
+        plan = dp_plan(p, self.config.data.augment)
         if p.secure_aggregation and identities is None:
             identities = ephemeral_identities(trainers)
         out: dict[SiteId, LocalSite] = {}
@@ -102,7 +104,7 @@ class Mechanisms:
             if p.dp_sgd and isinstance(trainer, SiteTrainer):
                 seed = None if self.deployed else int(
                     np.random.SeedSequence([self.config.seed, 4, k]).generate_state(1)[0])
-                trainer = DPSite(trainer, settings, t.batch_size,
+                trainer = DPSite(trainer, settings, plan,
                                  self.config.federation.rounds * t.local_epochs, seed,
                                  (spent or {}).get(site))
                 self.dp_sites[site] = trainer
@@ -193,5 +195,6 @@ class Mechanisms:
                           for s, d in self.dp_sites.items()},
                 "steps_per_epoch": {s: steps_per_epoch(d.budget.rate) for s, d in self.dp_sites.items()},
                 "accountant": "RDP (Opacus)", "sampling": "Poisson",
+                "recipe": dp_plan(p, self.config.data.augment).report(),
                 "stopped": stopped}
 

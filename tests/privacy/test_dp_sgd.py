@@ -53,7 +53,7 @@ def tiny(privacy: PrivacyConfig, sizes=(), rounds=2, norm="instance") -> RunConf
 
 
 def test_each_site_reports_the_epsilon_of_the_steps_it_took():
-    config = tiny(PrivacyConfig(dp_sgd=True, noise_multiplier=1.0))
+    config = tiny(PrivacyConfig(dp_sgd=True, noise_multiplier=1.0, logical_batch=16))
     setup = prepare(config)
     outcome = train(setup, "fedavg", setup.federation.sites, "fedavg")
     for site, data in setup.federation.sites.items():
@@ -68,7 +68,8 @@ def test_each_site_reports_the_epsilon_of_the_steps_it_took():
 
 def test_target_mode_trains_every_round_within_the_target():
     # larger sites (a lower sampling rate) keep Opacus' search for sigma fast
-    setup = prepare(tiny(PrivacyConfig(dp_sgd=True, target_epsilon=3.0), sizes=(150, 160, 170)))
+    setup = prepare(tiny(PrivacyConfig(dp_sgd=True, target_epsilon=3.0, logical_batch=16),
+                         sizes=(150, 160, 170)))
     outcome = train(setup, "fedavg", setup.federation.sites, "fedavg")
     assert all(len(r.sites) == 3 for r in outcome.history)
     assert all(2.9 <= e <= 3.0 for e in outcome.privacy["epsilon"].values())
@@ -76,15 +77,15 @@ def test_target_mode_trains_every_round_within_the_target():
 
 def test_a_site_whose_budget_is_spent_stops_and_the_run_goes_on():
     sizes = (30, 30, 90)  # sites of different sizes spend their budgets at different speeds
-    setup = prepare(tiny(PrivacyConfig(dp_sgd=True, noise_multiplier=1.0), sizes=sizes))
+    setup = prepare(tiny(PrivacyConfig(dp_sgd=True, noise_multiplier=1.0, logical_batch=16), sizes=sizes))
     rates = {s: sample_rate(len(d.train), 16) for s, d in setup.federation.sites.items()}
     first = {s: reference_epsilon(q, 1.0, steps_per_epoch(q), 1e-5) for s, q in rates.items()}
     second = {s: reference_epsilon(q, 1.0, 2 * steps_per_epoch(q), 1e-5) for s, q in rates.items()}
     large = min(second, key=second.get)  # the site that can afford a second round
     target = (second[large] + min(e for s, e in second.items() if s != large)) / 2
     assert max(first.values()) < target  # every site trains once, only `large` twice
-    setup = prepare(tiny(PrivacyConfig(dp_sgd=True, noise_multiplier=1.0, target_epsilon=target),
-                         sizes=sizes))
+    setup = prepare(tiny(PrivacyConfig(dp_sgd=True, noise_multiplier=1.0, target_epsilon=target,
+                                       logical_batch=16), sizes=sizes))
     outcome = train(setup, "fedavg", setup.federation.sites, "fedavg")
     stopped = set(outcome.history[1].failed)
     assert outcome.history[0].failed == {} and large not in stopped and stopped
@@ -97,7 +98,7 @@ def test_a_site_whose_budget_is_spent_stops_and_the_run_goes_on():
 
 def test_batchnorm_in_a_dp_run_is_one_clear_error():
     with pytest.raises(ConfigError, match="use --norm group or --norm instance"):
-        tiny(PrivacyConfig(dp_sgd=True, noise_multiplier=1.0), norm="batch")
+        tiny(PrivacyConfig(dp_sgd=True, noise_multiplier=1.0, logical_batch=16), norm="batch")
     with pytest.raises(ConfigError, match="--norm group or --norm instance"):
         check_private_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)))
     check_private_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4)))  # fine
@@ -108,4 +109,4 @@ def test_dp_sgd_needs_sigma_or_a_target_and_a_plain_loss():
         PrivacyConfig(dp_sgd=True)
     with pytest.raises(ConfigError, match="fedprox changes it"):
         RunConfig(federation=FederationConfig(algorithm="fedprox"),
-                  privacy=PrivacyConfig(dp_sgd=True, noise_multiplier=1.0))
+                  privacy=PrivacyConfig(dp_sgd=True, noise_multiplier=1.0, logical_batch=16))

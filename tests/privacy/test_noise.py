@@ -5,7 +5,7 @@ configuration (OS entropy), while simulation stays reproducible.
 
 Adversary: whoever sees what a site releases (the coordinator, other sites) and holds the
 configuration. Deliberate breaks of the mechanism that make a test here fail (tried by hand):
-- DP-SGD without clipping (max_grad_norm ignored in NoisyOptimizer): the clipping bound fails;
+- DP-SGD without clipping (max_grad_norm ignored in privacy/dp_optimizer.py's NoisyOptimizer): the clipping bound fails;
 - DP-SGD without noise (add_noise adds zeros) or with noise std sigma instead of sigma * C: the
   variance test fails;
 - client-DP noise removed, under secure aggregation (secure_round.close_stage) or without it
@@ -25,6 +25,7 @@ from medfed.client.trainer import TrainOptions
 from medfed.config import DataConfig, FederationConfig, ModelConfig, PrivacyConfig, RunConfig, TrainingConfig
 from medfed.experiment import prepare, site_trainer
 from medfed.privacy.client_dp import ClientDP, ClippedNoisyMean
+from medfed.privacy.dp_plan import DPPlan
 from medfed.privacy.dp_sgd import DPSGDSettings, DPSite
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.privacy.noise import OsEntropy, Seeded
@@ -51,7 +52,9 @@ def dp_step(sigma: float, clip: float, seed: int | None) -> torch.Tensor:
     """The change one DP-SGD step (q = 1: every image, one step, plain SGD at lr 1) makes to the
     parameters, flattened."""
     setup, trainer, n = one_site()
-    site = DPSite(trainer, DPSGDSettings(sigma, clip, None, 1e-5), batch_size=n, planned_epochs=1,
+    plan = DPPlan(logical_batch=n, physical_batch=n, multiplicity=1, ema_decay=0.0,
+                  optimizer="sgd", lr=1.0, momentum=0.0)
+    site = DPSite(trainer, DPSGDSettings(sigma, clip, None, 1e-5), plan, planned_epochs=1,
                   seed=seed)
     start = setup.initial
     out = site.train(start, SGD).state

@@ -40,6 +40,18 @@ def test_dp_sgd_run_prints_and_records_epsilon_per_site(tmp_path, capsys):
     assert first_round["epsilon"] == privacy["epsilon"]
 
 
+def test_dp_sgd_trains_with_the_dp_friendly_recipe_and_flags_override_it(tmp_path, capsys):
+    code, err, summary = run(tmp_path, capsys, *small_data(tmp_path), "--dp-sgd",
+                             "--target-epsilon", "8", "--logical-batch", "24",
+                             "--augment-multiplicity", "2")
+    assert code == 0, err
+    dp = summary["privacy"]["dp_sgd"]
+    assert dp["recipe"] == {"logical_batch": 24, "physical_batch": 256, "augment_multiplicity": 2,
+                            "ema_decay": 0.0, "optimizer": "adam", "lr": 0.002, "momentum": 0.9}
+    sizes = {s: v["n_train"] for s, v in summary["sites"].items()}
+    assert dp["sample_rate"] == {s: 24 / n for s, n in sizes.items()}  # q of the logical batch
+
+
 def test_client_dp_and_secure_aggregation_together(tmp_path, capsys):
     code, err, summary = run(tmp_path, capsys, *small_data(tmp_path), "--client-dp", "--clip", "0.5",
                              "--noise", "1.2", "--secure-aggregation", "--threshold", "2")
@@ -72,6 +84,7 @@ def test_all_three_mechanisms_compose(tmp_path, capsys):
     (["--client-dp", "--algorithm", "scaffold"], "client_dp replaces the"),
     (["--client-dp", "--clip", "0"], "clip must be > 0"),
     (["--dp-sgd", "--target-epsilon", "8", "--delta", "1"], "delta must be in (0, 1)"),
+    (["--dp-sgd", "--target-epsilon", "8", "--ema-decay", "1"], "ema_decay must be in [0, 1)"),
 ])
 def test_a_wrong_privacy_setting_is_one_clear_line(tmp_path, capsys, flags, fragment):
     code, err, _ = run(tmp_path, capsys, *flags)
