@@ -43,7 +43,7 @@ def test_dp_sgd_run_prints_and_records_epsilon_per_site(tmp_path, capsys):
 def test_dp_sgd_trains_with_the_dp_friendly_recipe_and_flags_override_it(tmp_path, capsys):
     code, err, summary = run(tmp_path, capsys, *small_data(tmp_path), "--dp-sgd",
                              "--target-epsilon", "8", "--logical-batch", "24",
-                             "--augment-multiplicity", "2")
+                             "--augment-multiplicity", "2", "--augment")  # small images: augmentation is off unless asked
     assert code == 0, err
     dp = summary["privacy"]["dp_sgd"]
     assert dp["recipe"] == {"logical_batch": 24, "physical_batch": 256, "augment_multiplicity": 2,
