@@ -44,6 +44,7 @@ def base_config(data_file: Path, rounds: int, seed: int, width: int | None) -> R
 def run_seed(args: argparse.Namespace, seed: int, out: Path) -> list[dict]:
     config = base_config(args.data_file, args.rounds, seed, args.width)
     setup = prepare(config)
+    config = setup.config  # with the settings chosen from the data (medfed/defaults.py)
     rows = []
     for compress in args.compress:
         run_config = replace(config, federation=replace(config.federation, compress=compress))

@@ -51,6 +51,7 @@ def privacy_of(mode: str, subset: tuple[str, ...]) -> PrivacyConfig:
 def run_modes(args: argparse.Namespace, out: Path) -> list[dict]:
     config = base_config(args.data_file, args.rounds, args.seed, args.width)
     setup = prepare(config)
+    config = setup.config  # with the settings chosen from the data (medfed/defaults.py)
     rows = []
     for mode in args.modes:
         run_config = replace(config, privacy=privacy_of(mode, tuple(args.subset)))

@@ -78,6 +78,7 @@ def bench_auc(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         config = base_config(args.data_file, args.rounds, seed)
         setup = prepare(config)
+        config = setup.config  # with the settings chosen from the data (medfed/defaults.py)
         print(f"seed {seed}: sites {({s: len(d.train) for s, d in setup.federation.sites.items()})}, "
               f"{args.rounds} rounds", flush=True)
         for label, privacy in AUC_RUNS.items():
@@ -115,6 +116,7 @@ def bench_epoch(args: argparse.Namespace) -> None:
     """One local epoch at the largest site, alternately plain and DP-SGD (same model and options)."""
     config = base_config(args.data_file, 1, args.seed)
     setup = prepare(config)
+    config = setup.config  # with the settings chosen from the data (medfed/defaults.py)
     site = max(setup.federation.sites, key=lambda s: len(setup.federation.sites[s].train))
     one_site = {site: setup.federation.sites[site]}
     # Two separate site objects: Opacus' per-sample hooks stay on the DP site's model.
@@ -209,6 +211,7 @@ def bench_round(args: argparse.Namespace) -> None:
         config = replace(config, data=replace(config.data, sites=n, proportions=()),
                          model=replace(config.model, width=args.width))
         setup = prepare(config)
+        config = setup.config  # with the settings chosen from the data (medfed/defaults.py)
         params = sum(v.numel() for k, v in setup.initial.items() if k in setup.parameter_keys)
         runs: dict[str, list] = {"plain": [], "secure": []}
         for _ in range(args.repeats):

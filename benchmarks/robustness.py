@@ -81,6 +81,7 @@ def main() -> None:
     alpha = 0.5 if args.suite == "attacks" else 0.1
     config = base_config(args.data_file, alpha, args.rounds, args.seed)
     setup = prepare(config)  # one partition for every run
+    config = setup.config  # with the settings chosen from the data (medfed/defaults.py)
     out.parent.mkdir(exist_ok=True)
     sizes = {s: len(d.train) for s, d in setup.federation.sites.items()}
     print(f"PneumoniaMNIST, Dirichlet {alpha}, sites {sizes}, {args.rounds} rounds, seed {args.seed}")
