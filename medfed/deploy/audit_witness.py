@@ -110,8 +110,8 @@ def check_witness(path: Path, records: list[dict[str, Any]], key: PublicKey | No
     mine = [h for h in read_witness(path) if h.trail == records[0]["hash"]]
     if not mine:
         return WitnessCheck(note=f"{path.name}: no head of this trail")
-    unsigned = [h for h in mine if key is None or not signed_by(key, h.hash, h.sig)]
-    trusted = [h for h in mine if h not in unsigned]
+    trusted = [h for h in mine if key is not None and signed_by(key, h.hash, h.sig)]
+    unsigned = len(mine) - len(trusted)
     for head in trusted:
         if head.seq > len(records):
             return WitnessCheck(f"{path} holds the server's signed head {head.seq} but the trail "
@@ -123,7 +123,7 @@ def check_witness(path: Path, records: list[dict[str, Any]], key: PublicKey | No
     latest = max((h.seq for h in trusted), default=0)
     note = f"{path.name}: {len(trusted)} signed heads agree (latest {latest})"
     if unsigned:
-        note += (f"; {len(unsigned)} heads ignored: " +
+        note += (f"; {unsigned} heads ignored: " +
                  ("no key to check them (give --cert or --state)" if key is None
                   else "not signed by the server's key"))
     return WitnessCheck(note=note)
