@@ -98,6 +98,16 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--clip": ("clip", float, "client-level DP: clip each site's update to this norm S"),
     "--noise": ("noise", float, "client-level DP: noise multiplier (std sigma * S on the sum)"),
     "--threshold": ("threshold", int, "secure aggregation: survivors t needed to unmask"),
+    # [execution]: where the simulation runs (config_execution.py)
+    "--backend": ("backend", str, "inprocess (default: sites one after another here) or ray"),
+    "--ray-address": ("ray_address", str, "ray: join this cluster ('auto' or HOST:PORT); default: "
+                                          "a local Ray for the run"),
+    "--cpus-per-site": ("cpus_per_site", float, "ray: CPUs a worker reserves per site (1)"),
+    "--gpus-per-site": ("gpus_per_site", float, "ray: GPU share a worker reserves (0)"),
+    "--max-workers": ("max_workers", int, "ray: at most this many workers (default: CPUs / "
+                                          "cpus-per-site)"),
+    "--pooled-workers": ("pooled_workers", int, "the pooled baseline over N DistributedDataParallel "
+                                                "workers (default 1)"),
     "--encrypt-layers": ("encrypt_layers", str, "homomorphic: encrypt only the layers matching "
                                                 "these comma-separated glob patterns, e.g. 'fc.*'"),
 }

@@ -1,6 +1,6 @@
 """Run configuration: frozen dataclasses, loaded from TOML and command-line flags, validated early.
 
-A config file has top-level keys (seed, device, baselines) and six sections:
+A config file has top-level keys (seed, device, baselines) and seven sections:
 
     [data]        what the sites hold and how it is split
     [model]       the network
@@ -8,6 +8,7 @@ A config file has top-level keys (seed, device, baselines) and six sections:
     [training]    each site's local optimisation
     [adversary]   simulated faulty or malicious sites (none by default)
     [privacy]     differential privacy and secure aggregation (off by default)
+    [execution]   where the simulation runs: in this process (default) or on Ray
 
 Every key is optional; unknown keys and bad values raise ConfigError naming the valid choices.
 Reading and writing files and applying CLI flags is medfed/config_file.py.
@@ -23,6 +24,7 @@ from medfed.client.attack_spec import parse_attack
 from medfed.config_checks import at_least as _at_least
 from medfed.config_checks import choice as _choice
 from medfed.config_checks import positive as _positive
+from medfed.config_execution import ExecutionConfig
 from medfed.config_privacy import PrivacyConfig, check_privacy
 from medfed.config_topology import check_topology
 from medfed.errors import ConfigError
@@ -256,6 +258,7 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     def __post_init__(self) -> None:
         _choice("device", self.device, DEVICES)

@@ -26,6 +26,7 @@ from medfed.config import (
     RunConfig,
     TrainingConfig,
 )
+from medfed.config_execution import ExecutionConfig
 from medfed.errors import ConfigError
 from medfed.registry import unknown_choice
 
@@ -34,6 +35,7 @@ SECTIONS: dict[str, type] = {
     "federation": FederationConfig, "training": TrainingConfig,
     "adversary": AdversaryConfig,
     "privacy": PrivacyConfig,
+    "execution": ExecutionConfig,
 }
 
 
