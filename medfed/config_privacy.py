@@ -106,6 +106,8 @@ def check_privacy(config: RunConfig) -> None:
     if (p.dp_sgd or p.client_dp) and config.training.logit_adjust:
         raise ConfigError("--logit-adjust puts each site's label counts into every gradient, "
                           "unclipped and without noise: it is refused with DP-SGD or client-level DP")
+    if p.dp_sgd:
+        _check_dp_recipe_flags(config)
     if p.dp_sgd and fed.algorithm in ("fedprox", "scaffold"):
         raise ConfigError(f"DP-SGD trains the plain task loss; {fed.algorithm} changes it "
                           "(use fedavg, fedadam, fedyogi, fednova, fedbn, swt, cwt or ensemble)")
@@ -166,3 +168,21 @@ def check_homomorphic(config: RunConfig) -> None:
         raise ConfigError("homomorphic encryption needs at least 2 sites (the sum of one update "
                           "is that update)")
 
+
+
+# [training] keys a DP-SGD site does not train with, and the [privacy] key that sets each instead.
+_DP_RECIPE_KEYS = {"batch_size": "logical_batch", "lr": "dp_lr", "optimizer": "dp_optimizer",
+                   "momentum": "dp_momentum"}
+
+
+def _check_dp_recipe_flags(config: RunConfig) -> None:
+    """Under DP-SGD a site trains with [privacy]'s recipe (privacy/dp_plan.py); a [training] step
+    size or batch the user set would be silently ignored, so it is refused, naming its DP twin."""
+    from medfed.config import TrainingConfig  # config.py imports this module
+
+    plain = TrainingConfig()
+    for key, twin in _DP_RECIPE_KEYS.items():
+        if getattr(config.training, key) != getattr(plain, key):
+            raise ConfigError(f"with dp_sgd the sites train with the DP recipe, so {key} (--"
+                              f"{key.replace('_', '-')}) is not used; set {twin} (--"
+                              f"{twin.replace('_', '-')}) instead")

@@ -49,10 +49,12 @@ image_size = 16
 """
 
 
-def write_federation(path: Path, port: int, rounds: int = 3, epochs: int = 1, batch: int = 16,
+def write_federation(path: Path, port: int, rounds: int = 3, epochs: int = 1, batch: int | None = 16,
                      min_sites: int = 2, min_sites_to_start: int = 3, task: str = SYNTHETIC_TASK,
                      sites: tuple[str, ...] = SITES, extra: str = "") -> Path:
-    """A federation file: the task, how to learn it, [deployment]; no data."""
+    """A federation file: the task, how to learn it, [deployment]; no data. batch None: the
+    default batch (DP-SGD refuses [training]'s, it trains with [privacy]'s logical batch)."""
+    batch_line = f"batch_size = {batch}" if batch is not None else ""
     path.write_text(f"""
 seed = 0
 device = "cpu"
@@ -65,7 +67,7 @@ min_sites = {min_sites}
 
 [training]
 local_epochs = {epochs}
-batch_size = {batch}
+{batch_line}
 {extra}
 [deployment]
 address = "127.0.0.1:{port}"

@@ -51,7 +51,7 @@ def test_a_site_refuses_a_plan_its_policy_forbids_and_the_server_audits_it(tmp_p
 
 def run_federation(procs: Processes, tmp_path: Path, name: str, port: int, certs: Path,
                    policies: dict[str, dict]) -> dict:
-    config = write_federation(tmp_path / f"{name}.toml", port, rounds=1, extra=DP_SGD,
+    config = write_federation(tmp_path / f"{name}.toml", port, rounds=1, extra=DP_SGD, batch=None,
                               min_sites=1)
     state = tmp_path / f"state-{name}"
     procs.start(name, "server", "--config", str(config), "--certs", str(certs), "--state",

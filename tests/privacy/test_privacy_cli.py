@@ -11,7 +11,7 @@ from medfed.config_file import config_from_dict
 from medfed.errors import ConfigError
 
 TINY = ["run", "--sites", "3", "--rounds", "1", "--image-size", "16", "--no-baselines",
-        "--device", "cpu", "--batch-size", "16"]
+        "--device", "cpu"]
 
 
 def run(tmp_path, capsys, *flags):
@@ -85,6 +85,10 @@ def test_all_three_mechanisms_compose(tmp_path, capsys):
     (["--client-dp", "--clip", "0"], "clip must be > 0"),
     (["--dp-sgd", "--target-epsilon", "8", "--delta", "1"], "delta must be in (0, 1)"),
     (["--dp-sgd", "--target-epsilon", "8", "--ema-decay", "1"], "ema_decay must be in [0, 1)"),
+    # [training]'s step size and batch are not what a DP-SGD site trains with: never silently lost
+    (["--dp-sgd", "--target-epsilon", "8", "--lr", "0.01"], "lr (--lr) is not used; set dp_lr (--dp-lr)"),
+    (["--dp-sgd", "--target-epsilon", "8", "--batch-size", "64"], "set logical_batch (--logical-batch)"),
+    (["--dp-sgd", "--target-epsilon", "8", "--optimizer", "sgd"], "set dp_optimizer (--dp-optimizer)"),
 ])
 def test_a_wrong_privacy_setting_is_one_clear_line(tmp_path, capsys, flags, fragment):
     code, err, _ = run(tmp_path, capsys, *flags)
