@@ -244,13 +244,24 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 def _resumed(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     """`medfed run --resume DIR`: the configuration the run was started with, nothing else."""
-    given = [f for f in RUN_FLAGS if getattr(args, f[2:].replace("-", "_")) is not None]
+    given = [f for f in (*RUN_FLAGS, "--target-sensitivity")
+             if getattr(args, f[2:].replace("-", "_")) is not None]
     if args.config or args.out or given:
         raise ConfigError("--resume DIR continues the run with the configuration in "
                           "DIR/config.toml; give no --config, --out or other flags with it")
     if not (args.resume / "config.toml").is_file():
         raise ConfigError(f"{args.resume} is not a `medfed {args.command}` folder (no config.toml)")
     return load_config(args.resume / "config.toml"), args.resume
+
+
+def _resumed_rule(folder: Path):
+    """The operating rule an interrupted run was started with (DIR/run-options.json; a folder from
+    before that file existed was started with the default, Youden's J)."""
+    from medfed.evaluation.operating_rule import OperatingRule
+
+    path = folder / "run-options.json"
+    raw = json.loads(path.read_text()) if path.is_file() else {}
+    return OperatingRule(raw.get("target_sensitivity"))
 
 
 def _resumed_options(folder: Path):
@@ -311,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             config, out = _resumed(args) if args.resume else (run_config(args), None)
-            rule = operating_rule(args)
+            rule = _resumed_rule(args.resume) if args.resume else operating_rule(args)
             _check_tensorboard(args)  # flags are checked before torch and MONAI load (seconds)
             from medfed.run import execute_run
 

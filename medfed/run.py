@@ -39,6 +39,9 @@ from medfed.types import Prediction, SiteId
 LOCAL = "ensemble"  # the local-only baseline is the ensemble's training: every site on its own
 
 
+RUN_OPTIONS = "run-options.json"  # the run's flags that are not configuration (the operating rule)
+
+
 def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None = None,
                 resume: bool = False, rule: OperatingRule | None = None) -> dict[str, Any]:
     """resume: out_dir holds an interrupted run of this config; continue after its last round.
@@ -51,6 +54,8 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     config = setup.config  # with the number of sites the data gave, if --sites was left out
     out = prepare_out_dir(out_dir)
     write_config(out, config)
+    if resumed is None:  # what --resume continues with besides config.toml
+        write_json(out / RUN_OPTIONS, {"target_sensitivity": rule.target_sensitivity})
     if resumed is not None:
         console.print(f"resuming after round {resumed.rounds_done} of {config.federation.rounds}")
     fed = setup.federation

@@ -50,7 +50,8 @@ def interrupted_run(args: list[str], out: Path, sig: signal.Signals) -> subproce
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
 def test_an_interrupted_run_resumed_gives_the_uninterrupted_test_metrics(
         tiny_config, tmp_path: Path, sig: signal.Signals):
-    args = [*tiny_config(ROUNDS), "--no-baselines", "--fraction", "0.5"]  # 2 of 3 sites a round
+    # 2 of 3 sites a round; the operating rule is not in config.toml but must survive the resume too
+    args = [*tiny_config(ROUNDS), "--no-baselines", "--fraction", "0.5", "--target-sensitivity", "0.8"]
     assert main(["run", *args, "--out", str(tmp_path / "whole")]) == 0
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     assert 0 < whole["wall_seconds"] <= whole["total_seconds"] < 600  # the training's own time
@@ -63,13 +64,15 @@ def test_an_interrupted_run_resumed_gives_the_uninterrupted_test_metrics(
     assert main(["run", "--resume", str(out)]) == 0
     resumed = json.loads((out / "summary.json").read_text())
     assert resumed["test"] == whole["test"]
+    assert resumed["operating_point"] == whole["operating_point"]
     assert [r["round"] for r in map(json.loads, (out / "rounds.jsonl").read_text().splitlines())] \
         == list(range(1, ROUNDS + 1))
 
 
 def test_resume_takes_no_other_flags_and_needs_a_run_folder(tmp_path: Path, capsys):
-    assert main(["run", "--resume", str(tmp_path), "--rounds", "3"]) == 2
-    assert "give no --config, --out or other flags" in capsys.readouterr().err
+    for flags in (["--rounds", "3"], ["--target-sensitivity", "0.9"]):
+        assert main(["run", "--resume", str(tmp_path), *flags]) == 2
+        assert "give no --config, --out or other flags" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path)]) == 2
     assert "not a `medfed run` folder" in capsys.readouterr().err
 
