@@ -171,8 +171,9 @@ class FederationConfig:
     regions: str | None = None  # hybrid: "north:site-a,site-b;south:site-c"
     global_every: int = 1
     # Keep the global model of the round with the best federated validation score (the sites'
-    # mean validation AUC) instead of the last round's (server/best_model.py).
-    keep_best: bool = False
+    # mean validation AUC) instead of the last round's (server/best_model.py). None: chosen from
+    # the size of the sites' validation splits (defaults.py); simulation only.
+    keep_best: bool | None = None
 
     def __post_init__(self) -> None:
         parse_compression(self.compress)

@@ -14,7 +14,14 @@ from medfed.config import DataConfig, FederationConfig, ModelConfig, RunConfig, 
 from medfed.config_file import load_config, with_overrides
 from medfed.config_privacy import PrivacyConfig
 from medfed.data.dataset import DataSource, Samples
-from medfed.defaults import LOCAL_STEPS, DataFacts, choose_defaults
+from medfed.defaults import (
+    KEEP_BEST_FROM_VAL,
+    LOCAL_STEPS,
+    DataFacts,
+    Defaults,
+    choose_defaults,
+    choose_keep_best,
+)
 from medfed.errors import ConfigError
 from medfed.experiment import prepare
 from medfed.types import Task
@@ -157,3 +164,18 @@ def test_the_defaults_fill_a_deployments_config_from_its_task_schema():
     task = TaskSchema(Task.BINARY, ("a", "b"), 0, 22)
     config = choose_defaults(RunConfig(federation=FederationConfig()), DataFacts.of_task(task)).config
     assert config.model.model == "mlp" and config.model.norm == "group"
+
+
+@pytest.mark.parametrize("n_val, eval_every, expected", [
+    (KEEP_BEST_FROM_VAL, 1, True), (KEEP_BEST_FROM_VAL - 1, 1, False), (500, 0, False)])
+def test_the_best_round_is_kept_only_when_validation_can_tell_rounds_apart(n_val, eval_every,
+                                                                            expected):
+    config = RunConfig(federation=FederationConfig(eval_every=eval_every))
+    chosen = choose_keep_best(Defaults(config), n_val)
+    assert chosen.config.federation.keep_best is expected
+    assert "keep_best" in chosen.record()
+
+
+def test_keep_best_given_is_kept():
+    config = RunConfig(federation=FederationConfig(keep_best=False))
+    assert choose_keep_best(Defaults(config), 10_000).config.federation.keep_best is False

@@ -36,6 +36,8 @@ TASK = '[task]\nkind = "binary"\nclasses = ["no", "yes"]\nspatial_dims = 2\nchan
     (TASK.replace('["no", "yes"]', '["no"]') + '[deployment]\nsites = ["a"]\n', "at least 2"),
     (TASK + '[federation]\ntopology = "p2p"\n[deployment]\nsites = ["a", "b"]\n',
      "topology p2p runs in simulation only"),
+    (TASK + '[federation]\nkeep_best = true\n[deployment]\nsites = ["a", "b"]\n',
+     "keep_best runs in simulation only"),
 ])
 def test_a_federation_declares_a_task_and_no_data(tmp_path: Path, text: str, message: str):
     path = tmp_path / "f.toml"
