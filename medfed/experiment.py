@@ -147,7 +147,7 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
             sample_sites(list(sites), plan.fraction, sampling, minimum=plan.min_sites)
     if checkpoints is not None:
         observer = RunCheckpointer(checkpoints, observer, strategy, earlier, privacy)
-    best = (BestValidation(strategy, observer)
+    best = (BestValidation(strategy, observer, checkpoints, resume is not None)
             if fed.keep_best and not baseline and strategy.prediction is Prediction.GLOBAL else None)
     history = earlier + run_rounds(strategy, transport, list(sites), plan, train_options(config),
                                    sampling, best or observer)

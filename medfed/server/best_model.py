@@ -9,11 +9,15 @@ site whose split holds one class has none and is left out); the sites' test data
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
-from medfed.algorithms.checkpoint import Checkpoint
+from medfed.algorithms.checkpoint import Checkpoint, from_bytes, to_bytes
 from medfed.algorithms.strategy import Strategy
 from medfed.server.round_loop import RoundObserver, RoundResult, SilentObserver
 from medfed.types import Metrics, SiteId
+
+BEST = "best.safetensors"  # the best round's snapshot beside a run's checkpoint (--resume reads it)
 
 
 def validation_score(val: dict[SiteId, Metrics]) -> float | None:
@@ -26,11 +30,18 @@ class BestValidation:
     """A round observer that snapshots the strategy whenever the validation score improves;
     `restore_best()` puts the best snapshot back (the last round's model if none scored)."""
 
-    def __init__(self, strategy: Strategy, inner: RoundObserver | None = None) -> None:
+    def __init__(self, strategy: Strategy, inner: RoundObserver | None = None,
+                 folder: Path | None = None, resume: bool = False) -> None:
+        """folder: where the best snapshot is kept as it changes, so that a resumed run (resume)
+        still knows the best of the rounds before its interruption."""
         self.strategy, self.inner = strategy, inner or SilentObserver()
         self.best_score: float | None = None
         self.best_round: int | None = None
         self._snapshot: Checkpoint | None = None
+        self.folder = folder
+        if folder is not None and resume and (folder / BEST).is_file():
+            self._snapshot, meta = from_bytes((folder / BEST).read_bytes())
+            self.best_score, self.best_round = meta["score"], meta["round"]
 
     def round_started(self, round_index: int, sites: list[SiteId]) -> None:
         self.inner.round_started(round_index, sites)
@@ -43,6 +54,10 @@ class BestValidation:
         if score is not None and (self.best_score is None or score > self.best_score):
             self.best_score, self.best_round = score, result.round
             self._snapshot = self.strategy.checkpoint()
+            if self.folder is not None:  # atomically: an interrupted write keeps the previous one
+                tmp = self.folder / (BEST + ".tmp")
+                tmp.write_bytes(to_bytes(self._snapshot, {"score": score, "round": result.round}))
+                os.replace(tmp, self.folder / BEST)
         self.inner.round_finished(result)
 
     def restore_best(self) -> None:

@@ -41,3 +41,20 @@ def test_with_no_score_the_last_model_stays():
     best.round_finished(RoundResult(round=0))
     best.restore_best()
     assert strategy.global_state["w"].item() == 5.0
+
+
+def test_a_resumed_run_still_knows_the_best_round_before_its_interruption(tmp_path):
+    """The best snapshot is written beside the checkpoint; a run resumed after round 2 whose later
+    rounds score worse restores round 1's model, as the uninterrupted run would."""
+    strategy = FedAvg({"w": torch.tensor([0.0])})
+    before = BestValidation(strategy, folder=tmp_path)
+    for r, (value, auc) in enumerate([(1.0, 0.7), (2.0, 0.9)]):
+        step(strategy, value)
+        before.round_finished(RoundResult(round=r, val={"a": {"auc": auc}}))
+    resumed_strategy = FedAvg({"w": torch.tensor([2.0])})  # as restored from the checkpoint
+    after = BestValidation(resumed_strategy, folder=tmp_path, resume=True)
+    step(resumed_strategy, 3.0)
+    after.round_finished(RoundResult(round=2, val={"a": {"auc": 0.8}}))
+    after.restore_best()
+    assert resumed_strategy.global_state["w"].item() == 2.0 and after.best_round == 1
+    assert BestValidation(FedAvg({"w": torch.tensor([0.0])}), folder=tmp_path).best_round is None
