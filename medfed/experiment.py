@@ -70,6 +70,8 @@ class Outcome:
     test: Metrics = field(default_factory=dict)
     test_probs: np.ndarray | None = None  # the held-out test set's probabilities behind `test`
     privacy: dict = field(default_factory=dict)  # summary.json's `privacy` (privacy/mechanisms.py)
+    # keep_best: the round whose model was kept (from 1) and its validation score; None: the last
+    kept: dict | None = None
 
 
 def prepare(config: RunConfig) -> Setup:
@@ -154,6 +156,8 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     if best is not None:
         best.restore_best()  # the global model of the round with the best validation score
     outcome = Outcome(name, strategy, history, transport, time.perf_counter() - start)
+    if best is not None and best.best_round is not None:
+        outcome.kept = {"round": best.best_round + 1, "validation_auc": best.best_score}
     if privacy is not None and privacy.active:
         outcome.privacy = privacy.report()
     outcome.test_probs, loss = predict_test(setup, outcome.strategy, list(sites))

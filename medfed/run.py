@@ -76,6 +76,11 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
         baselines = _baselines(setup, progress, rounds, federated) if config.baselines else None
     summary = _summary(setup, federated, baselines, rule)
     summary["data_summary"] = data_summary(setup)  # aggregates computed at each site
+    if federated.kept is not None:  # keep_best: which round's model the test figures are of
+        summary["kept_round"] = federated.kept
+        console.print(f"kept the model of round {federated.kept['round']} of "
+                      f"{config.federation.rounds} (best federated validation AUC "
+                      f"{federated.kept['validation_auc']:.3f})")
     if federated.privacy:
         summary["privacy"] = federated.privacy
         _report_privacy(console, federated.privacy)

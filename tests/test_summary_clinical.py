@@ -17,6 +17,7 @@ import pytest
 from medfed.cli import main
 from medfed.evaluation import statistics as st
 from medfed.report.artifacts import read_predictions
+from medfed.server.best_model import validation_score
 
 
 def run(args: list[str], capsys) -> tuple[int, str, str]:
@@ -127,3 +128,14 @@ def test_a_multiclass_run_says_it_has_no_single_threshold(medmnist_npz, tmp_path
     assert "no single threshold" in summary["operating_point"]["skipped"]
     assert "no paired test" in summary["verdict"]["text"]
     assert "no threshold" in out
+
+
+def test_keep_best_reports_the_round_kept_and_it_is_the_best_validation_round(tiny_config, tmp_path):
+    out = tmp_path / "out"
+    assert main(["run", *tiny_config(4), "--no-baselines", "--keep-best", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    scores = {r["round"]: validation_score(r["val"]) for r in rounds}
+    kept = summary["kept_round"]
+    assert kept["validation_auc"] == max(s for s in scores.values() if s is not None)
+    assert scores[kept["round"]] == kept["validation_auc"]
