@@ -6,6 +6,7 @@ compression, each seeded from (the run's seed, k), so the same site trains alike
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -59,15 +60,23 @@ class SiteRecipe:
     num_outputs: int
     preprocess: Preprocess
     attack: Attack | None = None
+    # A network other than the registry's config.model.model (a script's own model; the Flower
+    # reference workload's CNN in benchmarks/ray_backend.py): an importable function, so a Ray
+    # worker can call it too.
+    network: Callable[[], nn.Module] | None = None
+
+    def model(self) -> nn.Module:
+        return self.network() if self.network is not None else site_model(self.config, self.spec)
 
     def trainer(self, k: int, data: SiteData, device: torch.device,
                 model: nn.Module | None = None) -> LocalSite:
-        """The k-th site's trainer; the first `attackers` sites behind the attack."""
+        """The k-th site's trainer (on `model`, shared with other sites of this process, or a
+        new one); the first `attackers` sites behind the attack."""
         malicious = self.attack is not None and k < self.config.adversary.attackers
         if malicious and self.attack is not None and self.attack.poisons_data:
             data = poisoned_data(data, self.task, self.num_outputs)
         trainer = make_site_trainer(self.config, self.spec, self.task, self.preprocess, device, k,
-                                    data, model)
+                                    data, model if model is not None else self.model())
         if malicious and self.attack is not None:
             return MaliciousSite(trainer, self.attack, site_seed(self.config, k))
         return trainer

@@ -24,7 +24,7 @@ from medfed.client.trainer import LocalSite, TrainOptions
 from medfed.data.dataset import SiteData
 from medfed.device import pick_device
 from medfed.errors import MedfedError, TransportError
-from medfed.simulated_site import SiteRecipe, site_model
+from medfed.simulated_site import SiteRecipe
 from medfed.transport.codec import decode_state, encode_state
 from medfed.transport.inprocess import at_site
 from medfed.types import SiteId
@@ -43,7 +43,7 @@ class SiteWorker:
         self.device = pick_device(device)
         self.sites: dict[tuple[int, SiteId], LocalSite] = {}  # (training run, site) -> its stack
         self.privacy: dict[int, Mechanisms] = {}  # training run -> its sites' privacy wrappers
-        self.model: nn.Module | None = None  # one model for every site here (see _model)
+        self.models: dict[object, nn.Module] = {}  # one model for every site here (see _model)
 
     def where(self) -> dict[str, str]:
         """Where this worker runs (rounds.jsonl records it for each site it trains)."""
@@ -75,9 +75,10 @@ class SiteWorker:
         model (Opacus' GradSampleModule), so a private site gets its own."""
         if private and recipe.config.privacy.dp_sgd:
             return None
-        if self.model is None:
-            self.model = site_model(recipe.config, recipe.spec).to(self.device)
-        return self.model
+        kind = (recipe.network, recipe.config.model, recipe.spec)  # the same network, built alike
+        if kind not in self.models:
+            self.models[kind] = recipe.model().to(self.device)
+        return self.models[kind]
 
     def train(self, run: int, site: SiteId, blob: bytes, options: str) -> Reply:
         """Train a site on the model in blob; options: TrainOptions as JSON."""
