@@ -69,6 +69,17 @@ def worker_limit(resources: dict[str, float], execution: ExecutionConfig) -> int
     return min(limit, execution.max_workers or limit)
 
 
+def worker_device(device: str, execution: ExecutionConfig) -> str:
+    """What a worker passes to pick_device: a GPU only if it reserved a share of one (Ray then
+    shows it just that GPU), so workers never crowd onto a GPU the cluster did not give them."""
+    if execution.gpus_per_site > 0:
+        return device
+    if device in ("cuda", "mps"):
+        raise ConfigError(f"--device {device} on backend = \"ray\" needs --gpus-per-site > 0 "
+                          "(the GPU share each worker reserves), e.g. --gpus-per-site 0.5")
+    return "cpu" if device == "auto" else device
+
+
 def connect(ray: Any, execution: ExecutionConfig) -> bool:
     """Join the cluster at ray_address, or start a local Ray; False if this process was already
     connected (the caller's own session: used, and left as it was)."""
@@ -109,11 +120,12 @@ class RayPool:
     @contextmanager
     def open(cls, config: RunConfig) -> Iterator[RayPool]:
         check_supported(config)
+        device = worker_device(config.device, config.execution)
         ray = import_ray()
         owns = connect(ray, config.execution)
         pool = None
         try:
-            pool = cls(ray, config.execution, config.device)
+            pool = cls(ray, config.execution, device)
             yield pool
         finally:
             if pool is not None:

@@ -2,11 +2,10 @@
 the in-process backend's summary on a local Ray and on a two-node Ray cluster on this machine,
 and rounds.jsonl says where each site trained.
 
-Hand mutations, each turned a test here red:
-- the worker reseeds nothing / builds sites with k = 0 (recipe.trainer(0, ...)): metrics differ;
-- placement k % W replaced by 0 (every site on worker 0): one node only in the cluster test;
-- the DP-SGD budgets not collected from the workers (collect_privacy skipped): privacy differs;
-- the byte count of a model put once but counted once (not per site): bytes_down differs.
+Hand mutations, each turned a test red (the fast ones on the driver and worker are in
+test_ray_worker.py):
+- the DP-SGD budgets not collected from the workers (collect_privacy skipped): the privacy block
+  of the Ray run differs from the in-process one.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from medfed.config import RunConfig
 from medfed.config_execution import ExecutionConfig
 from medfed.config_file import with_overrides
 from medfed.errors import ConfigError
-from medfed.transport.ray_pool import check_supported, import_ray, worker_limit
+from medfed.transport.ray_pool import check_supported, import_ray, worker_device, worker_limit
 from tests.test_cli import assert_one_line_error, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -214,3 +213,11 @@ def test_protocols_that_call_every_site_from_the_server_are_refused_on_ray():
         config = with_overrides(RunConfig(), {switch: True, "backend": "ray"})
         with pytest.raises(ConfigError, match=f"privacy {switch} does not run on backend"):
             check_supported(config)
+
+
+def test_a_worker_takes_a_gpu_only_with_a_share_of_one():
+    with_gpu, without = (ExecutionConfig(backend="ray", gpus_per_site=g) for g in (0.5, 0.0))
+    assert worker_device("auto", with_gpu) == "auto"  # Ray shows the worker its GPU: CUDA
+    assert worker_device("auto", without) == "cpu"
+    with pytest.raises(ConfigError, match="--device cuda on backend = \"ray\" needs --gpus-per-site"):
+        worker_device("cuda", without)

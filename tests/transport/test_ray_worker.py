@@ -6,7 +6,8 @@ test_ray_transport.py.
 Hand mutations, each turned a test here red:
 - RayTransport counts a model's bytes once per put, not once per site: byte counts differ;
 - the worker's error reply ignored (every failure a TransportError): the DataError test fails;
-- site k placed on worker 0 always: the placement test fails.
+- site k placed on worker 0 always: the placement test fails;
+- site k built as site 0 in its worker (recipe.trainer(0, ...)): the models differ.
 """
 
 from __future__ import annotations
