@@ -34,7 +34,7 @@ from medfed.errors import IncompatibleUpdate, NotEnoughSites, TransportError
 from medfed.server.sampling import sample_sites
 from medfed.server.validation import check_update
 from medfed.server.weights import cap_weights
-from medfed.transport.base import SitePlacement, Transport
+from medfed.transport.base import EvaluationDispatch, SitePlacement, Transport
 from medfed.types import CONTROL_PREFIX, Metrics, SiteId, StateDict, Update
 
 
@@ -172,6 +172,8 @@ def _receive(strategy: Strategy, update: Update, sent: StateDict, result: RoundR
 def _evaluate_sites(strategy: Strategy, transport: Transport, sites: Sequence[SiteId],
                     result: RoundResult) -> dict[SiteId, Metrics]:
     """Each site scores the model on its own validation split; a site that cannot is recorded."""
+    if isinstance(transport, EvaluationDispatch):  # the Ray backend: all workers score at once
+        transport.dispatch_evaluation({site: strategy.site_state(site) for site in sites}, "val")
     scores = {}
     for site in sites:
         try:

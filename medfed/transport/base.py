@@ -30,6 +30,14 @@ class StageDispatch(Protocol):
     def dispatch(self, payloads: dict[SiteId, StateDict], options: TrainOptions) -> None: ...
 
 
+@runtime_checkable
+class EvaluationDispatch(Protocol):
+    """Optional: the same for scoring: the round loop hands out every site's model to score on
+    `split` at once, then collects each site's metrics with evaluate(site, state, split)."""
+
+    def dispatch_evaluation(self, states: dict[SiteId, StateDict], split: str) -> None: ...
+
+
 class SimulationTransport(Transport, Protocol):
     """A simulation's transport: it also knows the sites it carries."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from medfed.types import SiteId
 if TYPE_CHECKING:
     from medfed.privacy.mechanisms import Mechanisms
 
+CONNECT_SECONDS = 5
 READY_SECONDS = 300  # a worker that cannot start in this time will not: the cluster is too small
 # Privacy protocols whose server calls every site's wrapper directly, in its own process.
 IN_PROCESS_ONLY = ("secure_aggregation", "homomorphic")
@@ -92,12 +94,21 @@ def connect(ray: Any, execution: ExecutionConfig) -> bool:
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)
         return True
     try:
+        _check_answers(execution.ray_address)
         ray.init(address=execution.ray_address, **quiet)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
+    except (ConnectionError, ValueError, RuntimeError, OSError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ConfigError(f"cannot join the Ray cluster at {execution.ray_address} ({reason}); "
                           "start one with `ray start --head`, or leave out --ray-address") from None
     return True
+
+
+def _check_answers(address: str) -> None:
+    """Fail in seconds when nothing listens at HOST:PORT (Ray itself retries for minutes)."""
+    host, _, port = address.rpartition(":")
+    if host and port.isdigit() and "/" not in host:  # not "auto", not a ray:// client address
+        with socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS):
+            pass
 
 
 class RayPool:

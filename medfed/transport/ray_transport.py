@@ -48,7 +48,8 @@ class RayTransport:
         self.workers, self.places = workers, places
         self.bytes_up = 0
         self.bytes_down = 0
-        self._pending: dict[SiteId, Any] = {}  # site -> the reply its worker is working on
+        self._pending: dict[SiteId, Any] = {}  # site -> the update its worker is working on
+        self._scoring: dict[tuple[SiteId, str], Any] = {}  # (site, split) -> metrics on the way
         self._sent: tuple[StateDict, bytes, Any] | None = None  # the last state: bytes, object ref
 
     @property
@@ -73,9 +74,14 @@ class RayTransport:
         return Update(site=site, state=decode_state(reply), n_samples=int(meta["n_samples"]),
                       n_steps=int(meta["n_steps"]), metrics=dict(meta["metrics"]))
 
+    def dispatch_evaluation(self, states: dict[SiteId, StateDict], split: str) -> None:
+        for site, state in states.items():
+            self._scoring[site, split] = self._submit_evaluation(site, state, split)
+
     def evaluate(self, site: SiteId, state: StateDict, split: str) -> Metrics:
-        ref = self._encoded(site, state)
-        reply = self._wait(site, self.workers[site].evaluate.remote(self.run, site, ref, split))
+        pending = self._scoring.pop((site, split), None)
+        reply = self._wait(site, pending if pending is not None
+                           else self._submit_evaluation(site, state, split))
         if not isinstance(reply, str):
             raise BadReply(f"site {site}: its Ray worker answered a {type(reply).__name__}")
         self.bytes_up += len(reply)
@@ -89,6 +95,9 @@ class RayTransport:
         for worker in {id(w): w for w in self.workers.values()}.values():
             for site, record in json.loads(self.ray.get(worker.dp_budgets.remote(self.run))).items():
                 privacy.dp_sites[site] = DPSiteRecord.from_json(record)
+
+    def _submit_evaluation(self, site: SiteId, state: StateDict, split: str) -> Any:
+        return self.workers[site].evaluate.remote(self.run, site, self._encoded(site, state), split)
 
     def _submit(self, site: SiteId, state: StateDict, options: TrainOptions) -> Any:
         ref = self._encoded(site, state)

@@ -221,3 +221,15 @@ def test_a_worker_takes_a_gpu_only_with_a_share_of_one():
     assert worker_device("auto", without) == "cpu"
     with pytest.raises(ConfigError, match="--device cuda on backend = \"ray\" needs --gpus-per-site"):
         worker_device("cuda", without)
+
+
+@needs_ray
+def test_a_cluster_address_where_nothing_listens_is_refused_at_once(capsys, tiny_config):
+    """Checked with a plain connection first: Ray itself would retry for minutes."""
+    address = f"127.0.0.1:{free_port()}"  # free: nothing listens there
+    code, _, err = run_cli(["run", *tiny_config(1), "--backend", "ray", "--ray-address", address],
+                           capsys)
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # after the run's opening lines
+    assert last.startswith("medfed: error: cannot join the Ray cluster at " + address)
+    assert "Connection refused" in last and "ray start --head" in last
