@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -150,6 +151,7 @@ def two_node_cluster(env: dict[str, str]) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         stop(started)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def stop(started: list[subprocess.Popen]) -> None:
