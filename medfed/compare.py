@@ -45,6 +45,7 @@ from medfed.experiment import (
     POOLED,
     Setup,
     ensemble_models_are_local,
+    execution_session,
     pooled_site,
     predict_validation,
     prediction_states,
@@ -74,6 +75,12 @@ def run_seed(config: RunConfig, options: CompareOptions, observe: Callable[[str,
     """Every configuration of one seed, and the cross-site AUC matrix; with `explain`, the
     Grad-CAM panels of the first algorithm that has a single model to explain."""
     setup = prepare(config)
+    with execution_session(setup):  # backend = "ray": the workers, for every training of the seed
+        return _run_prepared_seed(setup, config, options, observe, explain)
+
+
+def _run_prepared_seed(setup: Setup, config: RunConfig, options: CompareOptions,
+                       observe: Callable[[str, int], Any], explain: bool) -> SeedResult:
     sites = setup.federation.sites
     scored: dict[str, Scored] = {}
     histories: dict[str, list[Any]] = {}

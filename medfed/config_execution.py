@@ -8,6 +8,7 @@ backend (tests/test_execution*.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from medfed.config_checks import at_least, choice
@@ -16,6 +17,7 @@ from medfed.errors import ConfigError
 INPROCESS = "inprocess"
 RAY = "ray"
 BACKENDS = (INPROCESS, RAY)
+RAY_INSTALL = "--backend ray needs Ray, which is not installed here: pip install 'medfed[ray]'"
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class ExecutionConfig:
 
     def __post_init__(self) -> None:
         choice("backend", self.backend, BACKENDS)
+        if self.backend == RAY and importlib.util.find_spec("ray") is None:  # found, not imported
+            raise ConfigError(RAY_INSTALL)
         if self.cpus_per_site <= 0:
             raise ConfigError(f"cpus_per_site must be > 0, got {self.cpus_per_site}")
         if self.gpus_per_site < 0:

@@ -7,21 +7,23 @@ the same partition, the same initial model, the same training and the same metri
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from medfed.algorithms.compression import compress_sites, compress_strategy
+from medfed.algorithms.compression import compress_strategy
 from medfed.algorithms.compression_spec import parse_compression
 from medfed.algorithms.registry import StrategyContext, build_strategy
 from medfed.algorithms.strategy import Strategy
 from medfed.client.attack_spec import Attack, parse_attack
-from medfed.client.attacks import MaliciousSite, poisoned_data
 from medfed.client.predictor import Predictor
-from medfed.client.trainer import LocalSite, SiteTrainer, TrainOptions
+from medfed.client.trainer import SiteTrainer, TrainOptions
 from medfed.config import RunConfig
+from medfed.config_execution import RAY
 from medfed.config_topology import check_topology_sites
 from medfed.data.dataset import Federation, Samples, SiteData, label_counts
 from medfed.data.federation import build_federation
@@ -29,7 +31,7 @@ from medfed.data.sources import load_source
 from medfed.data.transforms import Preprocess
 from medfed.defaults import DataFacts, Defaults, choose_defaults, choose_keep_best, choose_sites
 from medfed.device import pick_device
-from medfed.errors import DataError, TransportError
+from medfed.errors import ConfigError, DataError, TransportError
 from medfed.evaluation.metrics import compute_metrics
 from medfed.models import ModelSpec, build_model, norm_keys, parameter_keys
 from medfed.privacy.mechanisms import Mechanisms
@@ -37,8 +39,14 @@ from medfed.run_state import Resume, RunCheckpointer
 from medfed.server.best_model import BestValidation
 from medfed.server.round_loop import RoundObserver, RoundPlan, RoundResult, run_rounds
 from medfed.server.sampling import sample_sites
+from medfed.simulated_site import SiteRecipe, make_site_trainer, site_seed  # noqa: F401 (re-exported)
+from medfed.transport.base import SimulationTransport
 from medfed.transport.inprocess import InProcessTransport
-from medfed.types import Metrics, Prediction, SiteId, StateDict, Task
+from medfed.transport.ray_transport import RayTransport
+from medfed.types import Metrics, Prediction, SiteId, StateDict
+
+if TYPE_CHECKING:
+    from medfed.transport.ray_pool import RayPool
 
 POOLED = "pooled"
 
@@ -56,6 +64,7 @@ class Setup:
     parameter_keys: frozenset[str]
     norm_keys: frozenset[str]
     defaults: Defaults  # what was chosen from the data for settings the user left unset
+    workers: RayPool | None = None  # backend = "ray": the run's workers (execution_session)
 
 
 @dataclass
@@ -65,7 +74,7 @@ class Outcome:
     name: str
     strategy: Strategy
     history: list[RoundResult]
-    transport: InProcessTransport
+    transport: SimulationTransport
     seconds: float
     test: Metrics = field(default_factory=dict)
     test_probs: np.ndarray | None = None  # the held-out test set's probabilities behind `test`
@@ -110,7 +119,8 @@ def train_options(config: RunConfig) -> TrainOptions:
 def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str,
           observer: RoundObserver | None = None, baseline: bool = False,
           checkpoints: Path | None = None, resume: Resume | None = None) -> Outcome:
-    """Run one algorithm over the given sites through the in-process transport.
+    """Run one algorithm over the given sites: in this process, or on the run's Ray workers
+    (config.execution.backend = "ray", inside execution_session(setup)).
 
     baseline: every site trains every round whatever the sampling fraction (the full budget of
     rounds x local epochs), and only the final models are scored: no curve of a baseline is kept.
@@ -123,10 +133,7 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     # Privacy too: the baselines are the non-private references of what privacy costs.
     privacy = Mechanisms.build(config, list(sites)) if not baseline else None
     spec = parse_compression(config.federation.compress)  # the baselines send nothing
-    trainers = _trainers(setup, sites, attack)
-    if privacy is not None:  # privacy, then compression (post-processing) around each site
-        trainers = compress_sites(privacy.wrap_sites(trainers), spec, config.seed)
-    transport = InProcessTransport(trainers)
+    transport = _site_transport(setup, sites, site_recipe(setup, attack), privacy)
     ctx = StrategyContext(setup.initial, setup.parameter_keys, setup.norm_keys, list(sites),
                           config.federation, config.training,
                           aggregator_override=privacy.aggregator() if privacy else None,
@@ -159,6 +166,8 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     if best is not None and best.best_round is not None:
         outcome.kept = {"round": best.best_round + 1, "validation_auc": best.best_score}
     if privacy is not None and privacy.active:
+        if isinstance(transport, RayTransport):  # the DP-SGD accountants live in the workers
+            transport.collect_privacy(privacy)
         outcome.privacy = privacy.report()
     outcome.test_probs, loss = predict_test(setup, outcome.strategy, list(sites))
     outcome.test = metrics_on_test(setup, outcome.test_probs, loss)
@@ -258,7 +267,7 @@ def predict_local_models(setup: Setup, outcome: Outcome) -> dict[SiteId, tuple[n
     """(test probabilities, mean loss) of each local-only site model alone."""
     test = setup.federation.source.test
     return {site: setup.predictor.predict(outcome.strategy.site_state(site), test)
-            for site in outcome.transport.trainers}
+            for site in outcome.transport.sites}
 
 
 def site_report(setup: Setup, outcome: Outcome) -> dict[SiteId, dict]:
@@ -293,40 +302,47 @@ def pooled_site(federation: Federation) -> dict[SiteId, SiteData]:
                              Samples.concat([s.val for s in sites]))}
 
 
-def _trainers(setup: Setup, sites: dict[SiteId, SiteData], attack: Attack | None
-              ) -> dict[SiteId, LocalSite]:
-    """One trainer per site; with an attack, the first `attackers` sites are malicious."""
-    config = setup.config
+def site_recipe(setup: Setup, attack: Attack | None) -> SiteRecipe:
+    """How this experiment's sites are built, here or in a Ray worker."""
     source = setup.federation.source
-    attackers = config.adversary.attackers if attack is not None else 0
-    trainers: dict[SiteId, LocalSite] = {}
-    for k, (site, data) in enumerate(sites.items()):
-        if k < attackers and attack is not None and attack.poisons_data:
-            data = poisoned_data(data, source.task, source.num_outputs)
-        trainer = site_trainer(setup, k, data)
-        malicious = k < attackers and attack is not None
-        trainers[site] = MaliciousSite(trainer, attack, site_seed(config, k)) if malicious else trainer
-    return trainers
+    return SiteRecipe(setup.config, setup.spec, source.task, source.num_outputs, setup.preprocess,
+                      attack)
 
 
-def site_seed(config: RunConfig, k: int) -> int:
-    return int(np.random.SeedSequence([config.seed, 1, k]).generate_state(1)[0])
+@contextmanager
+def execution_session(setup: Setup) -> Iterator[Setup]:
+    """backend = "ray": the run's Ray workers, from its first training to its last score at a
+    site (and Ray stopped after, if the run started it); the in-process backend needs nothing."""
+    if setup.config.execution.backend != RAY:
+        yield setup
+        return
+    from medfed.transport.ray_pool import RayPool  # Ray loads only when a run asks for it
+
+    with RayPool.open(setup.config) as pool:
+        setup.workers = pool
+        try:
+            yield setup
+        finally:
+            setup.workers = None
+
+
+def _site_transport(setup: Setup, sites: dict[SiteId, SiteData], recipe: SiteRecipe,
+                    privacy: Mechanisms | None) -> SimulationTransport:
+    """The sites of one training run, in this process or on the run's Ray workers."""
+    if setup.workers is not None:
+        return setup.workers.transport(sites, recipe, privacy)
+    if setup.config.execution.backend == RAY:
+        raise ConfigError("backend = \"ray\" trains inside an execution session: call train() "
+                          "within `with execution_session(setup):`")
+    device = setup.predictor.device
+    trainers = {site: recipe.trainer(k, data, device) for k, (site, data) in enumerate(sites.items())}
+    return InProcessTransport(recipe.wrapped(trainers, privacy))
 
 
 def site_trainer(setup: Setup, k: int, data: SiteData) -> SiteTrainer:
     """The trainer of the k-th simulated site."""
     return make_site_trainer(setup.config, setup.spec, setup.federation.source.task,
                              setup.preprocess, setup.predictor.device, k, data)
-
-
-def make_site_trainer(config: RunConfig, spec: ModelSpec, task: Task, preprocess: Preprocess,
-                      device: torch.device, k: int, data: SiteData) -> SiteTrainer:
-    """The trainer of the k-th site of a federation: the same in simulation and at a deployed site,
-    so both train the same model from the same seed."""
-    # Weights are loaded every round; the seed only keeps construction deterministic.
-    model = build_model(config.model.model, replace(spec, input_size=()), config.seed)
-    return SiteTrainer(data, model, task, preprocess, device, site_seed(config, k),
-                       config.data.augment)
 
 
 def attacker_sites(config: RunConfig, sites: list[SiteId]) -> list[SiteId]:

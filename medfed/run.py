@@ -20,6 +20,7 @@ from medfed.experiment import (
     Setup,
     attacker_sites,
     ensemble_models_are_local,
+    execution_session,
     members,
     metrics_on_test,
     pooled_site,
@@ -70,11 +71,12 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     _announce_defaults(console, setup)
     _announce_robustness(console, config, fed.site_ids)
     _announce_topology(console, config)
-    with RichRoundProgress(console) as progress:
-        rounds = config.federation.rounds
-        federated = _train_federated(setup, out, progress, resumed, console)
-        baselines = _baselines(setup, progress, rounds, federated) if config.baselines else None
-    summary = _summary(setup, federated, baselines, rule)
+    with execution_session(setup):  # backend = "ray": the workers, until the sites have scored
+        with RichRoundProgress(console) as progress:
+            rounds = config.federation.rounds
+            federated = _train_federated(setup, out, progress, resumed, console)
+            baselines = _baselines(setup, progress, rounds, federated) if config.baselines else None
+        summary = _summary(setup, federated, baselines, rule)
     summary["data_summary"] = data_summary(setup)  # aggregates computed at each site
     if federated.kept is not None:  # keep_best: which round's model the test figures are of
         summary["kept_round"] = federated.kept

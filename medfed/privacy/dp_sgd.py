@@ -100,6 +100,22 @@ class SiteBudget:
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.rate)
 
 
+@dataclass
+class DPSiteRecord:
+    """A DP-SGD site's budget as the site reports it, for the run's privacy summary: a site that
+    trained in another process (a Ray worker) keeps its DPSite there."""
+
+    budget: SiteBudget
+    stopped: str | None = None
+
+    @classmethod
+    def from_json(cls, record: dict) -> DPSiteRecord:
+        budget = SiteBudget(record["noise_multiplier"], record["rate"], record["delta"],
+                            record["target"])
+        budget.accountant.history = [tuple(h) for h in record["history"]]
+        return cls(budget, record["stopped"])
+
+
 def noise_for_target(settings: DPSGDSettings, rate: float, total_steps: int) -> float:
     """sigma such that total_steps steps at rate q reach at most the target epsilon."""
     if settings.noise_multiplier is not None:

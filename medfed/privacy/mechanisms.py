@@ -34,7 +34,7 @@ from medfed.errors import ConfigError
 from medfed.privacy import ckks
 from medfed.privacy.client_dp import ClientDP
 from medfed.privacy.dp_plan import dp_plan
-from medfed.privacy.dp_sgd import DPSGDSettings, DPSite, steps_per_epoch
+from medfed.privacy.dp_sgd import DPSGDSettings, DPSite, DPSiteRecord, steps_per_epoch
 from medfed.privacy.fixed_point import RING_BITS
 from medfed.privacy.homomorphic import (
     Decryptor,
@@ -61,7 +61,8 @@ class Mechanisms:
     sites: list[SiteId]
     client_dp: ClientDP | None = None
     deployed: bool = False
-    dp_sites: dict[SiteId, DPSite] = field(default_factory=dict)
+    # a site's DPSite, or its record when it trained in a Ray worker (transport/ray_transport.py)
+    dp_sites: dict[SiteId, DPSite | DPSiteRecord] = field(default_factory=dict)
     secure_sites: dict[SiteId, SecureSite] = field(default_factory=dict)
     he_sites: dict[SiteId, HomomorphicSite] = field(default_factory=dict)
     he_context: tuple[bytes, bytes] | None = None  # a simulation's (secret, public) CKKS context

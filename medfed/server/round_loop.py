@@ -13,8 +13,9 @@ length varies) offers `check_reply(update, sent)` instead, which raises Incompat
 A transport whose sites work in parallel (gRPC: sites are other machines) may offer
 `dispatch(payloads, options)` (transport.base.StageDispatch): the loop calls it once per stage with
 every site's payload, so all sites of a stage start training at once, then collects each site's
-update in the stage's order with `train(site, ...)`, exactly as it does in simulation. The
-in-process transport has no dispatch: its train() does the work when called.
+update in the stage's order with `train(site, ...)`, exactly as it does in simulation (the Ray
+backend does the same with its workers). The in-process transport has no dispatch: its train()
+does the work when called.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from medfed.errors import IncompatibleUpdate, NotEnoughSites, TransportError
 from medfed.server.sampling import sample_sites
 from medfed.server.validation import check_update
 from medfed.server.weights import cap_weights
-from medfed.transport.base import Transport
+from medfed.transport.base import EvaluationDispatch, SitePlacement, Transport
 from medfed.types import CONTROL_PREFIX, Metrics, SiteId, StateDict, Update
 
 
@@ -56,6 +57,7 @@ class RoundResult:
     bytes_up: int = 0
     bytes_down: int = 0
     seconds: float = 0.0
+    placement: dict[SiteId, dict[str, str]] = field(default_factory=dict)  # site -> where it trained
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,8 @@ def _run_stage(strategy: Strategy, transport: Transport, stage: list[SiteId], op
         dispatch(payloads, options)
     held: list[tuple[Update, StateDict, bool]] = []  # (update, model sent, whether it is a model)
     for site in stage:
+        if isinstance(transport, SitePlacement):  # the Ray backend: which node and worker
+            result.placement[site] = transport.placement(site)
         try:
             update = transport.train(site, payloads[site], options)
             _check_origin(update, site)
@@ -168,6 +172,8 @@ def _receive(strategy: Strategy, update: Update, sent: StateDict, result: RoundR
 def _evaluate_sites(strategy: Strategy, transport: Transport, sites: Sequence[SiteId],
                     result: RoundResult) -> dict[SiteId, Metrics]:
     """Each site scores the model on its own validation split; a site that cannot is recorded."""
+    if isinstance(transport, EvaluationDispatch):  # the Ray backend: all workers score at once
+        transport.dispatch_evaluation({site: strategy.site_state(site) for site in sites}, "val")
     scores = {}
     for site in sites:
         try:

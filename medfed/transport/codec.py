@@ -21,3 +21,17 @@ def decode_state(blob: bytes) -> StateDict:
         return load(blob)
     except (SafetensorError, ValueError, OSError) as exc:
         raise IncompatibleUpdate(f"not a valid safetensors model state: {exc}") from None
+
+
+def decode_metadata(blob: bytes) -> dict[str, object]:
+    """The metadata encode_state put in a blob: safetensors' header is an 8-byte little-endian
+    length, then that many bytes of JSON whose "__metadata__" holds it."""
+    try:
+        size = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8:8 + size])
+        meta = json.loads(header.get("__metadata__", {}).get("medfed", "{}"))
+    except (ValueError, AttributeError) as exc:
+        raise IncompatibleUpdate(f"not a valid safetensors header: {exc}") from None
+    if not isinstance(meta, dict):
+        raise IncompatibleUpdate("safetensors metadata is not a JSON object")
+    return meta

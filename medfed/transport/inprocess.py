@@ -22,9 +22,13 @@ class InProcessTransport:
         self.bytes_down = 0
         self._sent: tuple[StateDict, bytes] | None = None  # the last state encoded, and its bytes
 
+    @property
+    def sites(self) -> list[SiteId]:
+        return list(self.trainers)
+
     def train(self, site: SiteId, state: StateDict, options: TrainOptions) -> Update:
         received = self._deliver(site, state)
-        update = _at_site(site, lambda: self.trainers[site].train(received, options))
+        update = at_site(site, lambda: self.trainers[site].train(received, options))
         reply = encode_state(update.state, {"n_samples": update.n_samples,
                                             "n_steps": update.n_steps, "metrics": update.metrics})
         self.bytes_up += len(reply)
@@ -33,7 +37,7 @@ class InProcessTransport:
 
     def evaluate(self, site: SiteId, state: StateDict, split: str) -> Metrics:
         received = self._deliver(site, state)
-        metrics = _at_site(site, lambda: self.trainers[site].evaluate(received, split))
+        metrics = at_site(site, lambda: self.trainers[site].evaluate(received, split))
         self.bytes_up += len(json.dumps(metrics))
         return metrics
 
@@ -52,7 +56,7 @@ class InProcessTransport:
         return self._sent[1]
 
 
-def _at_site(site: SiteId, work: Callable[[], T]) -> T:
+def at_site(site: SiteId, work: Callable[[], T]) -> T:
     """Run work at a site; whatever breaks there is that site's failure, reported as a
     TransportError as a remote site's would be, so the round loop records it and goes on."""
     try:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 
 from medfed.errors import IncompatibleUpdate
-from medfed.transport.codec import decode_state, encode_state
+from medfed.transport.codec import decode_metadata, decode_state, encode_state
 
 
 def sample_state() -> dict[str, torch.Tensor]:
@@ -65,6 +65,18 @@ def test_metadata_is_carried_as_json(tmp_path):
 
 def test_no_metadata_is_an_empty_object():
     assert json.loads(header(encode_state({"w": torch.ones(1)}))["__metadata__"]["medfed"]) == {}
+    assert decode_metadata(encode_state({"w": torch.ones(1)})) == {}
+
+
+def test_decode_metadata_reads_back_what_encode_state_wrote():
+    meta = {"n_samples": 12, "n_steps": 3, "metrics": {"train_loss": 0.25}}
+    assert decode_metadata(encode_state({"w": torch.ones(2)}, meta)) == meta
+
+
+@pytest.mark.parametrize("blob", [b"", b"garbage" * 3, struct.pack("<Q", 4) + b"[1]\n"])
+def test_decode_metadata_of_garbage_is_an_incompatible_update(blob):
+    with pytest.raises(IncompatibleUpdate):
+        decode_metadata(blob)
 
 
 HEADER_WITHOUT_DATA = b'{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}'
