@@ -21,7 +21,7 @@ from medfed.algorithms.registry import StrategyContext, build_strategy
 from medfed.algorithms.strategy import Strategy
 from medfed.client.attack_spec import Attack, parse_attack
 from medfed.client.predictor import Predictor
-from medfed.client.trainer import SiteTrainer, TrainOptions
+from medfed.client.trainer import LocalSite, SiteTrainer, TrainOptions
 from medfed.config import RunConfig
 from medfed.config_execution import RAY
 from medfed.config_topology import check_topology_sites
@@ -334,9 +334,15 @@ def _site_transport(setup: Setup, sites: dict[SiteId, SiteData], recipe: SiteRec
     if setup.config.execution.backend == RAY:
         raise ConfigError("backend = \"ray\" trains inside an execution session: call train() "
                           "within `with execution_session(setup):`")
+    return InProcessTransport(recipe.wrapped(site_trainers(setup, sites, recipe), privacy))
+
+
+def site_trainers(setup: Setup, sites: dict[SiteId, SiteData], recipe: SiteRecipe | None = None
+                  ) -> dict[SiteId, LocalSite]:
+    """The in-process trainers of these sites (honest ones unless the recipe says otherwise)."""
+    recipe = recipe or site_recipe(setup, None)
     device = setup.predictor.device
-    trainers = {site: recipe.trainer(k, data, device) for k, (site, data) in enumerate(sites.items())}
-    return InProcessTransport(recipe.wrapped(trainers, privacy))
+    return {site: recipe.trainer(k, data, device) for k, (site, data) in enumerate(sites.items())}
 
 
 def site_trainer(setup: Setup, k: int, data: SiteData) -> SiteTrainer:

@@ -20,7 +20,7 @@ import torch
 from medfed.algorithms.registry import StrategyContext, build_strategy
 from medfed.config import ALGORITHMS, DataConfig, FederationConfig, RunConfig, TrainingConfig
 from medfed.deploy.state import StateStore
-from medfed.experiment import _trainers, prepare, train_options
+from medfed.experiment import site_trainers, prepare, train_options
 from medfed.server.round_loop import RoundPlan, run_rounds
 from medfed.server.sampling import sample_sites
 from medfed.transport.inprocess import InProcessTransport
@@ -39,7 +39,7 @@ def config(algorithm: str) -> RunConfig:
 def run(setup, algorithm: str, store_folder: Path | None):
     """Rounds 1..ROUNDS; with a folder, stop after round 1, checkpoint, rebuild and go on."""
     sites = setup.federation.site_ids
-    transport = InProcessTransport(_trainers(setup, setup.federation.sites, None))
+    transport = InProcessTransport(site_trainers(setup, setup.federation.sites))
     options, fed = train_options(setup.config), setup.config.federation
 
     def strategy():

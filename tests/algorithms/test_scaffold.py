@@ -8,7 +8,7 @@ import torch
 from medfed.algorithms.scaffold import Scaffold
 from medfed.client.trainer import TrainOptions
 from medfed.config import DataConfig, FederationConfig, RunConfig, TrainingConfig
-from medfed.experiment import _trainers, prepare, train
+from medfed.experiment import site_trainers, prepare, train
 from medfed.types import CONTROL_PREFIX, Update, split_control
 
 PARAMS = frozenset({"w"})
@@ -68,11 +68,14 @@ def test_first_round_with_zero_control_variates_is_fedavg():
 
 
 def test_a_single_site_stays_fedavg_round_after_round():
-    """With one site, c = c_k after the first round, so the correction c - c_k vanishes."""
-    scaffold = final_state(tiny("scaffold", sites=1, rounds=3))
-    fedavg = final_state(tiny("fedavg", sites=1, rounds=3))
+    """With one site, c = c_k after the first round, so the correction c - c_k vanishes in the
+    second. (From the third round on, c = c + (c_k+ - c_k) equals c_k+ only up to float rounding,
+    and twenty local steps a round amplify that residue to ~1e-3: exactness is checked where the
+    arithmetic is exact.)"""
+    scaffold = final_state(tiny("scaffold", sites=1, rounds=2))
+    fedavg = final_state(tiny("fedavg", sites=1, rounds=2))
     for key in fedavg:
-        torch.testing.assert_close(scaffold[key], fedavg[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(scaffold[key], fedavg[key], rtol=1e-6, atol=1e-7)
 
 
 def test_several_sites_differ_from_fedavg_once_control_variates_are_learned():
@@ -84,7 +87,7 @@ def test_several_sites_differ_from_fedavg_once_control_variates_are_learned():
 def test_the_site_keeps_c_k_and_returns_its_change_by_option_two():
     config = tiny("scaffold", sites=1, rounds=1)
     setup = prepare(config)
-    trainer = _trainers(setup, setup.federation.sites, None)["site-a"]
+    trainer = site_trainers(setup, setup.federation.sites)["site-a"]
     options = TrainOptions(batch_size=16, lr=0.05, optimizer="sgd", momentum=0.0, scaffold=True)
     server_c = {k: torch.full_like(setup.initial[k], 0.01) for k in setup.parameter_keys}
     sent = setup.initial | {CONTROL_PREFIX + k: v for k, v in server_c.items()}
