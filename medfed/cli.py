@@ -62,7 +62,7 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--optimizer": ("optimizer", str, "adam or sgd"),
     "--momentum": ("momentum", float, "SGD momentum"),
     "--logit-adjust": ("logit_adjust", float, "label skew: train on logits + tau log(site's label prior)"),
-    "--model": ("model", str, ("cnn, resnet18, resnet50, densenet121, mlp, logistic (default: "
+    "--model": ("model", str, ("cnn, resnet18, resnet50, densenet121, scatter, mlp, logistic (default: "
                                "from the data: cnn for images, mlp for tabular rows)")),
     "--norm": ("norm", str, "batch, group or instance (default: from the data)"),
     "--width": ("width", int, "cnn: channels of its first stage (default 16, ~70k parameters; 60: ~1M)"),

@@ -38,7 +38,7 @@ AGGREGATORS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "norm-bou
 # The algorithms whose server step is an average, and so can take any aggregator.
 AVERAGING = ("fedavg", "fedavgm", "fedprox", "fedbn", "fedadam", "fedyogi")
 CNN_WIDTH = 16  # the default cnn's first-stage channels (models/cnn.py uses it)
-MODELS = ("cnn", "resnet18", "resnet50", "densenet121", "mlp", "logistic")
+MODELS = ("cnn", "resnet18", "resnet50", "densenet121", "scatter", "mlp", "logistic")
 NORMS = ("batch", "group", "instance")
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")

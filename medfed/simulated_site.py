@@ -7,7 +7,7 @@ compression, each seeded from (the run's seed, k), so the same site trains alike
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,7 +46,7 @@ def make_site_trainer(config: RunConfig, spec: ModelSpec, task: Task, preprocess
 
 
 def site_model(config: RunConfig, spec: ModelSpec) -> nn.Module:
-    return build_model(config.model.model, replace(spec, input_size=()), config.seed)
+    return build_model(config.model.model, spec, config.seed, check_input=False)
 
 
 @dataclass(frozen=True)

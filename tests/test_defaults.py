@@ -75,6 +75,16 @@ def test_dp_sgd_gets_a_norm_without_batch_statistics_and_an_epoch_budget():
     assert got["norm"] == "group" and got["local_steps"] == 0
 
 
+@pytest.mark.parametrize(("facts", "model"), [(DataFacts(2, 1, side=28), "scatter"),
+                                              (DataFacts(2, 3, side=64), "scatter"),
+                                              (GREY, "cnn"), (DataFacts(3, 1, side=28), "cnn"),
+                                              (TABULAR, "mlp")])
+def test_dp_sgd_on_small_2d_images_gets_fixed_scattering_features(facts, model):
+    dp = RunConfig(privacy=PrivacyConfig(dp_sgd=True, noise_multiplier=1.0))
+    assert chosen(dp, facts)["model"] == model
+    assert chosen(RunConfig(), DataFacts(2, 1, side=28))["model"] == "cnn"  # only under DP
+
+
 def test_a_setting_given_is_never_chosen_over():
     config = RunConfig(model=ModelConfig(model="resnet18", norm="group"),
                        data=DataConfig(augment=True),

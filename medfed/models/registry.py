@@ -48,6 +48,14 @@ def _resnet(factory: Callable[..., nn.Module]) -> Builder:
                                           num_classes=s.num_outputs, norm=monai_norm(s.norm)), s.norm)
 
 
+def _scatter(spec: ModelSpec) -> nn.Module:
+    from medfed.models.scattering import ScatterNet
+
+    if len(spec.input_size) != 2:
+        raise ConfigError("--model scatter needs the images' size (2D)")
+    return ScatterNet(spec.in_channels, spec.num_outputs, spec.input_size, 32)
+
+
 MODELS: Registry[Builder] = Registry("model", {
     "cnn": _for(IMAGES, "cnn", lambda s: SmallCNN(s.spatial_dims, s.in_channels, s.num_outputs, s.norm,
                                                         s.width)),
@@ -56,18 +64,21 @@ MODELS: Registry[Builder] = Registry("model", {
     "densenet121": _for(IMAGES, "densenet121", lambda s: nets.DenseNet121(
         spatial_dims=s.spatial_dims, in_channels=s.in_channels, out_channels=s.num_outputs,
         norm=monai_norm(s.norm))),
+    "scatter": _for(((2,), "needs 2D images (a 2D scattering transform)"), "scatter",
+                    lambda s: _scatter(s)),
     "mlp": _for(TABULAR, "mlp", lambda s: mlp(s.in_channels, s.num_outputs, s.norm)),
     "logistic": _for(TABULAR, "logistic", lambda s: logistic(s.in_channels, s.num_outputs)),
 })
 
 
-def build_model(name: str, spec: ModelSpec, seed: int) -> nn.Module:
-    """A freshly initialised network; the same seed gives the same initial weights."""
+def build_model(name: str, spec: ModelSpec, seed: int, check_input: bool = True) -> nn.Module:
+    """A freshly initialised network; the same seed gives the same initial weights. check_input:
+    a dry forward pass at spec.input_size (done once per run, not for every site's copy)."""
     builder = MODELS[name]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = builder(spec)
-    if spec.input_size:
+    if spec.input_size and check_input:
         _check_input_size(name, model, spec)
     return model
 

@@ -13,6 +13,7 @@ from medfed.models import MODELS, ModelSpec, build_model, norm_keys, parameter_k
 
 IMAGE_MODELS = ("cnn", "resnet18", "resnet50", "densenet121")
 TABULAR_MODELS = ("mlp", "logistic")
+IMAGE_2D_MODELS = ("scatter",)  # tests/models/test_scattering.py
 # The smallest 2D side each network takes: DenseNet-121 halves the image five times.
 SIDE = {"cnn": 28, "resnet18": 28, "resnet50": 28, "densenet121": 32}
 
@@ -25,7 +26,7 @@ def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def test_registry_names_equal_the_config_names():
     assert set(MODELS) == set(config.MODELS) and len(MODELS) == len(config.MODELS)
-    assert set(IMAGE_MODELS + TABULAR_MODELS) == set(config.MODELS)
+    assert set(IMAGE_MODELS + IMAGE_2D_MODELS + TABULAR_MODELS) == set(config.MODELS)
 
 
 @pytest.mark.parametrize("name", IMAGE_MODELS)
