@@ -58,9 +58,10 @@ def relayed_bytes(row: dict[str, Any], model_bytes: int, degree: int) -> float:
 
 def table(rows: list[dict[str, Any]]) -> str:
     target = {r["seed"]: r["test_auc"] for r in rows if r["topology"] == "fedavg (server)"}
-    lines = ["| architecture | test AUC (mean ± sd) | DeLong 95 % CI per seed | sites' own models | "
-             "rounds to FedAvg's final AUC | consensus gap (last round) | MB per site, direct | "
-             "MB per site through the relay |", "|---" * 8 + "|"]
+    header = ("| architecture | test AUC (mean ± sd) | DeLong 95 % CI per seed | sites' own models | "
+              "rounds to FedAvg's final AUC | consensus gap (last round) | MB per site, direct | "
+              "MB per site through the relay |")
+    lines = [header, "|---" * 8 + "|"]
     for name in TOPOLOGIES:
         runs = [r for r in rows if r["topology"] == name]
         if not runs:
