@@ -40,8 +40,10 @@ from typing import TYPE_CHECKING, Any
 
 from medfed.algorithms.graphs import Graph
 from medfed.algorithms.topologies import gossip_graph
+from medfed.algorithms.topology_spec import P2P
+from medfed.config import RunConfig
 from medfed.deploy.relay_site import KEYS, MIX, TRAIN
-from medfed.errors import NotEnoughSites, TransportError
+from medfed.errors import ConfigError, NotEnoughSites, TransportError
 from medfed.experiment import train_options
 from medfed.output import write_json
 from medfed.privacy import peer_seal
@@ -69,6 +71,17 @@ class RelayRound:
     @property
     def consensus_gap(self) -> float | None:
         return statistics.fmean(self.distances.values()) if self.distances else None
+
+
+def relays(config: RunConfig) -> bool:
+    """Whether a federation runs through the relay instead of the server's round loop."""
+    return config.federation.topology == P2P
+
+
+def check_certificates(config: RunConfig, insecure: bool) -> None:
+    if relays(config) and insecure:
+        raise ConfigError("topology p2p needs certificates (--certs): each site signs its round "
+                          "keys with its certificate key, so the relay cannot substitute them")
 
 
 def run_relay(fed: Federation, wait_for_sites: Callable[[], None]) -> dict[str, Any]:

@@ -39,9 +39,9 @@ from medfed.algorithms.compression import compress_strategy
 from medfed.algorithms.compression_spec import parse_compression
 from medfed.algorithms.registry import StrategyContext, build_strategy
 from medfed.algorithms.strategy import Strategy
-from medfed.algorithms.topology_spec import P2P
 from medfed.config import RunConfig
 from medfed.config_file import to_toml
+from medfed.deploy import relay
 from medfed.deploy.audit import AuditLog
 from medfed.deploy.audit_verify import open_trail
 from medfed.deploy.audit_witness import AUDIT_HEAD
@@ -50,7 +50,6 @@ from medfed.deploy.handshakes import HandshakeWatch
 from medfed.deploy.harmonization import share_reference
 from medfed.deploy.homomorphic_exchange import GrpcDecryptor
 from medfed.deploy.memory import limit_arenas, release_freed
-from medfed.deploy.relay import run_relay
 from medfed.deploy.results import finish
 from medfed.deploy.secure_exchange import GrpcCoordinator
 from medfed.deploy.settings import DeploymentConfig, FederationFile, load_federation
@@ -155,9 +154,7 @@ def open_federation(federation: FederationFile, args: ServerArgs) -> Federation:
     config, deployment = federation.config, federation.deployment
     model = ServerModel.build(config, federation.task)  # a model the task cannot take fails here
     he_context = _public_context(config, args)  # a missing or secret context fails before the state
-    if config.federation.topology == P2P and args.insecure:
-        raise ConfigError("topology p2p needs certificates (--certs): each site signs its round "
-                          "keys with its certificate key, so the relay cannot substitute them")
+    relay.check_certificates(config, args.insecure)
     trust = None if args.insecure else Trust(x509.load_pem_x509_certificate(
         load_identity(args.certs or Path(), SERVER_NAME).ca))
     store, audit = _open_state(args, config, federation.task)  # a refused --state fails in a moment
@@ -241,8 +238,8 @@ def _refusal(task: TaskSchema, site: SiteId, hello: dict[str, Any]) -> str | Non
 def _run_federation(fed: Federation) -> dict[str, Any]:
     started = time.perf_counter()
     need = fed.deployment.min_sites_to_start or len(fed.sites)
-    if fed.config.federation.topology == P2P:  # no aggregator: the server relays sealed models
-        return run_relay(fed, lambda: _wait_for_sites(fed, need))
+    if relay.relays(fed.config):  # p2p: no aggregator, the server relays sealed models
+        return relay.run_relay(fed, lambda: _wait_for_sites(fed, need))
     strategy, attempts = None, 0
     while (done := fed.store.completed_rounds()) < fed.config.federation.rounds or strategy is None:
         _check_abort(fed)
@@ -305,10 +302,8 @@ def _strategy(fed: Federation) -> Strategy:
     # Client-level DP (DP-FedAvg): without secure aggregation the server's aggregator clips and
     # adds the noise; with it, SecureAggregation does (sites clip, the server noises the sum).
     ctx = StrategyContext(initial, m.parameter_keys, m.norm_keys, fed.sites, fed.config.federation,
-                          fed.config.training, aggregator_override=fed.privacy.aggregator(),
-                          seed=fed.config.seed)
-    # hybrid: the server computes the regional averages, then the global one (it sees every
-    # site's model, as FedAvg's server does; README "Topologies")
+                          fed.config.training, fed.privacy.aggregator(), fed.config.seed)
+    # hybrid too: the server computes regional, then global averages (README "Topologies")
     strategy = build_strategy(fed.config.federation.algorithm, ctx, fed.config.federation.topology)
     if fed.config.privacy.secure_aggregation:
         # The simulation's SecureAggregation; its key and unmask messages travel over the sessions.
