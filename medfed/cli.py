@@ -48,7 +48,8 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
                                     "share, with error feedback), e.g. topk:0.1"),
     "--topology": ("topology", str, ("server (a central aggregator), p2p (gossip between peers) or "
                                      "hybrid (regional, then global aggregation)")),
-    "--gossip": ("gossip", str, "p2p graph: ring, k-regular:K (random, from --seed) or full"),
+    "--gossip": ("gossip", str, ("p2p graph: ring, k-regular:K (random, from --seed), full, or "
+                                 "braintorrent (a site a step pulls its peers' newer models)")),
     "--regions": ("regions", str, "hybrid: sites per region, e.g. 'north:site-a,site-b;south:site-c'"),
     "--global-every": ("global_every", int, "hybrid: regional rounds per global average (1)"),
     "--mu": ("mu", float, "FedProx proximal weight"),

@@ -77,3 +77,15 @@ def test_regions_that_miss_a_site_are_one_line(capsys, tmp_path, tiny_config):
                             "--out", str(tmp_path / "out")], capsys)
     assert_one_line_error(code, err, "regions names unknown sites ['site-x']", SITES)
     assert not (tmp_path / "out").exists()
+
+
+def test_braintorrent_run_records_pulls_and_site_models(tmp_path, tiny_config, capsys):
+    out = tmp_path / "bt"
+    code, _, err = run_cli(["run", *tiny_config(2), "--topology", "p2p", "--gossip", "braintorrent",
+                            "--no-baselines", "--out", str(out)], capsys)
+    assert code == 0, err
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert all(r["consensus_gap"] >= 0 and r["bytes_peers"] > 0 for r in rounds)
+    topology = json.loads((out / "summary.json").read_text())["topology"]
+    assert topology["kind"] == "p2p" and set(topology["site_models"]) == {"site-a", "site-b",
+                                                                          "site-c"}

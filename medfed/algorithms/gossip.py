@@ -28,7 +28,7 @@ which no site holds; how far the sites are from it (the consensus gap) is record
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from medfed.algorithms import robust
 from medfed.algorithms.aggregate import WeightedMean, cast_like
@@ -36,6 +36,16 @@ from medfed.algorithms.checkpoint import Checkpoint, per_site, per_site_back
 from medfed.algorithms.graphs import Graph
 from medfed.algorithms.strategy import TopologyRound
 from medfed.types import Prediction, SiteId, StateDict, Update
+
+
+def mix(models: Iterable[tuple[StateDict, int]], like: StateDict) -> StateDict:
+    """The gossip step: the sample-weighted mean of (model, samples) pairs (a site's own and its
+    neighbours'), cast to `like`'s dtypes (integer buffers stay integers; keys the models lack are
+    `like`'s). One function for the simulation and for a deployed site (deploy/relay_site.py)."""
+    mean = WeightedMean()
+    for state, samples in models:
+        mean.add(state, samples)
+    return {**like, **cast_like(mean.result(), like)}
 
 
 class Gossip:
@@ -80,21 +90,16 @@ class Gossip:
         self._consensus = self._average()
 
     def _mix(self, site: SiteId) -> StateDict:
-        mean = WeightedMean()
-        for peer in sorted(self.graph[site] | {site}):  # sorted: the same sum order every run
-            if peer in self._fresh:
-                mean.add(self._fresh[peer].state, self._fresh[peer].n_samples)
-                self._sent_messages += peer != site  # the peer sent its model to this site
-        return {**self._initial, **cast_like(mean.result(), self._initial)}
+        peers = [p for p in sorted(self.graph[site] | {site}) if p in self._fresh]  # sorted: the
+        self._sent_messages += sum(p != site for p in peers)  # same sum order every run
+        return mix(((self._fresh[p].state, self._fresh[p].n_samples) for p in peers), self._initial)
 
     def _average(self) -> StateDict:
         """The consensus: the sample-weighted average of every site's current model."""
         if not self._models:
             return self._initial
-        mean = WeightedMean()
-        for site in sorted(self._models):
-            mean.add(self._models[site], self._samples[site])
-        return {**self._initial, **cast_like(mean.result(), self._initial)}
+        return mix(((self._models[s], self._samples[s]) for s in sorted(self._models)),
+                   self._initial)
 
     def consensus_gap(self) -> float:
         """Mean over the sites of ||x_i - x_bar|| (parameter L2, float tensors): 0 at consensus."""

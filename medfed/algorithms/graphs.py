@@ -1,7 +1,8 @@
 """The gossip graphs of the p2p topology: who exchanges models with whom.
 
 A graph is {site: its neighbours} (undirected, no self-loops). A ring joins each site to the next
-in the federation's order; a full graph joins every pair; a random K-regular graph is drawn with
+in the federation's order; a full graph joins every pair (BrainTorrent's too: any site may pull
+from any other); a random K-regular graph is drawn with
 networkx (uniformly among K-regular graphs, Steger and Wormald 1999) from the run's seed, so the
 same seed gives the same graph.
 """
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 
 import networkx as nx
 
-from medfed.algorithms.topology_spec import FULL, K_REGULAR, RING, GossipSpec, check_graph
+from medfed.algorithms.topology_spec import BRAINTORRENT, FULL, K_REGULAR, RING, GossipSpec, check_graph
 from medfed.types import SiteId
 
 Graph = dict[SiteId, frozenset[SiteId]]
@@ -23,7 +24,7 @@ def build_graph(spec: GossipSpec, sites: Sequence[SiteId], seed: int) -> Graph:
     n = len(sites)
     if spec.kind == RING:
         edges = {(k, (k + 1) % n) for k in range(n)}
-    elif spec.kind == FULL:
+    elif spec.kind in (FULL, BRAINTORRENT):  # a BrainTorrent site may pull from any peer
         edges = {(i, j) for i in range(n) for j in range(i + 1, n)}
     elif spec.kind == K_REGULAR and spec.degree is not None:
         edges = set(nx.random_regular_graph(spec.degree, n, seed=seed).edges())

@@ -1,5 +1,6 @@
 """How sites are connected, as the configuration writes it: the topology ("server", "p2p",
-"hybrid"), the gossip graph of p2p ("ring", "k-regular:K", "full") and the region map of hybrid
+"hybrid"), the gossip graph of p2p ("ring", "k-regular:K", "full", or "braintorrent": pulls
+from every peer, braintorrent.py) and the region map of hybrid
 ("north:site-a,site-b;south:site-c"). Parsing only: no torch, so config.py can check values early.
 The graphs themselves are built in graphs.py, the strategies in gossip.py and hierarchical.py.
 """
@@ -12,20 +13,20 @@ from medfed.errors import ConfigError
 
 SERVER, P2P, HYBRID = "server", "p2p", "hybrid"
 TOPOLOGIES = (SERVER, P2P, HYBRID)
-RING, K_REGULAR, FULL = "ring", "k-regular", "full"
-GRAPHS = (RING, f"{K_REGULAR}:K", FULL)
+RING, K_REGULAR, FULL, BRAINTORRENT = "ring", "k-regular", "full", "braintorrent"
+GRAPHS = (RING, f"{K_REGULAR}:K", FULL, BRAINTORRENT)
 
 
 @dataclass(frozen=True)
 class GossipSpec:
-    kind: str  # ring, k-regular or full
+    kind: str  # ring, k-regular, full or braintorrent (a full graph, pulled from one site a step)
     degree: int | None = None  # K of k-regular; the others' degree follows from the site count
 
 
 def parse_gossip(text: str) -> GossipSpec:
-    """'ring', 'full' or 'k-regular:K' (K >= 1); anything else is one ConfigError."""
+    """'ring', 'full', 'braintorrent' or 'k-regular:K' (K >= 1); anything else is one ConfigError."""
     kind, _, arg = text.strip().partition(":")
-    if kind in (RING, FULL) and not arg:
+    if kind in (RING, FULL, BRAINTORRENT) and not arg:
         return GossipSpec(kind)
     if kind == K_REGULAR:
         try:

@@ -41,6 +41,7 @@ from medfed.algorithms.registry import StrategyContext, build_strategy
 from medfed.algorithms.strategy import Strategy
 from medfed.config import RunConfig
 from medfed.config_file import to_toml
+from medfed.deploy import relay
 from medfed.deploy.audit import AuditLog
 from medfed.deploy.audit_verify import open_trail
 from medfed.deploy.audit_witness import AUDIT_HEAD
@@ -153,6 +154,7 @@ def open_federation(federation: FederationFile, args: ServerArgs) -> Federation:
     config, deployment = federation.config, federation.deployment
     model = ServerModel.build(config, federation.task)  # a model the task cannot take fails here
     he_context = _public_context(config, args)  # a missing or secret context fails before the state
+    relay.check_certificates(config, args.insecure)
     trust = None if args.insecure else Trust(x509.load_pem_x509_certificate(
         load_identity(args.certs or Path(), SERVER_NAME).ca))
     store, audit = _open_state(args, config, federation.task)  # a refused --state fails in a moment
@@ -236,6 +238,8 @@ def _refusal(task: TaskSchema, site: SiteId, hello: dict[str, Any]) -> str | Non
 def _run_federation(fed: Federation) -> dict[str, Any]:
     started = time.perf_counter()
     need = fed.deployment.min_sites_to_start or len(fed.sites)
+    if relay.relays(fed.config):  # p2p: no aggregator, the server relays sealed models
+        return relay.run_relay(fed, lambda: _wait_for_sites(fed, need))
     strategy, attempts = None, 0
     while (done := fed.store.completed_rounds()) < fed.config.federation.rounds or strategy is None:
         _check_abort(fed)
@@ -298,8 +302,9 @@ def _strategy(fed: Federation) -> Strategy:
     # Client-level DP (DP-FedAvg): without secure aggregation the server's aggregator clips and
     # adds the noise; with it, SecureAggregation does (sites clip, the server noises the sum).
     ctx = StrategyContext(initial, m.parameter_keys, m.norm_keys, fed.sites, fed.config.federation,
-                          fed.config.training, aggregator_override=fed.privacy.aggregator())
-    strategy = build_strategy(fed.config.federation.algorithm, ctx)
+                          fed.config.training, fed.privacy.aggregator(), fed.config.seed)
+    # hybrid too: the server computes regional, then global averages (README "Topologies")
+    strategy = build_strategy(fed.config.federation.algorithm, ctx, fed.config.federation.topology)
     if fed.config.privacy.secure_aggregation:
         # The simulation's SecureAggregation; its key and unmask messages travel over the sessions.
         strategy = fed.privacy.wrap_strategy(strategy, GrpcCoordinator(fed.transport, fed.trust))

@@ -111,13 +111,23 @@ def _federation(raw: dict[str, Any], path: str) -> FederationFile:
     raw["data"] = {**data, "sites": len(settings.sites)}
     # Settings left unset are chosen from the task schema, here, so every site gets them filled in.
     config = choose_defaults(config_from_dict(raw, source=str(path)), DataFacts.of_task(task)).config
-    if config.federation.topology != "server":  # README "Topologies": the relay is not built yet
-        raise ConfigError(f"topology {config.federation.topology} runs in simulation only (medfed "
-                          "run / compare); a deployment has topology = \"server\"")
+    _check_deployed_topology(config, task)
     if config.federation.keep_best:  # the coordinator keeps no snapshot of a better round yet
         raise ConfigError("keep_best runs in simulation only (medfed run / compare); a deployment "
                           "keeps the last round's model (leave keep_best unset or false)")
     return FederationFile(config, task, settings)
+
+
+def _check_deployed_topology(config: RunConfig, task: TaskSchema) -> None:
+    """p2p runs through the server as a relay of sealed models (deploy/relay.py), hybrid with the
+    server computing regional then global averages; README "Topologies" says what is not built."""
+    fed = config.federation
+    if fed.topology == "p2p" and fed.gossip == "braintorrent":
+        raise ConfigError("gossip braintorrent runs in simulation only (medfed run / compare); a "
+                          "deployed p2p federation gossips over ring, k-regular:K or full")
+    if fed.topology == "p2p" and task.harmonize == "histogram":
+        raise ConfigError("topology p2p does not relay a histogram reference; use [task] "
+                          "harmonize = \"zscore\" or \"none\"")
 
 
 def deployment_config(raw: dict[str, Any]) -> DeploymentConfig:

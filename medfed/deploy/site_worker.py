@@ -40,7 +40,7 @@ from medfed.data.dataset import Samples, SiteData, label_counts
 from medfed.data.harmonize import harmonize_site, pool_images, site_quantiles
 from medfed.data.transforms import Preprocess
 from medfed.defaults import DataFacts, choose_defaults
-from medfed.deploy import homomorphic_exchange, secure_exchange
+from medfed.deploy import homomorphic_exchange, relay_site, secure_exchange
 from medfed.deploy.audit_witness import AUDIT_HEAD, Witness
 from medfed.deploy.site_data import LocalData
 from medfed.deploy.site_policy import SHARES, SitePolicy
@@ -139,6 +139,17 @@ class SiteWorker:
         for dp in self.privacy.dp_sites.values():  # the site's own cap on top of the plan's target
             dp.budget.target = self.policy.epsilon_cap(dp.budget.target)
         self.last_final: dict[str, Any] | None = None
+        self.peer = self._peer(identity)
+
+    def _peer(self, identity: SigningIdentity | None) -> relay_site.PeerSite | None:
+        """p2p through the relay: the site's own model and round keys (None for other topologies,
+        and without a certificate key, which p2p's key adverts need: its tasks are refused)."""
+        if self.config.federation.topology != "p2p" or identity is None:
+            return None
+        spec = self.welcome.task.model_spec(self.config.model)
+        initial = build_model(self.config.model.model, spec, self.config.seed).state_dict()
+        return relay_site.PeerSite(self.site, identity, self.trainer, self.config,
+                                   self.welcome.sites, initial, self._record_spending)
 
     def _check_plan(self) -> None:
         refusal = self.policy.refusal(self.config, len(self.welcome.sites))
@@ -177,6 +188,11 @@ class SiteWorker:
             if not isinstance(self.trainer, SecureSite):
                 raise ValueError("this federation does not use secure aggregation")
             return secure_exchange.answer(self.trainer, self.config, kind, json.loads(blob)), b""
+        if kind in relay_site.KINDS:
+            if self.peer is None:
+                raise ValueError("this federation is not p2p, or this site has no certificate key "
+                                 "to sign its round keys with (--insecure)")
+            return self.peer.answer(kind, options, blob)
         if kind == homomorphic_exchange.DECRYPT:
             if not isinstance(self.trainer, HomomorphicSite):
                 raise ValueError("this federation does not use homomorphic encryption")

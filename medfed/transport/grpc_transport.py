@@ -111,8 +111,16 @@ class GrpcTransport:
         ciphertexts); each site's Reply (metadata and bytes), or why it gave none within
         `seconds`. Both ways are counted as the round's traffic."""
         blob = encode_state(state)
-        answers = self._gather({site: lambda site=site: self._send_blob(site, kind, options, blob)
-                                for site in sites}, time.monotonic() + seconds, "its deadline")
+        return self.ask_blobs(kind, {site: blob for site in sites}, options, seconds)
+
+    def ask_blobs(self, kind: str, blobs: dict[SiteId, bytes], options: dict[str, Any],
+                  seconds: float, reply_bytes: int = 0) -> dict[SiteId, Reply | TransportError]:
+        """Its own bytes to each site at once (p2p's sealed models, relayed); each site's Reply,
+        or why it gave none within `seconds`. A reply may weigh reply_bytes (or what was sent).
+        Both ways are counted as the round's traffic."""
+        answers = self._gather({site: lambda site=site, blob=blob: self._send_blob(
+            site, kind, options, blob, reply_bytes) for site, blob in blobs.items()},
+            time.monotonic() + seconds, "its deadline")
         self.bytes_up += sum(len(a.blob) for a in answers.values() if isinstance(a, Reply))
         return answers
 

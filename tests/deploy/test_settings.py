@@ -34,8 +34,8 @@ TASK = '[task]\nkind = "binary"\nclasses = ["no", "yes"]\nspatial_dims = 2\nchan
     (TASK.replace("channels = 1", "channels = 0") + '[deployment]\nsites = ["a"]\n', "channels must be >= 1"),
     (TASK.replace('"binary"', '"binry"') + '[deployment]\nsites = ["a"]\n', "binry"),
     (TASK.replace('["no", "yes"]', '["no"]') + '[deployment]\nsites = ["a"]\n', "at least 2"),
-    (TASK + '[federation]\ntopology = "p2p"\n[deployment]\nsites = ["a", "b"]\n',
-     "topology p2p runs in simulation only"),
+    (TASK + '[federation]\ntopology = "p2p"\ngossip = "braintorrent"\n[deployment]\n'
+     'sites = ["a", "b"]\n', "gossip braintorrent runs in simulation only"),
     (TASK + '[federation]\nkeep_best = true\n[deployment]\nsites = ["a", "b"]\n',
      "keep_best runs in simulation only"),
 ])
@@ -82,3 +82,24 @@ def test_deployment_commands_fail_with_one_line_and_status_2(tmp_path: Path,
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 5 and all(line.startswith("medfed") for line in lines)
     assert "certs init" in lines[0] and "not found" in lines[1] and "refused" in lines[2]
+
+
+def test_a_deployment_may_be_p2p_or_hybrid(tmp_path: Path):
+    """p2p runs through the relay (deploy/relay.py); hybrid's regional and global averages are the
+    server's (its strategy is the simulation's Hierarchical, deploy/server.py's _strategy)."""
+    from medfed.algorithms.hierarchical import Hierarchical
+    from medfed.algorithms.registry import StrategyContext, build_strategy
+    from medfed.deploy.server import ServerModel
+
+    path = tmp_path / "f.toml"
+    path.write_text(TASK + '[federation]\ntopology = "p2p"\ngossip = "full"\n[deployment]\n'
+                    'sites = ["a", "b", "c"]\n')
+    assert load_federation(path).config.federation.topology == "p2p"
+    path.write_text(TASK + '[federation]\ntopology = "hybrid"\nregions = "n:a,b;s:c"\n'
+                    '[deployment]\nsites = ["a", "b", "c"]\n')
+    federation = load_federation(path)
+    model = ServerModel.build(federation.config, federation.task)
+    ctx = StrategyContext(model.initial, model.parameter_keys, model.norm_keys, ["a", "b", "c"],
+                          federation.config.federation)
+    assert isinstance(build_strategy("fedavg", ctx, federation.config.federation.topology),
+                      Hierarchical)
