@@ -13,36 +13,15 @@ within floating-point tolerance (tests/test_pooled_ddp.py).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from medfed.client.sharded_trainer import has_batch_norm
 from medfed.errors import ConfigError
 from medfed.experiment import POOLED, Outcome, Setup, pooled_site, site_recipe, site_trainer, train
+from medfed.pooled_record import PooledExecution
 from medfed.server.round_loop import RoundObserver
 from medfed.transport.inprocess import InProcessTransport
-
-SINGLE_PROCESS = "single-process"
-MULTI_NODE = "multi-node"
-
-
-@dataclass(frozen=True)
-class PooledExecution:
-    """How the pooled model was trained: summary.json's and compare.json's record of it."""
-
-    workers: int = 1
-    backend: str | None = None  # torch.distributed's: gloo or nccl; None in a single process
-    startup_seconds: float = 0.0  # from spawning the workers until all had joined the group
-    worker_startup_seconds: tuple[float, ...] = field(default_factory=tuple)
-
-    @property
-    def training(self) -> str:
-        return MULTI_NODE if self.workers > 1 else SINGLE_PROCESS
-
-    def record(self, wall_seconds: float) -> dict[str, Any]:
-        return {"training": self.training, "workers": self.workers, "backend": self.backend,
-                "wall_seconds": wall_seconds, "startup_seconds": self.startup_seconds,
-                "worker_startup_seconds": list(self.worker_startup_seconds)}
 
 
 @dataclass
@@ -57,22 +36,15 @@ class Pooled:
         return self.execution.record(self.wall_seconds)
 
 
-def pooled_label(record: dict[str, Any]) -> str:
-    """The pooled model's row name in tables: "pooled", or "pooled (multi-node x2)"."""
-    if record.get("training") == MULTI_NODE:
-        return f"pooled (multi-node x{record['workers']})"
-    return "pooled"
-
-
 def check_pooled_workers(setup: Setup) -> None:
     """Refuse, before anything trains, a multi-node pooled baseline that could not equal the
     single-process one: batch norm over shards needs SyncBatchNorm, which gloo (CPU) lacks."""
     workers = setup.config.execution.pooled_workers
-    if workers <= 1 or not setup.config.baselines:
+    if workers <= 1:
         return
     if setup.predictor.device.type != "cuda" and has_batch_norm(setup.predictor.model):
         raise ConfigError(f"--pooled-workers {workers} on CPU needs a model without batch norm "
-                          "(SyncBatchNorm is CUDA-only): use --norm group, instance or none, "
+                          "(SyncBatchNorm is CUDA-only): use --norm group or instance, "
                           "or --pooled-workers 1")
 
 

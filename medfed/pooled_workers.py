@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ class WorkerPlan:
     backend: str  # gloo | nccl
     device: str  # cpu | cuda
     threads: int  # torch threads per worker: the cores shared out, not oversubscribed
+    parent: int  # the run's process id: a worker whose parent has gone leaves
 
 
 class PooledWorkers:
@@ -73,7 +74,7 @@ class PooledWorkers:
     def site(self) -> str:
         return self.local.site
 
-    def __enter__(self) -> PooledWorkers:
+    def __enter__(self) -> Self:
         try:
             self._start()
         except BaseException:
@@ -90,7 +91,8 @@ class PooledWorkers:
         np.save(folder / "train_x.npy", self.local.data.train.x, allow_pickle=False)
         np.save(folder / "train_y.npy", self.local.data.train.y, allow_pickle=False)
         plan = WorkerPlan(self.recipe, self.site, str(folder), self.backend,
-                          self.local.device.type, max(1, torch.get_num_threads() // self.world))
+                          self.local.device.type, max(1, torch.get_num_threads() // self.world),
+                          os.getpid())
         spawn = mp.get_context("spawn")
         self._inboxes = [spawn.Queue() for _ in range(self.world)]
         self._outbox = spawn.Queue()
@@ -132,7 +134,8 @@ class PooledWorkers:
     def _check_alive(self) -> None:
         try:
             ended = self._context.join(timeout=0)
-        except mp.ProcessException as exc:  # a worker raised or was killed; the others are ended
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+            # a worker raised or was killed; join() has ended the others
             last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise TransportError(f"a pooled DDP worker failed: {last}") from None
         if ended:
@@ -174,7 +177,7 @@ def _worker_main(rank: int, world: int, plan: WorkerPlan, inboxes: list[Any], ou
             raise TypeError("the pooled baseline is an honest site; got a wrapped one")
         trainer = ShardedTrainer(site, rank, world)
         outbox.put(("ready", (rank, time.time())))
-        while (message := inboxes[rank].get()) is not None:
+        while (message := _next_message(inboxes[rank], plan.parent)) is not None:
             options = TrainOptions(**decode_metadata(message)["options"])  # type: ignore[arg-type]
             update = trainer.train(decode_state(message), options)
             if rank == 0:
@@ -183,6 +186,17 @@ def _worker_main(rank: int, world: int, plan: WorkerPlan, inboxes: list[Any], ou
                     "metrics": update.metrics})))
     finally:
         dist.destroy_process_group()
+
+
+def _next_message(inbox: Any, parent: int) -> bytes | None:
+    """The next round's message; None to leave, also when the run's process has gone (a killed
+    run leaves no worker behind waiting for ever)."""
+    while True:
+        try:
+            return inbox.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return None
 
 
 def _loopback_interface() -> str | None:
