@@ -197,7 +197,6 @@ class SiteTrainer:
         return 0.5 * mu * sum(((p - p0) ** 2).sum() for p, p0 in anchor)
 
 
-
 def round_batches(n: int, options: TrainOptions, order: torch.Generator) -> Iterator[np.ndarray]:
     """The index batches of one round over n samples: options.epochs shuffled passes, then more
     passes until options.min_steps batches are done (stopping mid-pass). One function for every

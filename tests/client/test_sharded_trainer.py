@@ -2,9 +2,10 @@
 cover each global batch once, a worker of one trains what SiteTrainer trains, and a worker whose
 shard of a batch is empty still joins the step and adds nothing to it.
 
-Hand mutations that these tests catch (each tried once): shard_rows overlapping or dropping a row;
-an empty shard weighted 1 (or skipped: its worker would miss the all-reduce of the others); the
-sharded round drawing its own order instead of round_batches'.
+Hand mutations that these tests catch (each tried once): an empty shard trained on a stand-in
+image instead of zero rows (test_an_empty_shard_...); the sharded round drawing its own batch
+order instead of the site's generator (test_one_worker_...); shard_rows overlapping or dropping a
+row (test_the_shards_cover_every_batch_once).
 """
 
 from __future__ import annotations
