@@ -7,7 +7,7 @@ pooled; the cnn with group norm, since gloo on CPU has no SyncBatchNorm). The ch
 pooled model's record (summary.json's baselines.pooled: wall and start-up seconds) and its test
 metrics; the parent times the whole process (imports and worker start-up included).
 
-    python benchmarks/pooled_ddp.py [--repeats 3] [--rounds 3] [--width 60] [--workers 2]
+    python benchmarks/pooled_ddp.py [--repeats 3] [--rounds 3] [--width 64] [--workers 2]
 Prints each run's seconds, the medians, the speed-up and the test AUC of each (Adam: the two
 models agree to float tolerance, not bit for bit). Time it on a quiet machine: on a shared one the
 figures are indicative only.
@@ -60,7 +60,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--width", type=int, default=60, help="the cnn's first-stage width")
+    parser.add_argument("--width", type=int, default=64,
+                        help="the cnn's first-stage width (a multiple of 8: group norm)")
     parser.add_argument("--workers", type=int, default=2, help="DDP workers of the multi-node run")
     parser.add_argument("--data-file", type=Path, default=DATA)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
