@@ -46,7 +46,6 @@ from medfed.experiment import (
     Setup,
     ensemble_models_are_local,
     execution_session,
-    pooled_site,
     predict_validation,
     prediction_states,
     prepare,
@@ -54,6 +53,8 @@ from medfed.experiment import (
     train,
 )
 from medfed.output import prepare_out_dir, write_config, write_json, write_rounds
+from medfed.pooled_ddp import check_pooled_workers, train_pooled
+from medfed.pooled_record import over_seeds, pooled_label, workers_label
 from medfed.progress import RichRoundProgress
 from medfed.report.artifacts import data_summary, gradcam_panels, write_gradcam, write_predictions
 from medfed.types import SiteId, StateDict, Task
@@ -102,11 +103,13 @@ def _run_prepared_seed(setup: Setup, config: RunConfig, options: CompareOptions,
         predict = _state_predict(setup, state)
         val = (setup.predictor.predict(state, data.val)[0], data.val.y)  # its own validation split
         scored[LOCAL + site] = _score(setup, LOCAL + site, predict(None, None), predict, val, options)
-    pooled = train(setup, "fedavg", pooled_site(setup.federation), POOLED,
-                   observe("pooled", config.seed), baseline=True)
+    pooled_run = train_pooled(setup, observe(workers_label(config.execution.pooled_workers),
+                                             config.seed))
+    pooled = pooled_run.outcome
     predict = _state_predict(setup, pooled.strategy.global_state)
     val = predict_validation(setup, pooled.strategy, sites)
     scored[POOLED] = _score(setup, POOLED, pooled.test_probs, predict, val, options)
+    scored[POOLED].extra["execution"] = pooled_run.record()  # single-process or multi-node
     source = setup.federation.source
     about = {"dataset": source.name, "task": str(source.task), "class_names": list(source.class_names),
              "partition": setup.federation.partition, "sites": list(sites),
@@ -202,6 +205,8 @@ def summarize(per_seed: list[dict[str, Scored]], options: CompareOptions) -> dic
         if runs[0].site_test:
             entry |= _site_summary(runs)
         entry |= _binary_summary(runs)
+        if "execution" in runs[0].extra:  # the pooled model: how it was trained
+            entry |= over_seeds([r.extra["execution"] for r in runs])
         entry["per_seed"] = [_seed_record(r) for r in runs]
         out[name] = entry
     return out
@@ -296,7 +301,9 @@ def execute_compare(config: RunConfig, options: CompareOptions, out_dir: str | P
     configs = seed_configs(config, options.seeds)
     # A bad data path or config fails before any folder is made; config.toml gets the settings
     # chosen from the data filled in (the same for every seed: they depend on the data's kind).
-    resolved = prepare(configs[0]).config
+    first = prepare(configs[0])
+    check_pooled_workers(first)  # a multi-node pooled baseline that cannot run: refused now
+    resolved = first.config
     out = prepare_out_dir(out_dir)
     write_config(out, resolved)
     write_json(out / "compare-options.json", asdict(options))  # what --resume continues with
@@ -387,7 +394,7 @@ def _table(result: dict[str, Any], title: str) -> Table:
     for name, entry in result["configurations"].items():
         cells = [_mean_sd(entry["test"][k]) for k in keys]
         cells.append(_mean_sd(entry["site_mean"]["auc"]) if "site_mean" in entry else "-")
-        table.add_row(name, *cells)
+        table.add_row(pooled_label(entry) if name == POOLED else name, *cells)
     return table
 
 

@@ -118,14 +118,17 @@ def train_options(config: RunConfig) -> TrainOptions:
 
 def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str,
           observer: RoundObserver | None = None, baseline: bool = False,
-          checkpoints: Path | None = None, resume: Resume | None = None) -> Outcome:
+          checkpoints: Path | None = None, resume: Resume | None = None,
+          transport: SimulationTransport | None = None) -> Outcome:
     """Run one algorithm over the given sites: in this process, or on the run's Ray workers
     (config.execution.backend = "ray", inside execution_session(setup)).
 
     baseline: every site trains every round whatever the sampling fraction (the full budget of
     rounds x local epochs), and only the final models are scored: no curve of a baseline is kept.
     checkpoints: a folder that gets rounds.jsonl and a checkpoint after every round (run_state.py);
-    resume: continue from such a checkpoint."""
+    resume: continue from such a checkpoint.
+    transport: one that carries these sites already (the multi-node pooled baseline's workers,
+    pooled_ddp.py); None: built here."""
     config = setup.config
     start = time.perf_counter()
     # Attacks are on the federation only: baselines stay the honest references they are meant to be.
@@ -133,7 +136,8 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     # Privacy too: the baselines are the non-private references of what privacy costs.
     privacy = Mechanisms.build(config, list(sites)) if not baseline else None
     spec = parse_compression(config.federation.compress)  # the baselines send nothing
-    transport = _site_transport(setup, sites, site_recipe(setup, attack), privacy)
+    if transport is None:
+        transport = _site_transport(setup, sites, site_recipe(setup, attack), privacy)
     ctx = StrategyContext(setup.initial, setup.parameter_keys, setup.norm_keys, list(sites),
                           config.federation, config.training,
                           aggregator_override=privacy.aggregator() if privacy else None,

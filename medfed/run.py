@@ -23,13 +23,14 @@ from medfed.experiment import (
     execution_session,
     members,
     metrics_on_test,
-    pooled_site,
     predict_local_models,
     prepare,
     site_report,
     train,
 )
 from medfed.output import prepare_out_dir, write_config, write_json, write_models, write_rounds
+from medfed.pooled_ddp import check_pooled_workers, train_pooled
+from medfed.pooled_record import pooled_label, workers_label
 from medfed.progress import RichRoundProgress
 from medfed.report.artifacts import data_summary, gradcam_panels, write_gradcam, write_predictions
 from medfed.run_reading import read_run
@@ -53,6 +54,8 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     resumed = load_resume(Path(out_dir)) if resume else None
     setup = prepare(config)  # data and model first: a bad input leaves no half-made folder
     config = setup.config  # with the number of sites the data gave, if --sites was left out
+    if config.baselines:  # a multi-node pooled baseline that cannot run is refused now
+        check_pooled_workers(setup)
     out = prepare_out_dir(out_dir)
     write_config(out, config)
     if resumed is None:  # what --resume continues with besides config.toml
@@ -187,13 +190,14 @@ def _baselines(setup: Setup, progress: RichRoundProgress, rounds: int, federated
     reuse = federated.name == LOCAL and ensemble_models_are_local(setup.config)
     local = federated if reuse else train(
         setup, LOCAL, sites, "local", progress.start_run("local-only", rounds), baseline=True)
-    pooled = train(setup, "fedavg", pooled_site(setup.federation), "pooled",
-                   progress.start_run("pooled", rounds), baseline=True)
+    label = workers_label(setup.config.execution.pooled_workers)
+    pooled = train_pooled(setup, progress.start_run(label, rounds))
     predicted = predict_local_models(setup, local)  # once per site: metrics and predictions.npz
-    probs = {"pooled": pooled.test_probs} | {f"local:{s}": p for s, (p, _) in predicted.items()}
-    summary = {"pooled": {"test": pooled.test, "wall_seconds": pooled.seconds},
+    probs = {"pooled": pooled.outcome.test_probs}
+    probs |= {f"local:{s}": p for s, (p, _) in predicted.items()}
+    summary = {"pooled": {"test": pooled.outcome.test, **pooled.record()},
                "local": {s: {"test": metrics_on_test(setup, *p)} for s, p in predicted.items()}}
-    return Baselines(summary, probs, pooled, local, {s: p for s, (p, _) in predicted.items()})
+    return Baselines(summary, probs, pooled.outcome, local, {s: p for s, (p, _) in predicted.items()})
 
 
 def _write_report_inputs(out: Path, setup: Setup, federated: Outcome, baseline_probs: dict[str, Any],
@@ -253,7 +257,7 @@ def _print_results(console: Console, summary: dict[str, Any], rule: OperatingRul
     rows = {f"federated ({summary['algorithm']})": (summary["test"], summary["operating_point"])}
     if "baselines" in summary:
         pooled = summary["baselines"]["pooled"]
-        rows["pooled"] = (pooled["test"], pooled["operating_point"])
+        rows[pooled_label(pooled)] = (pooled["test"], pooled["operating_point"])
         rows |= {f"local {s}": (v["test"], v["operating_point"])
                  for s, v in summary["baselines"]["local"].items()}
     table = results_table(rows, title)

@@ -3,6 +3,7 @@ algorithm, the baselines, the simulation and (later) the deployed client."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -72,7 +73,7 @@ class SiteTrainer:
         return self.data.site
 
     def train(self, state: StateDict, options: TrainOptions) -> Update:
-        self._reseed(options.round)
+        self.reseed(options.round)
         state, server_control = split_control(state) if options.scaffold else (state, None)
         self.model.load_state_dict(state)
         self.model.train()
@@ -89,7 +90,7 @@ class SiteTrainer:
         return Update(site=self.site, state=state_out, n_samples=len(self.data.train),
                       n_steps=steps, metrics={"train_loss": total_loss / max(steps, 1)})
 
-    def _reseed(self, round_index: int) -> None:
+    def reseed(self, round_index: int) -> None:
         """The round's data order and augmentation, a function of (seed, round) only."""
         mixed = np.random.SeedSequence([self.seed, round_index]).generate_state(2)
         self.shuffle = torch.Generator().manual_seed(int(mixed[0]))
@@ -100,25 +101,21 @@ class SiteTrainer:
                      correction: list[tuple[nn.Parameter, torch.Tensor]]) -> tuple[float, int]:
         """options.epochs over the site's training split, then more passes until options.min_steps
         steps are done (stopping mid-pass); returns (sum of task losses, steps)."""
-        optimizer = self._optimizer(options)
+        optimizer = self.optimizer(options)
         anchor = self._anchor(options)
         total_loss, steps = 0.0, 0
-        passes, before = 0, -1
-        while (passes < options.epochs or steps < options.min_steps) and steps > before:
-            passes, before = passes + 1, steps  # a pass that yields no batch ends the loop
-            for x, y in self._batches(self.data.train, options.batch_size):
-                if passes > options.epochs and steps >= options.min_steps:
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                task_loss = self.task_loss(self.model(x), y, options)
-                loss = task_loss + self._proximal(anchor, options.proximal_mu) if anchor else task_loss
-                loss.backward()
-                for param, c_diff in correction:  # SCAFFOLD: g - c_k + c
-                    if param.grad is not None:
-                        param.grad.add_(c_diff)
-                optimizer.step()
-                total_loss += float(task_loss.detach())  # comparable across algorithms
-                steps += 1
+        for index in round_batches(len(self.data.train), options, self.shuffle):
+            x, y = self.build_batch(self.data.train, index, self.augmentation(len(index)))
+            optimizer.zero_grad(set_to_none=True)
+            task_loss = self.task_loss(self.model(x), y, options)
+            loss = task_loss + self._proximal(anchor, options.proximal_mu) if anchor else task_loss
+            loss.backward()
+            for param, c_diff in correction:  # SCAFFOLD: g - c_k + c
+                if param.grad is not None:
+                    param.grad.add_(c_diff)
+            optimizer.step()
+            total_loss += float(task_loss.detach())  # comparable across algorithms
+            steps += 1
         return total_loss, steps
 
     def task_loss(self, logits: torch.Tensor, y: torch.Tensor, options: TrainOptions) -> torch.Tensor:
@@ -168,22 +165,22 @@ class SiteTrainer:
         probs, loss = self.predictor.predict(state, samples)
         return {**compute_metrics(self.task, samples.y, probs), "loss": loss}
 
-    def _batches(self, samples: Samples, batch_size: int):
-        """Shuffled training batches, preprocessed and (when on) augmented."""
-        n = len(samples)
-        if n == 0:
-            return  # nothing to train on (torch would split an empty order into one empty batch)
-        for index in torch.randperm(n, generator=self.shuffle).split(batch_size):
-            if len(index) == 1 < batch_size and n > 1:
-                continue  # a lone sample breaks BatchNorm's batch statistics; it comes back next epoch
-            index = index.numpy()
-            x = self.preprocess(samples.x[index])
-            if self.augment is not None:
-                x = self.augment(x)
-            y = torch.from_numpy(samples.y[index])
-            yield x.to(self.device), y.to(self.device)
+    def augmentation(self, n: int) -> np.ndarray | None:
+        """The next n images' random affines from this site's augmentation stream (None when
+        augmentation is off): drawn for a whole batch, so a worker that trains only a shard of it
+        (client/sharded_trainer.py) consumes the stream exactly as this process does."""
+        return self.augment.matrices(n) if self.augment is not None else None
 
-    def _optimizer(self, options: TrainOptions) -> torch.optim.Optimizer:
+    def build_batch(self, samples: Samples, index: np.ndarray, affines: np.ndarray | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images at index, preprocessed and warped by their affines, on the device."""
+        x = self.preprocess(samples.x[index])
+        if self.augment is not None and affines is not None:
+            x = self.augment.apply(x, affines)
+        y = torch.from_numpy(samples.y[index])
+        return x.to(self.device), y.to(self.device)
+
+    def optimizer(self, options: TrainOptions) -> torch.optim.Optimizer:
         params = self.model.parameters()
         if options.optimizer == "sgd":
             return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum,
@@ -199,3 +196,26 @@ class SiteTrainer:
     def _proximal(anchor: list[tuple[nn.Parameter, torch.Tensor]], mu: float) -> torch.Tensor:
         return 0.5 * mu * sum(((p - p0) ** 2).sum() for p, p0 in anchor)
 
+
+def round_batches(n: int, options: TrainOptions, order: torch.Generator) -> Iterator[np.ndarray]:
+    """The index batches of one round over n samples: options.epochs shuffled passes, then more
+    passes until options.min_steps batches are done (stopping mid-pass). One function for every
+    trainer of a round, so a sharded worker walks the same global batches as SiteTrainer."""
+    steps, passes, before = 0, 0, -1
+    while (passes < options.epochs or steps < options.min_steps) and steps > before:
+        passes, before = passes + 1, steps  # a pass that yields no batch ends the loop
+        for index in batch_order(n, options.batch_size, order):
+            if passes > options.epochs and steps >= options.min_steps:
+                break
+            yield index
+            steps += 1
+
+
+def batch_order(n: int, batch_size: int, order: torch.Generator) -> Iterator[np.ndarray]:
+    """One shuffled pass over n samples in batches (the permutation drawn when the pass starts)."""
+    if n == 0:
+        return  # nothing to train on (torch would split an empty order into one empty batch)
+    for index in torch.randperm(n, generator=order).split(batch_size):
+        if len(index) == 1 < batch_size and n > 1:
+            continue  # a lone sample breaks BatchNorm's batch statistics; it comes back next epoch
+        yield index.numpy()

@@ -58,8 +58,11 @@ class RandomAugment:
         self.warp = AffineTransform(normalized=True, mode="bilinear", padding_mode="zeros")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        theta = torch.from_numpy(self.matrices(len(x))).to(x.device, x.dtype)
-        return self.warp(x, theta)
+        return self.apply(x, self.matrices(len(x)))
+
+    def apply(self, x: torch.Tensor, matrices: np.ndarray) -> torch.Tensor:
+        """Each image warped by its own affine (matrices[i] for x[i]), drawn by matrices()."""
+        return self.warp(x, torch.from_numpy(matrices).to(x.device, x.dtype))
 
     def matrices(self, n: int) -> np.ndarray:
         """(n, d, d+1) affines in normalized coordinates: output point -> input point."""

@@ -184,7 +184,7 @@ class DPSite:
         except PrivacyBudgetExhausted as exc:
             self.stopped = self.stopped or str(exc)
             raise
-        self.trainer._reseed(options.round)  # the round's augmentation, as a plain site's
+        self.trainer.reseed(options.round)  # the round's augmentation, as a plain site's
         model = self.trainer.model
         model.load_state_dict(state)
         model.train()

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from medfed.pooled_record import pooled_label
 from medfed.report import figures
 from medfed.report import formatting as fmt
 from medfed.report.html import Section
@@ -95,7 +96,8 @@ def _results(result: dict[str, Any]) -> Section:
     rows = []
     for name, entry in result["configurations"].items():
         test, site_mean = entry["test"], entry.get("site_mean", {})
-        rows.append([name, fmt.mean_sd(test.get("auc")), fmt.ci(test.get("auc", {}).get("ci95")),
+        label = pooled_label(entry) if name == "pooled" else name
+        rows.append([label, fmt.mean_sd(test.get("auc")), fmt.ci(test.get("auc", {}).get("ci95")),
                      fmt.mean_sd(test.get("accuracy")), fmt.mean_sd(test.get("sensitivity")),
                      fmt.mean_sd(test.get("specificity")), fmt.mean_sd(site_mean.get("auc")),
                      fmt.mean_sd(site_mean.get("accuracy")),

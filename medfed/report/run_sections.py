@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from medfed.evaluation import statistics as st
+from medfed.pooled_record import pooled_label
 from medfed.report import formatting as fmt
 from medfed.report.html import Section
 from medfed.report.inputs import read_json, read_rounds, read_scores
@@ -89,6 +90,7 @@ def _model_rows(summary: dict[str, Any], labels: np.ndarray | None, scores: dict
                 ) -> list[list[str]]:
     """The federated model, pooled and each local model: test metrics, AUC bootstrap interval."""
     models = {"federated": summary["test"]}
+    labels_of = {"pooled": pooled_label(summary.get("baselines", {}).get("pooled"))}
     if "baselines" in summary:
         models["pooled"] = summary["baselines"]["pooled"]["test"]
         models |= {f"local:{s}": v["test"] for s, v in summary["baselines"]["local"].items()}
@@ -99,9 +101,9 @@ def _model_rows(summary: dict[str, Any], labels: np.ndarray | None, scores: dict
         if name in scores and len(np.unique(labels)) == 2:
             interval = st.bootstrap_ci(labels, scores[name], st.auc, rng, N_BOOT)
             ci = fmt.ci([interval.low, interval.high])
-        rows.append([name, fmt.num(metrics.get("auc")), ci, fmt.num(metrics.get("accuracy")),
-                     fmt.num(metrics.get("sensitivity")), fmt.num(metrics.get("specificity")),
-                     fmt.num(metrics.get("f1"))])
+        rows.append([labels_of.get(name, name), fmt.num(metrics.get("auc")), ci,
+                     fmt.num(metrics.get("accuracy")), fmt.num(metrics.get("sensitivity")),
+                     fmt.num(metrics.get("specificity")), fmt.num(metrics.get("f1"))])
     return rows
 
 
@@ -165,7 +167,8 @@ def _operating_rows(summary: dict[str, Any]) -> dict[str, tuple[dict, dict | Non
     rows = {"federated": (summary.get("test", {}), summary.get("operating_point"))}
     baselines = summary.get("baselines", {})
     if "pooled" in baselines:
-        rows["pooled"] = (baselines["pooled"]["test"], baselines["pooled"].get("operating_point"))
+        rows[pooled_label(baselines["pooled"])] = (baselines["pooled"]["test"],
+                                                   baselines["pooled"].get("operating_point"))
     rows |= {f"local:{s}": (e["test"], e.get("operating_point"))
              for s, e in baselines.get("local", {}).items()}
     return rows
