@@ -28,7 +28,7 @@ class SmallCNN(nn.Module):
                 layers.append(Pool[Pool.MAX, spatial_dims](kernel_size=2))
             for _ in range(2 if stage else 1):
                 layers.append(Convolution(spatial_dims, channels, stage_width, kernel_size=3,
-                                          act="relu", norm=monai_norm(norm)))
+                                          act="relu", norm=monai_norm(norm, stage_width)))
                 channels = stage_width
         self.features = nn.Sequential(*layers)
         self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)

@@ -11,12 +11,13 @@ from medfed.errors import ConfigError
 GROUPS = 8
 
 
-def monai_norm(norm: str) -> str | tuple[str, dict]:
-    """The `norm` argument MONAI's networks and blocks take."""
+def monai_norm(norm: str, channels: int | None = None) -> str | tuple[str, dict]:
+    """The `norm` argument MONAI's networks and blocks take; given the layer's channels, group
+    norm takes as many groups (up to GROUPS) as divide them (a cnn of width 60: 4 groups)."""
     if norm == "batch":
         return "batch"
     if norm == "group":
-        return ("group", {"num_groups": GROUPS})
+        return ("group", {"num_groups": math.gcd(GROUPS, channels) if channels else GROUPS})
     if norm == "instance":
         return ("instance", {"affine": True})
     raise ConfigError(f"unknown norm '{norm}'; valid: batch, group, instance")

@@ -160,3 +160,12 @@ def test_the_cnns_width_sets_its_capacity(width, parameters):
     assert sum(p.numel() for p in model.parameters()) == parameters
     assert forward(model, torch.rand(2, 1, 28, 28)).shape == (2, 2)
     assert model.features[0].conv.out_channels == width
+
+
+@pytest.mark.parametrize("width", [60, 12, 20])
+def test_group_norm_takes_any_cnn_width(width):
+    """Group norm's groups divide each stage's channels (60 used to stop with a traceback)."""
+    model = build_model("cnn", ModelSpec(2, 1, 2, norm="group", width=width, input_size=(28, 28)), 0)
+    groups = [m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert groups and all(g in (4, 8) for g in groups)
+    assert forward(model, torch.rand(2, 1, 28, 28)).shape == (2, 2)
