@@ -3,6 +3,7 @@ algorithm, the baselines, the simulation and (later) the deployed client."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -184,11 +185,7 @@ class SiteTrainer:
             yield x.to(self.device), y.to(self.device)
 
     def _optimizer(self, options: TrainOptions) -> torch.optim.Optimizer:
-        params = self.model.parameters()
-        if options.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum,
-                                   weight_decay=options.weight_decay)
-        return torch.optim.Adam(params, lr=options.lr, weight_decay=options.weight_decay)
+        return build_optimizer(self.model.parameters(), options)
 
     def _anchor(self, options: TrainOptions) -> list[tuple[nn.Parameter, torch.Tensor]]:
         if not options.proximal_mu:
@@ -199,3 +196,10 @@ class SiteTrainer:
     def _proximal(anchor: list[tuple[nn.Parameter, torch.Tensor]], mu: float) -> torch.Tensor:
         return 0.5 * mu * sum(((p - p0) ** 2).sum() for p, p0 in anchor)
 
+
+def build_optimizer(params: Iterable[nn.Parameter], options: TrainOptions) -> torch.optim.Optimizer:
+    """The optimizer options name (a site's; split learning's server middle uses the same)."""
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum,
+                               weight_decay=options.weight_decay)
+    return torch.optim.Adam(params, lr=options.lr, weight_decay=options.weight_decay)
