@@ -14,8 +14,8 @@ from medfed.algorithms.fedbn import FedBN
 from medfed.algorithms.fednova import FedNova
 from medfed.algorithms.scaffold import Scaffold
 from medfed.algorithms.sequential import SequentialTransfer
-from medfed.algorithms.split import build_split
 from medfed.algorithms.server_optimizer import AdaptiveServerOptimizer, MomentumServerOptimizer
+from medfed.algorithms.split import build_split
 from medfed.algorithms.strategy import Strategy
 from medfed.algorithms.topologies import build_topology
 from medfed.algorithms.topology_spec import SERVER

@@ -114,6 +114,9 @@ def _federation(raw: dict[str, Any], path: str) -> FederationFile:
     if config.federation.topology != "server":  # README "Topologies": the relay is not built yet
         raise ConfigError(f"topology {config.federation.topology} runs in simulation only (medfed "
                           "run / compare); a deployment has topology = \"server\"")
+    if config.federation.algorithm == "split":  # README "Split learning": not over gRPC yet
+        raise ConfigError("algorithm split runs in simulation only (medfed run / compare); a "
+                          "deployment cannot run split learning yet")
     if config.federation.keep_best:  # the coordinator keeps no snapshot of a better round yet
         raise ConfigError("keep_best runs in simulation only (medfed run / compare); a deployment "
                           "keeps the last round's model (leave keep_best unset or false)")
