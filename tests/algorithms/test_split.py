@@ -182,3 +182,26 @@ def test_checkpoint_restores_the_middle(setup):
     server.restore(saved)
     for key, value in before.items():
         torch.testing.assert_close(server.global_state[key], value)
+
+
+def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run(setup):
+    """Two rounds straight, against one round, a checkpoint, a new server restored from it (its
+    sites connected to it) and the second round: the same assembled model, bit for bit."""
+    sites = ["site-a", "site-b"]
+    trainers = {s: site_trainer(setup, k, setup.federation.sites[s]) for k, s in enumerate(sites)}
+    options = TrainOptions(epochs=1, batch_size=16, lr=SGD.lr, optimizer="sgd", momentum=0.0)
+
+    def rounds(server: SplitFed, first: int, last: int) -> None:
+        transport = split_transport(InProcessTransport(trainers), server)
+        run_rounds(server, transport, sites, RoundPlan(last, eval_every=0, start=first), options,
+                   np.random.default_rng(0))
+
+    whole = split_server(setup)
+    rounds(whole, 0, 2)
+    stopped = split_server(setup)
+    rounds(stopped, 0, 1)
+    resumed = split_server(setup)  # a new server: nothing but the checkpoint
+    resumed.restore(copy.deepcopy(stopped.checkpoint()))
+    rounds(resumed, 1, 2)
+    for key, value in whole.global_state.items():
+        torch.testing.assert_close(resumed.global_state[key], value, rtol=0, atol=0, msg=key)
