@@ -55,8 +55,9 @@ def run_one(data_file: Path, rounds: int, seed: int, algorithm: str, cut: str | 
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| method | test AUC (mean ± sd) | DeLong 95 % CI per seed | MB up per site per epoch | "
-             "MB down per site per epoch | seconds per run (under load) |", "|---" * 6 + "|"]
+    header = ("| method | test AUC (mean ± sd) | DeLong 95 % CI per seed | MB up per site per epoch | "
+              "MB down per site per epoch | seconds per run (under load) |")
+    lines = [header, "|---" * 6 + "|"]
     for method in dict.fromkeys(r["method"] for r in rows):
         runs = [r for r in rows if r["method"] == method]
         lines.append("| " + " | ".join([
