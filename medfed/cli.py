@@ -34,7 +34,8 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--proportions": ("proportions", str, "relative site sizes, e.g. 20,25,15,30,22"),
     "--image-size": ("image_size", int, "resize images to this side length"),
     "--algorithm": ("algorithm", str, "fedavg, fedavgm, fedprox, fedbn, fedadam, fedyogi, fednova, scaffold, "
-                                      "swt, cwt, ensemble"),
+                                      "swt, cwt, ensemble, split"),
+    "--cut": ("cut", str, "split: blocks a site keeps at each end, H,T (default 2,1)"),
     "--aggregator": ("aggregator", str, "mean, median, trimmed-mean, krum, multi-krum, norm-bound"),
     "--byzantine": ("byzantine", int, "faulty sites Krum and the trimmed mean tolerate (f)"),
     "--krum-keep": ("krum_keep", int, "updates Multi-Krum averages (default n - f)"),

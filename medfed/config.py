@@ -26,6 +26,7 @@ from medfed.config_checks import choice as _choice
 from medfed.config_checks import positive as _positive
 from medfed.config_execution import ExecutionConfig
 from medfed.config_privacy import PrivacyConfig, check_privacy
+from medfed.config_split import DEFAULT_CUT, check_split
 from medfed.config_topology import check_topology
 from medfed.errors import ConfigError
 
@@ -33,7 +34,7 @@ from medfed.errors import ConfigError
 DATASETS = ("synthetic", "medmnist", "dicom", "nifti", "chestxray14", "heart-disease", "images")
 PARTITIONS = ("iid", "dirichlet", "quantity", "natural")
 ALGORITHMS = ("fedavg", "fedavgm", "fedprox", "fedbn", "fedadam", "fedyogi", "fednova", "scaffold", "swt", "cwt",
-              "ensemble")
+              "ensemble", "split")
 AGGREGATORS = ("mean", "median", "trimmed-mean", "krum", "multi-krum", "norm-bound")
 # The algorithms whose server step is an average, and so can take any aggregator.
 AVERAGING = ("fedavg", "fedavgm", "fedprox", "fedbn", "fedadam", "fedyogi")
@@ -174,6 +175,9 @@ class FederationConfig:
     # mean validation AUC) instead of the last round's (server/best_model.py). None: chosen from
     # the size of the sites' validation splits (defaults.py); simulation only.
     keep_best: bool | None = None
+    # Split learning: the first H and last T blocks of the model stay at each site ("H,T");
+    # the server runs the blocks between (config_split.py, algorithms/split.py).
+    cut: str = DEFAULT_CUT
 
     def __post_init__(self) -> None:
         parse_compression(self.compress)
@@ -265,6 +269,7 @@ class RunConfig:
         _choice("device", self.device, DEVICES)
         check_privacy(self)
         check_topology(self)
+        check_split(self)
         if self.privacy.dp_sgd and self.training.local_steps:
             raise ConfigError("DP-SGD's epsilon accounting counts epochs: use --local-epochs, "
                               "not --local-steps, with --dp-sgd")

@@ -18,6 +18,7 @@ import numpy as np
 from medfed.algorithms.compression import compress_strategy
 from medfed.algorithms.compression_spec import parse_compression
 from medfed.algorithms.registry import StrategyContext, build_strategy
+from medfed.algorithms.split import SplitFed
 from medfed.algorithms.strategy import Strategy
 from medfed.client.attack_spec import Attack, parse_attack
 from medfed.client.predictor import Predictor
@@ -40,6 +41,7 @@ from medfed.server.best_model import BestValidation
 from medfed.server.round_loop import RoundObserver, RoundPlan, RoundResult, run_rounds
 from medfed.server.sampling import sample_sites
 from medfed.simulated_site import SiteRecipe, make_site_trainer, site_seed  # noqa: F401 (re-exported)
+from medfed.split_simulation import split_transport
 from medfed.transport.base import SimulationTransport
 from medfed.transport.inprocess import InProcessTransport
 from medfed.transport.ray_transport import RayTransport
@@ -141,8 +143,11 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     ctx = StrategyContext(setup.initial, setup.parameter_keys, setup.norm_keys, list(sites),
                           config.federation, config.training,
                           aggregator_override=privacy.aggregator() if privacy else None,
-                          seed=config.seed)
+                          seed=config.seed, network=site_recipe(setup, None).model,
+                          input_shape=(setup.spec.in_channels, *setup.spec.input_size))
     strategy = build_strategy(algorithm, ctx, "server" if baseline else config.federation.topology)
+    if isinstance(strategy, SplitFed):  # its sites also reach the server's middle, per batch
+        transport = split_transport(transport, strategy)
     if privacy is not None:
         strategy = compress_strategy(privacy.wrap_strategy(strategy, counter=transport), spec)
     fed = config.federation

@@ -21,6 +21,7 @@ from medfed.config import (
     TrainingConfig,
 )
 from medfed.config_file import config_from_dict, load_config, section_of, to_toml, with_overrides
+from medfed.config_split import SPLIT_BLOCKS
 from medfed.errors import ConfigError
 
 
@@ -226,8 +227,10 @@ def run_configs(draw) -> RunConfig:
                       val_fraction=draw(st.floats(0.01, 0.99)),
                       image_size=draw(st.one_of(st.none(), st.integers(8, 512))),
                       augment=draw(st.booleans()))
-    model = ModelConfig(draw(st.sampled_from(cfg.MODELS)), draw(st.sampled_from(cfg.NORMS)))
     algorithm = draw(st.sampled_from(cfg.ALGORITHMS))
+    # split learning cuts only the models made of blocks, and runs honest sites (config_split.py)
+    models = tuple(SPLIT_BLOCKS) if algorithm == "split" else cfg.MODELS
+    model = ModelConfig(draw(st.sampled_from(models)), draw(st.sampled_from(cfg.NORMS)))
     # swt needs a round per site (RunConfig refuses fewer), so draw rounds from what is valid.
     aggregator, byzantine = draw(robust_settings(algorithm, sites))
     federation = FederationConfig(algorithm,
@@ -237,8 +240,9 @@ def run_configs(draw) -> RunConfig:
                                   beta2=draw(st.floats(0, 0.999)),
                                   aggregator=aggregator, byzantine=byzantine,
                                   norm_bound=draw(st.one_of(st.none(), st.floats(1e-3, 1e3))))
-    adversary = AdversaryConfig(draw(st.sampled_from(["none", "scale:-10", "sign-flip", "noise:0.5",
-                                                      "label-flip", "nan", "free-ride"])),
+    attacks = ["none"] if algorithm == "split" else ["none", "scale:-10", "sign-flip", "noise:0.5",
+                                                     "label-flip", "nan", "free-ride"]
+    adversary = AdversaryConfig(draw(st.sampled_from(attacks)),
                                 draw(st.integers(1, sites)))
     training = TrainingConfig(draw(st.integers(1, 20)), draw(st.integers(1, 512)),
                               draw(st.floats(1e-6, 1.0)), draw(st.sampled_from(cfg.OPTIMIZERS)))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from torch import nn
+
 from medfed.algorithms.aggregators import AggregatorFactory, RobustSettings, build_aggregator
 from medfed.algorithms.ensemble import LocalEnsemble
 from medfed.algorithms.fedavg import FedAvg
@@ -13,6 +15,7 @@ from medfed.algorithms.fednova import FedNova
 from medfed.algorithms.scaffold import Scaffold
 from medfed.algorithms.sequential import SequentialTransfer
 from medfed.algorithms.server_optimizer import AdaptiveServerOptimizer, MomentumServerOptimizer
+from medfed.algorithms.split import build_split
 from medfed.algorithms.strategy import Strategy
 from medfed.algorithms.topologies import build_topology
 from medfed.algorithms.topology_spec import SERVER
@@ -35,6 +38,10 @@ class StrategyContext:
     training: TrainingConfig = TrainingConfig()
     aggregator_override: AggregatorFactory | None = None  # e.g. DP-FedAvg's (privacy/client_dp.py)
     seed: int = 0  # the run's seed (a p2p run's random k-regular graph is drawn from it)
+    # Split learning: builds the server's own copy of the network, and one sample's shape
+    # (algorithms/split.py). None in a deployment, which refuses split learning.
+    network: Callable[[], nn.Module] | None = None
+    input_shape: tuple[int, ...] = ()
 
     def aggregator(self) -> AggregatorFactory:
         if self.aggregator_override is not None:
@@ -80,6 +87,8 @@ ALGORITHMS: Registry[Callable[[StrategyContext], Strategy]] = Registry("algorith
     "swt": lambda ctx: SequentialTransfer(ctx.initial, ctx.sites, ctx.config.rounds, cyclic=False),
     "cwt": lambda ctx: SequentialTransfer(ctx.initial, ctx.sites, ctx.config.rounds, cyclic=True),
     "ensemble": lambda ctx: LocalEnsemble(ctx.initial),
+    "split": lambda ctx: build_split(ctx.network, ctx.config.cut, ctx.initial, ctx.training,
+                                     ctx.input_shape),
 })
 
 

@@ -3,7 +3,7 @@ algorithm, the baselines, the simulation and (later) the deployed client."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -181,11 +181,7 @@ class SiteTrainer:
         return x.to(self.device), y.to(self.device)
 
     def optimizer(self, options: TrainOptions) -> torch.optim.Optimizer:
-        params = self.model.parameters()
-        if options.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum,
-                                   weight_decay=options.weight_decay)
-        return torch.optim.Adam(params, lr=options.lr, weight_decay=options.weight_decay)
+        return build_optimizer(self.model.parameters(), options)
 
     def _anchor(self, options: TrainOptions) -> list[tuple[nn.Parameter, torch.Tensor]]:
         if not options.proximal_mu:
@@ -219,3 +215,11 @@ def batch_order(n: int, batch_size: int, order: torch.Generator) -> Iterator[np.
         if len(index) == 1 < batch_size and n > 1:
             continue  # a lone sample breaks BatchNorm's batch statistics; it comes back next epoch
         yield index.numpy()
+
+
+def build_optimizer(params: Iterable[nn.Parameter], options: TrainOptions) -> torch.optim.Optimizer:
+    """The optimizer options name (a site's; split learning's server middle uses the same)."""
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum,
+                               weight_decay=options.weight_decay)
+    return torch.optim.Adam(params, lr=options.lr, weight_decay=options.weight_decay)

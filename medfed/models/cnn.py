@@ -36,3 +36,8 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):  # (B, C, *spatial) -> (B, num_outputs)
         return self.head(self.pool(self.features(x)).flatten(1))
+
+    def blocks(self) -> list[nn.Module]:
+        """The network as an ordered list of modules whose composition is forward(): what split
+        learning cuts (models/blocks.py)."""
+        return [*self.features, self.pool, nn.Flatten(1), self.head]
