@@ -18,7 +18,7 @@ import torch
 
 from medfed.algorithms.split import SplitFed, build_split
 from medfed.client.split_site import SiteLink
-from medfed.client.trainer import TrainOptions
+from medfed.client.trainer import SiteTrainer, TrainOptions, batch_order
 from medfed.config import DataConfig, FederationConfig, ModelConfig, RunConfig, TrainingConfig
 from medfed.errors import IncompatibleUpdate
 from medfed.experiment import Setup, prepare, site_recipe, site_trainer
@@ -64,8 +64,7 @@ def whole_step(setup: Setup, site: str) -> tuple[dict, dict[str, torch.Tensor]]:
     trainer = site_trainer(setup, 0, setup.federation.sites[site])
     trainer.model.load_state_dict(setup.initial)
     trainer.model.train()
-    trainer._reseed(0)  # the batch the split site draws in round 0
-    x, y = next(trainer._batches(trainer.data.train, SGD.batch_size))
+    x, y = first_batch(trainer)
     blocks = model_blocks(trainer.model)
     cuts, out = {}, x
     for index, block in enumerate(blocks):
@@ -126,8 +125,14 @@ def leaked(tensor: torch.Tensor, labels: torch.Tensor) -> bool:
 def batch_labels(setup: Setup, k: int, site: str) -> torch.Tensor:
     """The labels of the one batch the k-th site draws in round 0."""
     trainer = site_trainer(setup, k, setup.federation.sites[site])
-    trainer._reseed(0)
-    return next(trainer._batches(trainer.data.train, SGD.batch_size))[1]
+    return first_batch(trainer)[1]
+
+
+def first_batch(trainer: SiteTrainer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch a site draws first in round 0."""
+    trainer.reseed(0)
+    index = next(batch_order(len(trainer.data.train), SGD.batch_size, trainer.shuffle))
+    return trainer.build_batch(trainer.data.train, index, trainer.augmentation(len(index)))
 
 
 def test_labels_never_cross_the_seam(setup):
