@@ -335,7 +335,10 @@ def _site_transport(setup: Setup, sites: dict[SiteId, SiteData], recipe: SiteRec
         raise ConfigError("backend = \"ray\" trains inside an execution session: call train() "
                           "within `with execution_session(setup):`")
     device = setup.predictor.device
-    trainers = {site: recipe.trainer(k, data, device) for k, (site, data) in enumerate(sites.items())}
+    # One model for all sites (they train one after another): memory flat in the number of sites.
+    shared = recipe.model().to(device) if recipe.shares_model(privacy is not None) else None
+    trainers = {site: recipe.trainer(k, data, device, shared)
+                for k, (site, data) in enumerate(sites.items())}
     return InProcessTransport(recipe.wrapped(trainers, privacy))
 
 
