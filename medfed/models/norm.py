@@ -22,6 +22,17 @@ def monai_norm(norm: str) -> str | tuple[str, dict]:
     raise ConfigError(f"unknown norm '{norm}'; valid: batch, group, instance")
 
 
+def norm_layer(norm: str, spatial_dims: int, channels: int) -> nn.Module:
+    """The torch layer MONAI's blocks build from monai_norm(norm) for `channels` channels."""
+    if norm == "batch":
+        return (nn.BatchNorm2d, nn.BatchNorm3d)[spatial_dims - 2](channels)
+    if norm == "group":
+        return nn.GroupNorm(GROUPS, channels)
+    if norm == "instance":
+        return (nn.InstanceNorm2d, nn.InstanceNorm3d)[spatial_dims - 2](channels, affine=True)
+    raise ConfigError(f"unknown norm '{norm}'; valid: batch, group, instance")
+
+
 def enforce_norm(model: nn.Module, norm: str) -> nn.Module:
     """Make every normalization layer the one asked for.
 
