@@ -43,8 +43,7 @@ def _status_mb(field: str) -> float:
 
 def measure_here(sites: int, rounds: int) -> dict:
     """One measurement in this process (the child's side)."""
-    from medfed.config import (DataConfig, FederationConfig, ModelConfig, RunConfig,
-                               TrainingConfig)
+    from medfed.config import DataConfig, FederationConfig, ModelConfig, RunConfig, TrainingConfig
     from medfed.experiment import prepare, train
 
     config = RunConfig(device="cpu", baselines=False, model=ModelConfig(model="cnn"),
