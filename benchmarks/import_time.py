@@ -27,8 +27,9 @@ CODE = ("import json, sys, time; t = time.perf_counter(); import medfed.experime
 
 def one_import(code: Path) -> tuple[float, list[str]]:
     env = {**os.environ, "PYTHONPATH": str(code)}
-    out = subprocess.run([sys.executable, "-c", CODE], env=env, check=True, capture_output=True,
-                         text=True).stdout
+    # cwd: `python -c` puts the working folder first on sys.path, before PYTHONPATH
+    out = subprocess.run([sys.executable, "-c", CODE], env=env, cwd=code, check=True,
+                         capture_output=True, text=True).stdout
     seconds, loaded = json.loads(out.strip().splitlines()[-1])
     return seconds, loaded
 

@@ -23,6 +23,6 @@ def test_importing_the_experiment_loads_no_heavy_library():
     code = ("import json, sys; import medfed.experiment; "
             f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, check=True, capture_output=True,
                          text=True, timeout=120).stdout
     assert json.loads(out.strip().splitlines()[-1]) == []
