@@ -343,15 +343,19 @@ def _site_transport(setup: Setup, sites: dict[SiteId, SiteData], recipe: SiteRec
     if setup.config.execution.backend == RAY:
         raise ConfigError("backend = \"ray\" trains inside an execution session: call train() "
                           "within `with execution_session(setup):`")
-    return InProcessTransport(recipe.wrapped(site_trainers(setup, sites, recipe), privacy))
+    trainers = site_trainers(setup, sites, recipe, private=privacy is not None)
+    return InProcessTransport(recipe.wrapped(trainers, privacy))
 
 
-def site_trainers(setup: Setup, sites: dict[SiteId, SiteData], recipe: SiteRecipe | None = None
-                  ) -> dict[SiteId, LocalSite]:
-    """The in-process trainers of these sites (honest ones unless the recipe says otherwise)."""
+def site_trainers(setup: Setup, sites: dict[SiteId, SiteData], recipe: SiteRecipe | None = None,
+                  private: bool = False) -> dict[SiteId, LocalSite]:
+    """The in-process trainers of these sites (honest ones unless the recipe says otherwise);
+    private: the run's privacy mechanisms apply (DP-SGD keeps a model per site)."""
     recipe = recipe or site_recipe(setup, None)
     device = setup.predictor.device
-    return {site: recipe.trainer(k, data, device) for k, (site, data) in enumerate(sites.items())}
+    # One model for all sites (they train one after another): memory flat in the number of sites.
+    shared = recipe.model().to(device) if recipe.shares_model(private) else None
+    return {site: recipe.trainer(k, data, device, shared) for k, (site, data) in enumerate(sites.items())}
 
 
 def site_trainer(setup: Setup, k: int, data: SiteData) -> SiteTrainer:

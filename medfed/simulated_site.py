@@ -68,6 +68,16 @@ class SiteRecipe:
     def model(self) -> nn.Module:
         return self.network() if self.network is not None else site_model(self.config, self.spec)
 
+    def shares_model(self, private: bool) -> bool:
+        """Whether the sites of one training run in one process can train on one model instance,
+        so a process holds one model whatever its number of sites. They can: each train or score
+        call loads the site's whole state first (a strict load_state_dict), and what a site keeps
+        between rounds lives outside the module (SCAFFOLD's c_k in its trainer, FedBN's norm layers
+        in the strategy, sent with each payload; compression's error feedback in its wrapper).
+        Except with DP-SGD (`private`: the run's privacy wrappers are on): Opacus' GradSampleModule
+        hooks per-sample gradients into its site's model, so a private site gets its own."""
+        return not (private and self.config.privacy.dp_sgd)
+
     def trainer(self, k: int, data: SiteData, device: torch.device,
                 model: nn.Module | None = None) -> LocalSite:
         """The k-th site's trainer (on `model`, shared with other sites of this process, or a

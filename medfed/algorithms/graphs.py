@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import networkx as nx
-
 from medfed.algorithms.topology_spec import BRAINTORRENT, FULL, K_REGULAR, RING, GossipSpec, check_graph
 from medfed.types import SiteId
 
@@ -27,6 +25,8 @@ def build_graph(spec: GossipSpec, sites: Sequence[SiteId], seed: int) -> Graph:
     elif spec.kind in (FULL, BRAINTORRENT):  # a BrainTorrent site may pull from any peer
         edges = {(i, j) for i in range(n) for j in range(i + 1, n)}
     elif spec.kind == K_REGULAR and spec.degree is not None:
+        import networkx as nx  # only a random regular graph needs it: a run starts without it
+
         edges = set(nx.random_regular_graph(spec.degree, n, seed=seed).edges())
     else:
         raise ValueError(f"no graph for {spec}")

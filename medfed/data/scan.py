@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms import Resize
 
 from medfed.config import DataConfig
 from medfed.data.dataset import DataSource, Samples
 from medfed.data.labels import encode_labels, load_label_map
 from medfed.data.partition import site_rng
+from medfed.data.transforms import area_resize
 from medfed.errors import DataError
 from medfed.types import Task
 
@@ -105,8 +105,8 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     spatial = (size,) * (image.ndim - 1)
     if image.shape[1:] == spatial:
         return image.astype(np.float32, copy=False)
-    out = Resize(spatial, mode="area")(torch.from_numpy(np.ascontiguousarray(image, np.float32)))
-    return np.asarray(out, dtype=np.float32)
+    out = area_resize(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None], spatial)
+    return out[0].numpy()
 
 
 def holdout(strata: np.ndarray, sites: np.ndarray, units: np.ndarray, fraction: float,

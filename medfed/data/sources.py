@@ -5,29 +5,53 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from medfed.config import DataConfig
-from medfed.data.chestxray14 import load_chestxray14
 from medfed.data.dataset import DataSource
-from medfed.data.dicom import load_dicom
 from medfed.data.harmonize import harmonize_source
 from medfed.data.heart import load_heart_disease
-from medfed.data.images import load_images
 from medfed.data.medmnist import load_medmnist
-from medfed.data.nifti import load_nifti
 from medfed.data.synthetic import load_synthetic
 from medfed.registry import Registry
 
 Loader = Callable[[DataConfig, int], DataSource]
+
+
+# The readers of image files import their libraries (pydicom, nibabel, Pillow) when a run reads
+# such files, so that importing medfed, or a run on other data, does not pay for them.
+
+def _dicom(config: DataConfig, seed: int) -> DataSource:
+    from medfed.data.dicom import load_dicom
+
+    return load_dicom(config, seed)
+
+
+def _nifti(config: DataConfig, seed: int) -> DataSource:
+    from medfed.data.nifti import load_nifti
+
+    return load_nifti(config, seed)
+
+
+def _chestxray14(config: DataConfig, seed: int) -> DataSource:
+    from medfed.data.chestxray14 import load_chestxray14
+
+    return load_chestxray14(config, seed)
+
+
+def _images(config: DataConfig, seed: int) -> DataSource:
+    from medfed.data.images import load_images
+
+    return load_images(config, seed)
+
 
 SOURCES: Registry[Loader] = Registry("dataset", {
     "synthetic": lambda cfg, seed: load_synthetic(cfg.site_count, cfg.synthetic_samples,
                                                   cfg.synthetic_test, seed, cfg.sizes,
                                                   cfg.proportions),
     "medmnist": lambda cfg, seed: load_medmnist(cfg.data_file),
-    "dicom": load_dicom,
-    "nifti": load_nifti,
-    "chestxray14": load_chestxray14,
+    "dicom": _dicom,
+    "nifti": _nifti,
+    "chestxray14": _chestxray14,
     "heart-disease": load_heart_disease,
-    "images": load_images,
+    "images": _images,
 })
 
 

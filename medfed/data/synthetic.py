@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 from medfed.data.dataset import DataSource, Samples
 from medfed.data.partition import counts_from_proportions
@@ -135,5 +134,7 @@ def _acquire(signal: np.ndarray, scanner: Scanner, rng: np.random.Generator) -> 
     img = scanner.contrast * (img - 0.5) + 0.5 + scanner.brightness
     img = img + rng.normal(0, scanner.noise, img.shape)
     if scanner.blur > 0.05:
+        from scipy.ndimage import gaussian_filter  # on first use: importing medfed stays light
+
         img = gaussian_filter(img, sigma=(0, scanner.blur, scanner.blur))
     return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)

@@ -1,10 +1,13 @@
-"""Preprocessing with MONAI: intensities to [0, 1], resize, and training-only augmentation.
+"""Preprocessing: intensities to [0, 1], resize, and training-only augmentation.
 
-Batches are transformed as a whole (B, C, *spatial): MONAI's array transforms are channel-first,
-so a batch is viewed as B*C channels for the deterministic steps, and augmentation draws one random
-affine per image and applies them all in one call of MONAI's AffineTransform (a per-image
-Compose of RandFlip/RandRotate/RandSpatialCrop costs about 0.5 ms an image on 2 CPU cores, as much
-as training the default model on it).
+Batches are transformed as a whole (B, C, *spatial), in plain torch: the three steps are exactly
+what MONAI's ScaleIntensityRange (clipped), Resize (mode "area") and AffineTransform (normalized,
+bilinear, zero padding) compute, the same operations in the same order (tests/data/
+test_transforms.py checks equality with MONAI), without importing MONAI, which costs seconds at the
+start of every run, site process and Ray worker. Augmentation draws one random affine per image and
+applies them all in one grid_sample call (a per-image Compose of RandFlip/RandRotate/
+RandSpatialCrop costs about 0.5 ms an image on 2 CPU cores, as much as training the default model
+on it).
 """
 
 from __future__ import annotations
@@ -13,11 +16,7 @@ import math
 
 import numpy as np
 import torch
-from monai.data import set_track_meta
-from monai.networks.layers import AffineTransform
-from monai.transforms import Resize, ScaleIntensityRange
-
-set_track_meta(False)  # plain tensors: metadata tracking only slows batches down here
+from torch.nn import functional
 
 MAX_ROTATION = math.radians(10)
 MIN_CROP = 0.9  # random crop keeps 90-100% of the field of view, resized back
@@ -29,19 +28,43 @@ class Preprocess:
 
     def __init__(self, max_value: float | None, spatial_size: tuple[int, ...] | None) -> None:
         # None: tabular features, already imputed and scaled at their site; no intensity window.
-        self.scale = (ScaleIntensityRange(a_min=0.0, a_max=max_value, b_min=0.0, b_max=1.0, clip=True)
-                      if max_value is not None else None)
-        self.resize = Resize(spatial_size, mode="area") if spatial_size else None
+        self.max_value = max_value
+        self.spatial_size = tuple(spatial_size) if spatial_size else None
 
     def __call__(self, batch: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(batch).float()
-        if self.scale is not None:
-            x = self.scale(x)
-        if self.resize is not None and tuple(x.shape[2:]) != tuple(self.resize.spatial_size):
-            b, c = x.shape[:2]
-            x = self.resize(x.reshape(b * c, *x.shape[2:]))
-            x = torch.as_tensor(x).reshape(b, c, *x.shape[1:])
+        if self.max_value is not None:
+            x = scale_to_unit(x, self.max_value)
+        if self.spatial_size is not None and tuple(x.shape[2:]) != self.spatial_size:
+            x = area_resize(x, self.spatial_size)
         return x
+
+
+def scale_to_unit(x: torch.Tensor, max_value: float) -> torch.Tensor:
+    """[0, max_value] -> [0, 1], clipped: ScaleIntensityRange(0, max_value, 0, 1, clip=True)."""
+    if max_value == 0:  # MONAI's answer to an empty window: shifted by a_min (0), not clipped
+        return x
+    return ((x - 0.0) / max_value * 1.0 + 0.0).clamp(0.0, 1.0)
+
+
+def area_resize(x: torch.Tensor, spatial_size: tuple[int, ...]) -> torch.Tensor:
+    """(B, C, *spatial) -> (B, C, *spatial_size) by area averaging: MONAI's Resize(mode="area"),
+    which is torch's interpolate in that mode (no aliasing when shrinking)."""
+    return functional.interpolate(x, size=spatial_size, mode="area")
+
+
+def affine_warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample (B, C, *spatial) through (B, d, d+1) affines in normalized coordinates, indexed
+    (i, j, k) as scipy's: MONAI's AffineTransform(normalized=True, mode="bilinear",
+    padding_mode="zeros", align_corners=True). torch's affine_grid reads (x, y, z), the reverse
+    order, so rows and the linear part's columns are reversed first."""
+    d = x.dim() - 2
+    reverse = list(range(d - 1, -1, -1))
+    theta = theta[:, reverse]  # rows: output axes in torch's order
+    theta = torch.cat([theta[:, :, reverse], theta[:, :, d:]], dim=2)  # columns: input axes
+    grid = functional.affine_grid(theta, list(x.shape), align_corners=True)
+    return functional.grid_sample(x.contiguous(), grid, mode="bilinear", padding_mode="zeros",
+                                  align_corners=True)
 
 
 class RandomAugment:
@@ -55,14 +78,13 @@ class RandomAugment:
             raise ValueError(f"augmentation needs 2D or 3D images, got {spatial_dims} spatial dims")
         self.spatial_dims = spatial_dims
         self.rng = rng
-        self.warp = AffineTransform(normalized=True, mode="bilinear", padding_mode="zeros")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply(x, self.matrices(len(x)))
 
     def apply(self, x: torch.Tensor, matrices: np.ndarray) -> torch.Tensor:
         """Each image warped by its own affine (matrices[i] for x[i]), drawn by matrices()."""
-        return self.warp(x, torch.from_numpy(matrices).to(x.device, x.dtype))
+        return affine_warp(x, torch.from_numpy(matrices).to(x.device, x.dtype))
 
     def matrices(self, n: int) -> np.ndarray:
         """(n, d, d+1) affines in normalized coordinates: output point -> input point."""

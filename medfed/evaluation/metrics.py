@@ -17,14 +17,9 @@ evaluation (evaluation/federated.py), which pools counts instead of scores, repo
 from __future__ import annotations
 
 import warnings
+from types import ModuleType
 
 import numpy as np
-from sklearn.metrics import (
-    cohen_kappa_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
 
 from medfed.types import Metrics, Task
 
@@ -44,7 +39,7 @@ def compute_metrics(task: Task, y_true: np.ndarray, probs: np.ndarray) -> Metric
             aucs = [_auc(y, probs[:, -1])]
         else:
             c = probs.shape[1]
-            confusion = confusion_matrix(y, probs.argmax(1), labels=np.arange(c))
+            confusion = _sklearn().confusion_matrix(y, probs.argmax(1), labels=np.arange(c))
             aucs = [_auc((y == k).astype(int), probs[:, k]) for k in range(c)]
     out = metrics_from_confusion(task, confusion, np.array(aucs, dtype=np.float64))
     out["n"] = float(len(y_true))
@@ -53,7 +48,7 @@ def compute_metrics(task: Task, y_true: np.ndarray, probs: np.ndarray) -> Metric
 
 def binary_confusion(y: np.ndarray, score: np.ndarray) -> np.ndarray:
     """(2, 2) counts of (true, score >= 0.5): the one place the 0.5 threshold is applied."""
-    return confusion_matrix(y, (score >= 0.5).astype(int), labels=[0, 1])
+    return _sklearn().confusion_matrix(y, (score >= 0.5).astype(int), labels=[0, 1])
 
 
 def metrics_from_confusion(task: Task, confusion: np.ndarray, aucs: np.ndarray) -> Metrics:
@@ -78,7 +73,7 @@ def metrics_from_confusion(task: Task, confusion: np.ndarray, aucs: np.ndarray) 
 def _binary(confusion: np.ndarray, auc: float) -> Metrics:
     tn, fp, fn, tp = confusion.ravel()
     truth, called = _pairs(np.arange(2))
-    precision, recall, f1, _ = precision_recall_fscore_support(
+    precision, recall, f1, _ = _sklearn().precision_recall_fscore_support(
         truth, called, sample_weight=confusion.ravel(), average="binary", pos_label=1,
         zero_division=0)
     return {"auc": auc, "accuracy": _ratio(tn + tp, confusion.sum()),
@@ -92,7 +87,7 @@ def _multiclass(confusion: np.ndarray, auc: float) -> Metrics:
     present = _present(confusion)
     cm = confusion[np.ix_(present, present)]
     truth, pred = _pairs(present)
-    precision, recall, f1, _ = precision_recall_fscore_support(
+    precision, recall, f1, _ = _sklearn().precision_recall_fscore_support(
         truth, pred, labels=present, sample_weight=cm.ravel(), average="macro", zero_division=0)
     fp = cm.sum(axis=0) - np.diag(cm)
     tn = cm.sum() - cm.sum(axis=0) - cm.sum(axis=1) + np.diag(cm)
@@ -106,7 +101,7 @@ def _kappa(confusion: np.ndarray) -> float:
     present = _present(confusion)
     truth, pred = _pairs(present)
     weights = confusion[np.ix_(present, present)].ravel()
-    return float(cohen_kappa_score(truth, pred, labels=present, weights="quadratic",
+    return float(_sklearn().cohen_kappa_score(truth, pred, labels=present, weights="quadratic",
                                    sample_weight=weights))
 
 
@@ -121,8 +116,15 @@ def _pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _auc(y: np.ndarray, score: np.ndarray) -> float:
-    return float(roc_auc_score(y, score)) if len(np.unique(y)) == 2 else float("nan")
+    return float(_sklearn().roc_auc_score(y, score)) if len(np.unique(y)) == 2 else float("nan")
 
 
 def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else float("nan")
+
+
+def _sklearn() -> ModuleType:
+    """scikit-learn's metrics, imported on first use: a run or a site process starts without it."""
+    import sklearn.metrics
+
+    return sklearn.metrics

@@ -11,15 +11,26 @@ from medfed.errors import ConfigError
 GROUPS = 8
 
 
-def monai_norm(norm: str, channels: int | None = None) -> str | tuple[str, dict]:
-    """The `norm` argument MONAI's networks and blocks take; given the layer's channels, group
-    norm takes as many groups (up to GROUPS) as divide them (a cnn of width 60: 4 groups)."""
+def monai_norm(norm: str) -> str | tuple[str, dict]:
+    """The `norm` argument MONAI's networks and blocks take."""
     if norm == "batch":
         return "batch"
     if norm == "group":
-        return ("group", {"num_groups": math.gcd(GROUPS, channels) if channels else GROUPS})
+        return ("group", {"num_groups": GROUPS})
     if norm == "instance":
         return ("instance", {"affine": True})
+    raise ConfigError(f"unknown norm '{norm}'; valid: batch, group, instance")
+
+
+def norm_layer(norm: str, spatial_dims: int, channels: int) -> nn.Module:
+    """The torch layer MONAI's blocks build from monai_norm(norm) for `channels` channels; group
+    norm with as many groups (up to GROUPS) as divide the channels (a cnn of width 60: 4)."""
+    if norm == "batch":
+        return (nn.BatchNorm2d, nn.BatchNorm3d)[spatial_dims - 2](channels)
+    if norm == "group":
+        return nn.GroupNorm(math.gcd(GROUPS, channels), channels)
+    if norm == "instance":
+        return (nn.InstanceNorm2d, nn.InstanceNorm3d)[spatial_dims - 2](channels, affine=True)
     raise ConfigError(f"unknown norm '{norm}'; valid: batch, group, instance")
 
 

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from monai.networks import nets
 from torch import nn
 
 from medfed.errors import ConfigError
@@ -42,10 +41,24 @@ def _for(inputs: tuple[tuple[int, ...], str], name: str, build: Builder) -> Buil
     return checked
 
 
-def _resnet(factory: Callable[..., nn.Module]) -> Builder:
-    return lambda s: enforce_norm(factory(spatial_dims=s.spatial_dims,
-                                          n_input_channels=s.in_channels,
-                                          num_classes=s.num_outputs, norm=monai_norm(s.norm)), s.norm)
+# MONAI's networks are imported when one is built: importing MONAI costs seconds, and the default
+# cnn (cnn.py) does without it.
+
+def _resnet(depth: int) -> Builder:
+    def build(s: ModelSpec) -> nn.Module:
+        from monai.networks import nets
+
+        factory = {18: nets.resnet18, 50: nets.resnet50}[depth]
+        return enforce_norm(factory(spatial_dims=s.spatial_dims, n_input_channels=s.in_channels,
+                                    num_classes=s.num_outputs, norm=monai_norm(s.norm)), s.norm)
+    return build
+
+
+def _densenet121(s: ModelSpec) -> nn.Module:
+    from monai.networks import nets
+
+    return nets.DenseNet121(spatial_dims=s.spatial_dims, in_channels=s.in_channels,
+                            out_channels=s.num_outputs, norm=monai_norm(s.norm))
 
 
 def _scatter(spec: ModelSpec) -> nn.Module:
@@ -59,11 +72,9 @@ def _scatter(spec: ModelSpec) -> nn.Module:
 MODELS: Registry[Builder] = Registry("model", {
     "cnn": _for(IMAGES, "cnn", lambda s: SmallCNN(s.spatial_dims, s.in_channels, s.num_outputs, s.norm,
                                                         s.width)),
-    "resnet18": _for(IMAGES, "resnet18", _resnet(nets.resnet18)),
-    "resnet50": _for(IMAGES, "resnet50", _resnet(nets.resnet50)),
-    "densenet121": _for(IMAGES, "densenet121", lambda s: nets.DenseNet121(
-        spatial_dims=s.spatial_dims, in_channels=s.in_channels, out_channels=s.num_outputs,
-        norm=monai_norm(s.norm))),
+    "resnet18": _for(IMAGES, "resnet18", _resnet(18)),
+    "resnet50": _for(IMAGES, "resnet50", _resnet(50)),
+    "densenet121": _for(IMAGES, "densenet121", _densenet121),
     "scatter": _for(((2,), "needs 2D images (a 2D scattering transform)"), "scatter",
                     lambda s: _scatter(s)),
     "mlp": _for(TABULAR, "mlp", lambda s: mlp(s.in_channels, s.num_outputs, s.norm)),

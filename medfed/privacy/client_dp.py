@@ -21,14 +21,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-from opacus.accountants import RDPAccountant
 
 from medfed.algorithms.aggregate import WeightedMean
 from medfed.algorithms.aggregators import AggregatorFactory, Notes
 from medfed.privacy.noise import Randomness
 from medfed.types import StateDict
+
+if TYPE_CHECKING:
+    from opacus.accountants import RDPAccountant
+
+
+def new_accountant() -> RDPAccountant:
+    """Opacus' RDP accountant; Opacus loads only when a run asks for client-level DP."""
+    from opacus.accountants import RDPAccountant
+
+    return RDPAccountant()
 
 
 def float_keys(state: StateDict) -> list[str]:
@@ -59,7 +69,7 @@ class ClientDP:
     noise_multiplier: float  # sigma
     sample_rate: float  # q: the share of sites sampled per round (k / N, see server/sampling.py)
     noise: Randomness  # seeded in simulation; OS entropy in a deployment (privacy/noise.py)
-    accountant: RDPAccountant = field(default_factory=RDPAccountant)
+    accountant: RDPAccountant = field(default_factory=new_accountant)
 
     @property
     def std(self) -> float:

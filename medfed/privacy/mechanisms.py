@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,7 +35,6 @@ from medfed.errors import ConfigError
 from medfed.privacy import ckks
 from medfed.privacy.client_dp import ClientDP
 from medfed.privacy.dp_plan import dp_plan
-from medfed.privacy.dp_sgd import DPSGDSettings, DPSite, DPSiteRecord, steps_per_epoch
 from medfed.privacy.fixed_point import RING_BITS
 from medfed.privacy.homomorphic import (
     Decryptor,
@@ -43,14 +43,12 @@ from medfed.privacy.homomorphic import (
     InProcessDecryptor,
 )
 from medfed.privacy.noise import OS_ENTROPY, SEEDED, randomness
-from medfed.privacy.secure_round import (
-    Coordinator,
-    InProcessCoordinator,
-    SecureAggregation,
-    SecureSite,
-)
-from medfed.privacy.signing import SigningIdentity, ephemeral_identities
 from medfed.types import SiteId
+
+if TYPE_CHECKING:  # Opacus (DP-SGD) and cryptography (secure aggregation) load when a run asks
+    from medfed.privacy.dp_sgd import DPSite, DPSiteRecord
+    from medfed.privacy.secure_round import Coordinator, SecureSite
+    from medfed.privacy.signing import SigningIdentity
 
 
 @dataclass
@@ -96,10 +94,16 @@ class Mechanisms:
         refuses secure aggregation. secret_context: a deployed site's CKKS context (a simulation
         uses the one build() made)."""
         p, t = self.config.privacy, self.config.training
-        settings = DPSGDSettings(p.noise_multiplier, p.max_grad_norm, p.target_epsilon, p.delta)
-        plan = dp_plan(p, self.config.data.augment)
-        if p.secure_aggregation and identities is None:
-            identities = ephemeral_identities(trainers)
+        if p.dp_sgd:
+            from medfed.privacy.dp_sgd import DPSGDSettings, DPSite
+
+            settings = DPSGDSettings(p.noise_multiplier, p.max_grad_norm, p.target_epsilon, p.delta)
+            plan = dp_plan(p, self.config.data.augment)
+        if p.secure_aggregation:
+            from medfed.privacy.secure_round import SecureSite
+            from medfed.privacy.signing import ephemeral_identities
+
+            identities = identities if identities is not None else ephemeral_identities(trainers)
         out: dict[SiteId, LocalSite] = {}
         for k, (site, trainer) in enumerate(trainers.items(), start=first_index):
             if p.dp_sgd and isinstance(trainer, SiteTrainer):
@@ -152,6 +156,8 @@ class Mechanisms:
                 p.encrypt_layers)
         if not p.secure_aggregation:
             return strategy
+        from medfed.privacy.secure_round import InProcessCoordinator, SecureAggregation
+
         return SecureAggregation(strategy, coordinator or InProcessCoordinator(self.secure_sites),
                                  p.threshold, p.fixed_point_scale, self.client_dp)
 
@@ -187,6 +193,8 @@ class Mechanisms:
         return out
 
     def _dp_sgd_report(self) -> dict:
+        from medfed.privacy.dp_sgd import steps_per_epoch
+
         p = self.config.privacy
         stopped = {s: d.stopped for s, d in self.dp_sites.items() if d.stopped}
         return {"max_grad_norm": p.max_grad_norm, "target_epsilon": p.target_epsilon,

@@ -73,9 +73,9 @@ def target_layer(model: nn.Module) -> str | None:
     else the last convolution layer of the network; None when it has none (tabular models)."""
     features = getattr(model, "features", None)
     if isinstance(features, nn.Sequential):
-        from monai.networks.blocks import Convolution
+        from medfed.models.cnn import ConvBlock
 
-        blocks = [k for k, m in features.named_children() if isinstance(m, Convolution)]
+        blocks = [k for k, m in features.named_children() if isinstance(m, ConvBlock)]
         if blocks:
             return f"features.{blocks[-1]}"
     convs = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]

@@ -70,10 +70,8 @@ class SiteWorker:
         return ""
 
     def _model(self, recipe: SiteRecipe, private: bool) -> nn.Module | None:
-        """The model this worker's sites share: each train or score call loads its own weights
-        first, so one instance serves them all. DP-SGD hooks per-sample gradients into its site's
-        model (Opacus' GradSampleModule), so a private site gets its own."""
-        if private and recipe.config.privacy.dp_sgd:
+        """The model this worker's sites share (SiteRecipe.shares_model); None: a site of its own."""
+        if not recipe.shares_model(private):
             return None
         kind = (recipe.network, recipe.config.model, recipe.spec)  # the same network, built alike
         if kind not in self.models:
