@@ -45,7 +45,7 @@ from medfed.deploy.audit_witness import AUDIT_HEAD, Witness
 from medfed.deploy.site_data import LocalData
 from medfed.deploy.site_policy import SHARES, SitePolicy
 from medfed.device import pick_device
-from medfed.errors import ConfigError
+from medfed.errors import ConfigError, IncompatibleUpdate
 from medfed.evaluation.federated import summarize
 from medfed.evaluation.metrics import compute_metrics
 from medfed.evaluation.statistics import delong_ci, delong_test
@@ -56,6 +56,7 @@ from medfed.privacy.ledger import PrivacyLedger
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.privacy.secure_round import SecureSite
 from medfed.privacy.signing import SigningIdentity
+from medfed.server.validation import check_state
 from medfed.task_schema import TaskSchema
 from medfed.transport.codec import decode_state, encode_state
 from medfed.types import StateDict, Task
@@ -139,6 +140,9 @@ class SiteWorker:
         for dp in self.privacy.dp_sites.values():  # the site's own cap on top of the plan's target
             dp.budget.target = self.policy.epsilon_cap(dp.budget.target)
         self.last_final: dict[str, Any] | None = None
+        spec = self.welcome.task.model_spec(self.config.model)
+        # The model this site builds from the plan: what the coordinator sends must fit it.
+        self.model_reference = build_model(self.config.model.model, spec, self.config.seed).state_dict()
         self.peer = self._peer(identity)
 
     def _peer(self, identity: SigningIdentity | None) -> relay_site.PeerSite | None:
@@ -146,10 +150,8 @@ class SiteWorker:
         and without a certificate key, which p2p's key adverts need: its tasks are refused)."""
         if self.config.federation.topology != "p2p" or identity is None:
             return None
-        spec = self.welcome.task.model_spec(self.config.model)
-        initial = build_model(self.config.model.model, spec, self.config.seed).state_dict()
         return relay_site.PeerSite(self.site, identity, self.trainer, self.config,
-                                   self.welcome.sites, initial, self._record_spending)
+                                   self.welcome.sites, self.model_reference, self._record_spending)
 
     def _check_plan(self) -> None:
         refusal = self.policy.refusal(self.config, len(self.welcome.sites))
@@ -201,7 +203,7 @@ class SiteWorker:
         head = options.pop(AUDIT_HEAD, None)
         if self.witness is not None and head is not None:
             self.witness.keep(head)
-        state = decode_state(blob)
+        state = self._global_model(blob)
         if kind == "evaluate":
             if not self.shares("share_validation_metrics"):
                 return {"metrics": {}, "withheld": "this site's policy"}, b""
@@ -223,6 +225,16 @@ class SiteWorker:
             metrics.pop("train_loss", None)
         meta = {"n_samples": update.n_samples, "n_steps": update.n_steps, "metrics": metrics}
         return meta, encode_state(update.state)
+
+    def _global_model(self, blob: bytes) -> StateDict:
+        state = decode_state(blob)
+        try:
+            check_state(state, self.model_reference)
+        except IncompatibleUpdate as exc:
+            raise IncompatibleUpdate(f"the coordinator's model does not fit the one this site builds "
+                                     f"from the plan ({exc}); do both run the same medfed version?"
+                                     ) from None
+        return state
 
     def _record_spending(self) -> None:
         if self.ledger is None:

@@ -13,13 +13,19 @@ def check_update(update: Update, reference: StateDict) -> None:
     if isinstance(update.n_samples, bool) or not isinstance(update.n_samples, int) \
             or update.n_samples <= 0:
         raise IncompatibleUpdate(f"sample count must be a positive integer, got {update.n_samples!r}")
-    missing = reference.keys() - update.state.keys()
-    extra = update.state.keys() - reference.keys()
+    check_state(update.state, reference)
+
+
+def check_state(state: StateDict, reference: StateDict) -> None:
+    """Raise IncompatibleUpdate naming the first way `state` does not fit `reference`'s model.
+    Used both ways: the server checks a site's update, a site checks the coordinator's model."""
+    missing = reference.keys() - state.keys()
+    extra = state.keys() - reference.keys()
     if missing or extra:
         raise IncompatibleUpdate(f"keys differ from the global model: missing {sorted(missing)[:3]}, "
                                  f"unexpected {sorted(extra)[:3]}")
     for key, expected in reference.items():
-        got = update.state[key]
+        got = state[key]
         if got.shape != expected.shape:
             raise IncompatibleUpdate(f"{key}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
         if got.dtype != expected.dtype:

@@ -21,7 +21,7 @@ from medfed.deploy.site_config import load_site_config
 from medfed.deploy.site_data import load_site_data
 from medfed.deploy.site_policy import SitePolicy
 from medfed.deploy.site_worker import PlanRefused, SiteWorker, Welcome
-from medfed.errors import ConfigError, PrivacyBudgetExhausted
+from medfed.errors import ConfigError, IncompatibleUpdate, PrivacyBudgetExhausted
 from medfed.experiment import prepare
 from medfed.privacy.ledger import NAME, PrivacyLedger
 from medfed.transport.codec import encode_state
@@ -41,8 +41,9 @@ def worker(raw: dict, policy: dict | None = None, state: Path | None = None, sit
     return SiteWorker(local, welcome, site, SitePolicy.from_dict(policy or {}), state)
 
 
-def blob() -> bytes:
-    return encode_state(prepare(config_from_dict(PLAIN)).initial)
+def blob(raw: dict = PLAIN) -> bytes:
+    """The coordinator's model for this plan (under DP-SGD the defaults pick another model)."""
+    return encode_state(prepare(config_from_dict(raw)).initial)
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -75,35 +76,42 @@ def test_without_dp_a_site_shares_its_summaries_and_under_dp_nothing_unaccounted
     assert "train_loss" in meta["metrics"]
     private = worker(DP)
     assert private.info == {"site": "site-a"}  # sizes and label counts are not covered by epsilon
-    meta, _ = private.run("train", {"epochs": 1}, blob())
+    meta, _ = private.run("train", {"epochs": 1}, blob(DP))
     assert "train_loss" not in meta["metrics"] and meta["metrics"]["epsilon"] > 0
-    assert private.run("evaluate", {"split": "val"}, blob())[0]["metrics"] == {}
-    final, _ = private.run("final", {}, blob())
+    assert private.run("evaluate", {"split": "val"}, blob(DP))[0]["metrics"] == {}
+    final, _ = private.run("final", {}, blob(DP))
     assert set(final) == {"withheld"} and private.last_final is not None  # kept at the site
     opted_in = worker(DP, {"share_training_loss": True, "share_evaluation": True})
-    assert "train_loss" in opted_in.run("train", {"epochs": 1}, blob())[0]["metrics"]
-    assert "test" in opted_in.run("final", {}, blob())[0]
+    assert "train_loss" in opted_in.run("train", {"epochs": 1}, blob(DP))[0]["metrics"]
+    assert "test" in opted_in.run("final", {}, blob(DP))[0]
+
+
+def test_a_global_model_that_does_not_fit_the_sites_plan_is_refused_before_any_training(tmp_path):
+    private = worker(DP, state=tmp_path)  # under DP-SGD the plan's model is not the plain one
+    with pytest.raises(IncompatibleUpdate, match="does not fit the one this site builds"):
+        private.run("train", {"epochs": 1}, blob(PLAIN))
+    assert not (tmp_path / NAME).exists()  # nothing trained, nothing spent
 
 
 def test_the_ledger_is_written_before_the_update_leaves_and_a_restarted_site_continues(tmp_path):
     first = worker(DP, state=tmp_path)
-    meta, _ = first.run("train", {"epochs": 1}, blob())
+    meta, _ = first.run("train", {"epochs": 1}, blob(DP))
     ledger = tmp_path / NAME
     assert ledger.exists() and stat.S_IMODE(ledger.stat().st_mode) == 0o600
     recorded = json.loads(ledger.read_text())
     assert recorded["epsilon"] == pytest.approx(meta["metrics"]["epsilon"])
     restarted = worker(DP, state=tmp_path)  # a new process: its accountant starts from the ledger
-    again, _ = restarted.run("train", {"epochs": 1}, blob())
+    again, _ = restarted.run("train", {"epochs": 1}, blob(DP))
     assert again["metrics"]["epsilon"] > meta["metrics"]["epsilon"] * 1.2
     assert len(PrivacyLedger(tmp_path).history()) >= 1
 
 
 def test_a_restarted_site_refuses_to_train_past_its_own_budget(tmp_path):
     first = worker(DP, state=tmp_path)
-    spent = first.run("train", {"epochs": 1}, blob())[0]["metrics"]["epsilon"]
+    spent = first.run("train", {"epochs": 1}, blob(DP))[0]["metrics"]["epsilon"]
     capped = worker(DP, {"max_epsilon": spent * 1.1}, state=tmp_path)  # one more round: > 1.2x
     with pytest.raises(PrivacyBudgetExhausted, match="privacy budget is spent"):
-        capped.run("train", {"epochs": 1}, blob())
+        capped.run("train", {"epochs": 1}, blob(DP))
 
 
 def test_an_unreadable_ledger_stops_the_site(tmp_path):
