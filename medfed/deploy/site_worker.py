@@ -59,7 +59,7 @@ from medfed.privacy.signing import SigningIdentity
 from medfed.server.validation import check_state
 from medfed.task_schema import TaskSchema
 from medfed.transport.codec import decode_state, encode_state
-from medfed.types import StateDict, Task
+from medfed.types import StateDict, Task, split_control
 
 OPTION_NAMES = {f.name for f in fields(TrainOptions)}
 REFERENCE = "harmonize_reference"  # the task option that carries the histogram reference
@@ -228,8 +228,10 @@ class SiteWorker:
 
     def _global_model(self, blob: bytes) -> StateDict:
         state = decode_state(blob)
+        model, control = split_control(state)  # SCAFFOLD's control variate rides along
         try:
-            check_state(state, self.model_reference)
+            check_state(model, self.model_reference)
+            check_state(control, {k: v for k, v in self.model_reference.items() if k in control})
         except IncompatibleUpdate as exc:
             raise IncompatibleUpdate(f"the coordinator's model does not fit the one this site builds "
                                      f"from the plan ({exc}); do both run the same medfed version?"
