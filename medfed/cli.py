@@ -61,6 +61,7 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
                                            "site repeats its data (default 20; 0: epochs only)")),
     "--batch-size": ("batch_size", int, "local batch size"),
     "--lr": ("lr", float, "local learning rate"),
+    "--lr-schedule": ("lr_schedule", str, "constant, or cosine: the local lr decays over the rounds"),
     "--optimizer": ("optimizer", str, "adam or sgd"),
     "--momentum": ("momentum", float, "SGD momentum"),
     "--logit-adjust": ("logit_adjust", float, "label skew: train on logits + tau log(site's label prior)"),

@@ -42,6 +42,7 @@ CNN_WIDTH = 16  # the default cnn's first-stage channels (models/cnn.py uses it)
 MODELS = ("cnn", "resnet18", "resnet50", "densenet121", "scatter", "mlp", "logistic")
 NORMS = ("batch", "group", "instance")
 OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HARMONIZATIONS = ("none", "zscore", "histogram")
 SITE_BY = ("view", "sex", "age")
@@ -225,6 +226,9 @@ class TrainingConfig:
     # data again, so a small site is not starved. 0: epochs only. None: chosen (0 if local_epochs
     # is given or with DP-SGD, whose accounting counts epochs).
     local_steps: int | None = None
+    # The local learning rate over the rounds: constant, or cosine (lr * (1 + cos(pi r / R)) / 2 at
+    # round r of R), the decay FedAvg's convergence on non-IID data needs (Li et al., ICLR 2020).
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.local_epochs is not None:
@@ -234,6 +238,7 @@ class TrainingConfig:
         _at_least("batch_size", self.batch_size, 1)
         _positive("lr", self.lr)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.momentum < 0 or self.weight_decay < 0:
             raise ConfigError("momentum and weight_decay must be >= 0")
         if self.logit_adjust < 0:

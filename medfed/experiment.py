@@ -152,9 +152,10 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
         strategy = compress_strategy(privacy.wrap_strategy(strategy, counter=transport), spec)
     fed = config.federation
     first_round = resume.rounds_done if resume is not None else 0
-    plan = (RoundPlan(fed.rounds, 1.0, fed.min_sites, eval_every=0) if baseline
-            else RoundPlan(fed.rounds, fed.fraction, fed.min_sites, fed.eval_every,
-                           start=first_round))
+    schedule = config.training.lr_schedule  # baselines too: the same lr per round and epoch
+    plan = (RoundPlan(fed.rounds, 1.0, fed.min_sites, eval_every=0, lr_schedule=schedule)
+            if baseline else RoundPlan(fed.rounds, fed.fraction, fed.min_sites, fed.eval_every,
+                                       start=first_round, lr_schedule=schedule))
     sampling = np.random.default_rng(np.random.SeedSequence([config.seed, 2]))
     earlier: list[RoundResult] = []
     if resume is not None:

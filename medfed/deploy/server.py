@@ -322,7 +322,8 @@ def _strategy(fed: Federation) -> Strategy:
 
 def _plan(config: RunConfig, done: int) -> RoundPlan:
     f = config.federation
-    return RoundPlan(f.rounds, f.fraction, f.min_sites, f.eval_every, start=done)
+    return RoundPlan(f.rounds, f.fraction, f.min_sites, f.eval_every, start=done,
+                     lr_schedule=config.training.lr_schedule)
 
 
 def _sampling(fed: Federation, done: int) -> np.random.Generator:

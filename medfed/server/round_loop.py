@@ -20,6 +20,7 @@ does the work when called.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -68,6 +69,14 @@ class RoundPlan:
     eval_every: int = 1  # 0: never (the caller scores the final model itself)
     start: int = 0  # the first round to run (a resumed deployment continues where it stopped)
     max_weight_share: float | None = None  # no site above this share of a stage's weight
+    lr_schedule: str = "constant"  # TrainingConfig.lr_schedule
+
+
+def round_lr(lr: float, round_index: int, plan: RoundPlan) -> float:
+    """The local learning rate of round `round_index` (from 0) under the plan's schedule."""
+    if plan.lr_schedule == "cosine":
+        return lr * (1 + math.cos(math.pi * round_index / plan.rounds)) / 2
+    return lr
 
 
 class RoundObserver(Protocol):
@@ -103,7 +112,8 @@ def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId]
                              protection=getattr(strategy, "protection", "none"))
         stages = strategy.stages(r, sampled)
         for stage in stages:
-            _run_stage(strategy, transport, stage, replace(options, round=r), result, observer,
+            _run_stage(strategy, transport, stage,
+                       replace(options, round=r, lr=round_lr(options.lr, r, plan)), result, observer,
                        plan.max_weight_share)
         asked = {site for stage in stages for site in stage}
         if len(set(result.sites)) < min(plan.min_sites, len(asked)):

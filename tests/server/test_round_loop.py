@@ -273,3 +273,16 @@ def test_a_site_that_cannot_score_is_an_evaluation_failure_not_an_update_failure
     _, (result,) = run(transport)
     assert "site-b" in result.sites and "site-b" not in result.failed
     assert "site-b" in result.eval_failed and "site-b" not in result.val
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("constant", [1e-3] * 4),
+    ("cosine", [1e-3, 1e-3 * (1 + 2 ** -0.5) / 2, 5e-4, 1e-3 * (1 - 2 ** -0.5) / 2]),
+])
+def test_each_round_trains_at_the_schedules_learning_rate(schedule, expected):
+    transport = FakeTransport({s: good(1.0) for s in SITES})
+    plan = RoundPlan(4, lr_schedule=schedule)
+    run_rounds(FedAvg(reference()), transport, SITES, plan, TrainOptions(lr=1e-3),
+               np.random.default_rng(0))
+    lrs = [options.lr for site, options in transport.trained if site == "site-a"]
+    assert lrs == pytest.approx(expected)
