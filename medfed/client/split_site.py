@@ -17,14 +17,15 @@ from torch import nn
 
 from medfed.client.trainer import SiteTrainer, TrainOptions
 from medfed.models.blocks import HEAD, TAIL, SplitLayout
-from medfed.transport.split_channel import SplitChannel
+from medfed.transport.split_channel import MiddleServer
 from medfed.types import Metrics, SiteId, StateDict, Update
 
 
 class SiteLink:
-    """One site's end of the channel: tensors go out as they are, come back on the site's device."""
+    """One site's end of the channel: tensors go out as they are, come back on the site's device.
+    channel: the site's end of the seam (a SplitChannel in one process, a SiteEnd over gRPC)."""
 
-    def __init__(self, channel: SplitChannel, site: SiteId) -> None:
+    def __init__(self, channel: MiddleServer, site: SiteId) -> None:
         self.channel = channel
         self.site = site
 
