@@ -139,9 +139,8 @@ class SplitFed:
 
 def build_split(network: Callable[[], nn.Module] | None, cut_text: str, initial: StateDict,
                 training: TrainingConfig, sample_shape: Sequence[int]) -> SplitFed:
-    """network: builds the server's own copy of the model (None where there is none to build:
-    a deployment, which does not run split learning yet)."""
+    """network: builds the server's own copy of the model (None: a caller that cannot build one)."""
     if network is None:
-        raise ConfigError("--algorithm split runs in simulation only (medfed run / compare)")
+        raise ConfigError("--algorithm split needs the server's own copy of the network")
     cut = parse_cut(cut_text)
     return SplitFed(SplitLayout.of(network(), *cut), cut, initial, training, sample_shape)

@@ -80,6 +80,7 @@ class SplitSite:
 
     def train(self, state: StateDict, options: TrainOptions) -> Update:
         """state: the site part (head.*, tail.*); the update carries the same keys back."""
+        self.split.data = self.whole.data  # a deployed site may harmonize its data between rounds
         return self.split.train(state, options)
 
     def evaluate(self, state: StateDict, split: str) -> Metrics:
