@@ -53,7 +53,7 @@ class SplitFed:
                                      momentum=training.momentum,
                                      weight_decay=training.weight_decay)
         self._optimizer = build_optimizer(self.middle.parameters(), self._options)
-        self._in_flight: dict[SiteId, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._in_flight: dict[SiteId, tuple[torch.Tensor, torch.Tensor, StateDict]] = {}
         self._lock = threading.Lock()  # one batch through the middle at a time
         self._assembled: StateDict | None = None
 
@@ -113,23 +113,30 @@ class SplitFed:
     # --- the seam's side (transport/split_channel.py's MiddleServer) -------------------------
 
     def forward(self, site: SiteId, activations: torch.Tensor) -> torch.Tensor:
-        """The middle on a site's cut activations; the graph is kept for that site's backward."""
+        """The middle on a site's cut activations, with a snapshot of its parameters; the graph is
+        kept for that site's backward. (Deployed sites train in parallel: other sites' batches may
+        step the middle between this forward and its backward; the snapshot keeps this batch's
+        gradient the one of the function that computed its output.)"""
         # enable_grad: in simulation this runs inside the site's autograd.Function, where it is off
         with self._lock, torch.enable_grad():
             inputs = activations.detach().requires_grad_()
-            outputs = self.middle(inputs)
-            self._in_flight[site] = (inputs, outputs)
+            params = {name: p.detach().clone().requires_grad_()
+                      for name, p in self.middle.named_parameters()}
+            outputs = torch.func.functional_call(self.middle, params, (inputs,))
+            self._in_flight[site] = (inputs, outputs, params)
             return outputs.detach()
 
     def backward(self, site: SiteId, gradient: torch.Tensor) -> torch.Tensor:
-        """Backpropagate the site's gradient at the second cut, step the middle, and return the
-        gradient at the first cut (computed before the step, as whole-model backprop would)."""
+        """Backpropagate the site's gradient at the second cut, step the middle with the gradient
+        of its parameters' snapshot, and return the gradient at the first cut (computed before
+        the step, as whole-model backprop would)."""
         with self._lock:
             if site not in self._in_flight:
                 raise IncompatibleUpdate(f"site {site} sent a gradient with no forward in flight")
-            inputs, outputs = self._in_flight.pop(site)
-            self._optimizer.zero_grad(set_to_none=True)
+            inputs, outputs, params = self._in_flight.pop(site)
             outputs.backward(gradient)
+            for name, param in self.middle.named_parameters():
+                param.grad = params[name].grad
             self._optimizer.step()
             self._assembled = None
             if inputs.grad is None:

@@ -104,7 +104,7 @@ class SplitService:
             with tasks.holding(site, message.task_id):
                 answer = self._through_middle(fed, site, step, message.tensor)
                 if isinstance(answer, str):  # why the site's message was refused
-                    tasks.fail(site, f"site {site}: split learning {step}: {answer}")
+                    tasks.fail(site, f"split learning {step}: {answer}")
                 else:
                     fed.transport.count(up=len(message.tensor), down=len(answer))
         except NotOpen as exc:
@@ -127,7 +127,7 @@ class SplitService:
 
     def _failed(self, fed: Federation, site: SiteId, step: str, reason: str,
                 context: grpc.ServicerContext) -> bytes:
-        fed.transport.open_tasks.fail(site, f"site {site}: split learning {step}: {reason}")
+        fed.transport.open_tasks.fail(site, f"split learning {step}: {reason}")
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
         return b""  # not reached: abort raises
 
