@@ -1,12 +1,7 @@
 """Split learning's wire in a deployment, the site's side: each message of the seam
 (transport/split_channel.py) is one unary call of the Split service (medfed.proto) on the channel
-the site's session already holds (mutual TLS, no new port), naming the train task it serves.
-
-The site calls; the server answers (deploy/split_service.py). Site-initiated unary calls rather
-than messages on the Session stream: a batch's forward waits for the middle's answer anyway, the
-client reads its stream only between tasks, and a call is bound to the caller's certificate by
-gRPC itself, so the server checks each call alone (who, which task, which tensor) and a refusal
-is one status on one call.
+the site's session already holds (mutual TLS, no new port), naming the train task it serves. The
+server's side, and why unary calls: deploy/split_service.py.
 """
 
 from __future__ import annotations
