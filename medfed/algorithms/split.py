@@ -13,6 +13,11 @@ head and tail, and the sites' parts are averaged FedAvg-style every round.
 
 With one site and plain SGD, a round is exactly centralized SGD on that site's data; with several,
 the middle sees every site's batches and the site parts are averaged: the known trade of SplitFed.
+Deployed sites train in parallel (deploy/split_service.py), so another site's batch may step the
+middle between a site's forward and its backward: each forward keeps a snapshot of the middle's
+parameters, and the backward steps the middle with the gradient taken at that snapshot
+(asynchronous SGD, stale by at most the other sites' batches in flight); in one process, where a
+forward is always followed by its own backward, the snapshot is the middle itself.
 """
 
 from __future__ import annotations
