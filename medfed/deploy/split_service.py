@@ -6,13 +6,14 @@ Design: while a site runs its round's train task it calls Forward and Backward o
 the middle sees anything:
 
 - who: the caller is its certificate's site (without TLS: the site it names, a loopback test only),
-  a site of this federation;
+  a site of this federation, calling at most as often as a Session's messages are read
+  (transport/admission.py);
 - when: the call names the site's open train task of this round (transport/open_tasks.py); a
   site can act only for itself, only while its round is open, and the round loop does not go on
   (checkpoint, evaluation) while a call it admitted still runs;
 - what: the middle's end (split_channel.MiddleEnd) checks the tensor (its name, float32, the shape
   at that cut, a batch of at most the plan's batch_size, finite values) and refuses a backward with
-  no forward in flight.
+  no forward of the same task in flight.
 
 A call that fails a check, or that the middle cannot compute, fails that site's train task with
 one line (the round records it and audits `update_rejected`, as any failed site) and is refused; a
@@ -29,6 +30,7 @@ certificate, so each refusal is one status on one call and needs no extra state 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -39,6 +41,7 @@ from medfed.config import RunConfig
 from medfed.config_split import parse_cut
 from medfed.errors import ConfigError, IncompatibleUpdate
 from medfed.models.blocks import SplitLayout
+from medfed.transport.admission import Bucket, Limits
 from medfed.transport.chunks import MESSAGE_LIMIT
 from medfed.transport.grpc_split import BACKWARD, FORWARD, SERVICE, SITE_HEADER, parse_split
 from medfed.transport.open_tasks import NotOpen
@@ -73,9 +76,13 @@ def check_split_messages(network: Callable[[], object], config: RunConfig,
 class SplitService:
     """The Split RPCs of whichever federation runs (current() returns it, None between jobs)."""
 
-    def __init__(self, current: Callable[[], Federation | None], insecure: bool) -> None:
+    def __init__(self, current: Callable[[], Federation | None], insecure: bool,
+                 limits: Limits | None = None) -> None:
         self.current = current
         self.insecure = insecure
+        self.limits = limits or Limits()
+        self._pace: dict[SiteId, Bucket] = {}  # each site's calls, at most the Session's pace
+        self._pace_lock = threading.Lock()
 
     def handler(self) -> grpc.GenericRpcHandler:
         # Raw bytes in and out: a request that is not protobuf is this code's to refuse.
@@ -95,6 +102,11 @@ class SplitService:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           "no split-learning federation is running")
         site = self._caller(fed, context)
+        if not self._paced(site):
+            fed.audit.record("site_refused", site=site, peer=context.peer(),
+                             reason=f"split learning {step}: over {self.limits.messages_per_second:g} "
+                                    "calls a second")
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many split-learning calls")
         tasks = fed.transport.open_tasks
         try:
             message = parse_split(request)
@@ -102,7 +114,7 @@ class SplitService:
             return self._failed(fed, site, step, str(exc), context)
         try:
             with tasks.holding(site, message.task_id):
-                answer = self._through_middle(fed, site, step, message.tensor)
+                answer = self._through_middle(fed, site, step, message)
                 if isinstance(answer, str):  # why the site's message was refused
                     tasks.fail(site, f"split learning {step}: {answer}")
                 else:
@@ -116,10 +128,12 @@ class SplitService:
         return pb.SplitTensor(tensor=answer).SerializeToString()
 
     @staticmethod
-    def _through_middle(fed: Federation, site: SiteId, step: str, blob: bytes) -> bytes | str:
-        """The middle's answer, or why the site's tensor was refused (any failure is the site's)."""
+    def _through_middle(fed: Federation, site: SiteId, step: str, message: pb.SplitTensor
+                        ) -> bytes | str:
+        """The middle's answer, or why the site's tensor was refused (any failure is the site's).
+        A backward answers only the forward of the same task."""
         try:
-            return getattr(fed.middle, step)(site, blob)
+            return getattr(fed.middle, step)(site, message.tensor, turn=message.task_id)
         except IncompatibleUpdate as exc:
             return str(exc)[:300]
         except Exception as exc:  # noqa: BLE001 - e.g. a batch the middle's layers cannot take
@@ -130,6 +144,12 @@ class SplitService:
         fed.transport.open_tasks.fail(site, f"split learning {step}: {reason}")
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
         return b""  # not reached: abort raises
+
+    def _paced(self, site: SiteId) -> bool:
+        with self._pace_lock:
+            bucket = self._pace.setdefault(site, Bucket(self.limits.messages_per_second,
+                                                        self.limits.message_burst))
+            return bucket.take()
 
     def _caller(self, fed: Federation, context: grpc.ServicerContext) -> SiteId:
         """The caller's site: its certificate's name (without TLS, the name it gives)."""

@@ -70,17 +70,22 @@ class MiddleEnd:
         self.server = server
         self.first_cut, self.second_cut = (tuple(s) for s in cut_shapes)
         self.max_batch = max_batch
-        self._batch: dict[SiteId, int] = {}  # the batch size of each site's forward in flight
+        # each site's forward in flight: its batch size and its turn
+        self._in_flight: dict[SiteId, tuple[int, object]] = {}
 
-    def forward(self, site: SiteId, blob: bytes) -> bytes:
+    def forward(self, site: SiteId, blob: bytes, turn: object = None) -> bytes:
+        """turn: what this forward and its backward share (a deployment: the site's train task),
+        so that a forward left over from an earlier turn is never answered."""
         activations = checked_tensor(blob, ACTIVATIONS, (0, *self.first_cut),
                                      self.max_batch or ANY_BATCH)
-        self._batch[site] = activations.shape[0]
-        return encode_tensor(ACTIVATIONS, self.server.forward(site, activations))
+        self._in_flight.pop(site, None)
+        output = self.server.forward(site, activations)
+        self._in_flight[site] = (activations.shape[0], turn)
+        return encode_tensor(ACTIVATIONS, output)
 
-    def backward(self, site: SiteId, blob: bytes) -> bytes:
-        batch = self._batch.pop(site, None)
-        if batch is None:
+    def backward(self, site: SiteId, blob: bytes, turn: object = None) -> bytes:
+        batch, opened = self._in_flight.pop(site, (0, None))
+        if not batch or opened != turn:
             raise IncompatibleUpdate(f"site {site} sent a gradient with no forward pass in flight")
         gradient = checked_tensor(blob, GRADIENT, (batch, *self.second_cut))
         return encode_tensor(GRADIENT, self.server.backward(site, gradient))

@@ -22,6 +22,7 @@ from medfed.deploy.split_service import SplitService, check_split_messages
 from medfed.errors import BadReply, ConfigError
 from medfed.models import build_model
 from medfed.models.registry import ModelSpec
+from medfed.transport.admission import Limits
 from medfed.transport.codec import encode_state
 from medfed.transport.grpc_split import SITE_HEADER
 from medfed.transport.open_tasks import OpenTasks
@@ -143,6 +144,28 @@ def test_a_malformed_message_fails_the_sites_task_with_one_line(step, body, frag
     assert isinstance(channel.failed[7], BadReply) and fragment in str(channel.failed[7])
     assert fed.transport.open_tasks.task_of("site-a") is None  # closed: nothing more from it
     assert not audit and fed.transport.up == 0
+
+
+def test_a_backward_answers_only_a_forward_of_the_same_task():
+    service, fed, _ = federation()
+    fed.transport.open_tasks.open("site-a", Channel(), 7)
+    service.forward(request(7), Context("site-a"))
+    channel = Channel()
+    fed.transport.open_tasks.open("site-a", channel, 8)  # the next round's task
+    with pytest.raises(Aborted, match="no forward pass in flight"):
+        service.backward(request(8, GRADIENT, (2, 3)), Context("site-a"))
+    assert 8 in channel.failed
+
+
+def test_a_site_calling_faster_than_the_sessions_pace_is_refused():
+    service, fed, audit = federation()
+    service.limits = Limits(messages_per_second=0.001, message_burst=1)
+    fed.transport.open_tasks.open("site-a", Channel(), 7)
+    service.forward(request(7), Context("site-a"))
+    context = Context("site-a")
+    with pytest.raises(Aborted):
+        service.forward(request(7), context)
+    assert context.code is grpc.StatusCode.RESOURCE_EXHAUSTED and audit[0][0] == "site_refused"
 
 
 def test_a_batch_too_large_for_one_message_is_refused_before_the_server_listens():
