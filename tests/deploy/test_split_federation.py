@@ -2,7 +2,7 @@
 mutual TLS, the sites' clients calling the server's middle once per batch (deploy/split_service.py).
 
 - One site: the deployed model is the simulation's with the same seed (one site's batches reach
-  the middle in one order in both). With several sites the deployed sites train in parallel, so
+  the middle in one order in both), also when the server is killed after round 1 and resumed. With several sites the deployed sites train in parallel, so
   the order in which their batches reach the shared middle, and with it the model, depends on
   timing; the several-site test checks what does not: the run completes, every message is what
   the protocol allows, and a hostile site fails alone.
@@ -27,6 +27,7 @@ Deliberate breaks that make these tests fail (each tried by hand):
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from tests.deploy.processes import (
     free_port,
     make_certs,
     simulation_config,
+    wait_until,
     write_federation,
     write_site_config,
 )
@@ -94,6 +96,34 @@ def test_one_site_split_over_grpc_gives_the_simulations_model_and_bytes(tmp_path
     for deployed_round, simulated_round in zip(rounds, simulated.history, strict=True):
         assert abs(deployed_round["bytes_up"] - simulated_round.bytes_up) < 200
         assert deployed_round["bytes_down"] == simulated_round.bytes_down
+
+
+def test_a_split_server_killed_after_round_1_and_resumed_ends_with_the_simulations_model(
+        tmp_path: Path, procs: Processes):
+    """The checkpoint holds the middle and the site parts; the site, cut off mid-round, reconnects
+    and trains the round again from the same state and data order."""
+    port, sites = free_port(), ("site-a",)
+    certs = make_certs(tmp_path / "certs", sites)
+    config = split_federation(tmp_path / "federation.toml", port, sites, rounds=3, min_sites=1)
+    state = tmp_path / "state"
+    audit = state / "audit.jsonl"
+    procs.start("server", "server", "--config", str(config), "--certs", str(certs), "--state",
+                str(state))
+    procs.client("site-a", port, certs)
+    wait_until(lambda: len(events(audit, "round_closed")) >= 1, 90, "round 1", procs)
+    procs.running["server"].send_signal(signal.SIGKILL)
+    procs.wait("server", 10)
+    procs.start("server-resumed", "server", "--config", str(config), "--certs", str(certs),
+                "--state", str(state), "--resume")
+    assert procs.wait("server-resumed", 120) == 0, procs.log_text()
+    assert procs.wait("site-a", 30) == 0, procs.log_text()
+    assert [e["round"] for e in events(audit, "round_closed")] == [1, 2, 3]
+
+    setup = prepare(simulation_config(config))
+    simulated = train(setup, "split", {"site-a": setup.federation.sites["site-a"]}, "split")
+    deployed = load_file(state / "model.safetensors")
+    for key, value in simulated.strategy.global_state.items():
+        torch.testing.assert_close(deployed[key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
 class SplitCapture(grpc.UnaryUnaryClientInterceptor):
