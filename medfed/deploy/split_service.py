@@ -15,10 +15,11 @@ the middle sees anything:
   at that cut, a batch of at most the plan's batch_size, finite values) and refuses a backward with
   no forward of the same task in flight.
 
-A call that fails a check, or that the middle cannot compute, fails that site's train task with
-one line (the round records it and audits `update_rejected`, as any failed site) and is refused; a
-call with no open task is refused and audited as `site_refused`. Nothing a site sends here can
-stop the server. The bytes of every call and answer count into the round's bytes_up / bytes_down.
+A call that is not a protocol message, fails a check, or that the middle cannot compute, fails
+that site's train task with one line (the round records it and audits `update_rejected`, as any
+failed site) and is refused. A call naming no open task of the site (a late site still on a task
+the round gave up on, or a call between rounds) is refused and audited as `site_refused`, without
+touching the task it has open. Nothing a site sends here can stop the server. The bytes of every call and answer count into the round's bytes_up / bytes_down.
 At the end of the round the sites' heads and tails come back as ordinary train answers and are
 averaged by SplitFed as in simulation.
 
@@ -35,6 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
+from torch import nn
 
 from medfed.algorithms.split import SplitFed
 from medfed.config import RunConfig
@@ -60,11 +62,11 @@ def middle_end(strategy: SplitFed, config: RunConfig) -> MiddleEnd:
     return MiddleEnd(strategy, strategy.cut_shapes, max_batch=config.training.batch_size)
 
 
-def check_split_messages(network: Callable[[], object], config: RunConfig,
+def check_split_messages(network: Callable[[], nn.Module], config: RunConfig,
                          sample_shape: tuple[int, ...]) -> None:
     """One batch's tensors at either cut must fit one gRPC message: a ConfigError before the
     server listens, rather than every site failing in its first batch."""
-    layout = SplitLayout.of(network(), *parse_cut(config.federation.cut))  # type: ignore[arg-type]
+    layout = SplitLayout.of(network(), *parse_cut(config.federation.cut))
     batch = config.training.batch_size
     largest = max(math.prod(shape) for shape in layout.cut_shapes(sample_shape)) * 4 * batch
     if largest + HEADER_ALLOWANCE > MESSAGE_LIMIT:
@@ -103,47 +105,44 @@ class SplitService:
                           "no split-learning federation is running")
         site = self._caller(fed, context)
         if not self._paced(site):
-            fed.audit.record("site_refused", site=site, peer=context.peer(),
-                             reason=f"split learning {step}: over {self.limits.messages_per_second:g} "
-                                    "calls a second")
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many split-learning calls")
-        tasks = fed.transport.open_tasks
+            self._refused(fed, site, context, f"split learning {step}: over "
+                          f"{self.limits.messages_per_second:g} calls a second",
+                          grpc.StatusCode.RESOURCE_EXHAUSTED)
+        task_id = None
         try:
             message = parse_split(request)
-        except IncompatibleUpdate as exc:
-            return self._failed(fed, site, step, str(exc), context)
-        try:
-            with tasks.holding(site, message.task_id):
-                answer = self._through_middle(fed, site, step, message)
-                if isinstance(answer, str):  # why the site's message was refused
-                    tasks.fail(site, f"split learning {step}: {answer}")
-                else:
-                    fed.transport.count(up=len(message.tensor), down=len(answer))
+            task_id = message.task_id
+            return self._within_task(fed, site, step, message)
         except NotOpen as exc:
-            fed.audit.record("site_refused", site=site, peer=context.peer(),
-                             reason=f"split learning {step}: {exc}")
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        if isinstance(answer, str):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, answer)
-        return pb.SplitTensor(tensor=answer).SerializeToString()
+            self._refused(fed, site, context, f"split learning {step}: {exc}",
+                          grpc.StatusCode.FAILED_PRECONDITION)
+        except IncompatibleUpdate as exc:  # the site's failure: its train task ends with it
+            reason = str(exc)[:300]
+            fed.transport.open_tasks.fail(site, f"split learning {step}: {reason}", task_id)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+        return b""  # not reached: abort raises
 
     @staticmethod
-    def _through_middle(fed: Federation, site: SiteId, step: str, message: pb.SplitTensor
-                        ) -> bytes | str:
-        """The middle's answer, or why the site's tensor was refused (any failure is the site's).
-        A backward answers only the forward of the same task."""
-        try:
-            return getattr(fed.middle, step)(site, message.tensor, turn=message.task_id)
-        except IncompatibleUpdate as exc:
-            return str(exc)[:300]
-        except Exception as exc:  # noqa: BLE001 - e.g. a batch the middle's layers cannot take
-            return f"the middle could not compute it ({type(exc).__name__}: {str(exc)[:200]})"
+    def _within_task(fed: Federation, site: SiteId, step: str, message: pb.SplitTensor) -> bytes:
+        """The middle's answer to a call of the site's open train task (else NotOpen), its bytes
+        counted; a tensor refused, or one the middle cannot compute, is IncompatibleUpdate. A
+        backward answers only the forward of the same task."""
+        with fed.transport.open_tasks.holding(site, message.task_id):
+            try:
+                answer = getattr(fed.middle, step)(site, message.tensor, turn=message.task_id)
+            except IncompatibleUpdate:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. a batch the middle's layers cannot take
+                raise IncompatibleUpdate(f"the middle could not compute it ({type(exc).__name__}: "
+                                         f"{str(exc)[:200]})") from None
+            fed.transport.count(up=len(message.tensor), down=len(answer))
+            return pb.SplitTensor(tensor=answer).SerializeToString()
 
-    def _failed(self, fed: Federation, site: SiteId, step: str, reason: str,
-                context: grpc.ServicerContext) -> bytes:
-        fed.transport.open_tasks.fail(site, f"split learning {step}: {reason}")
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
-        return b""  # not reached: abort raises
+    @staticmethod
+    def _refused(fed: Federation, site: SiteId, context: grpc.ServicerContext, reason: str,
+                 code: grpc.StatusCode) -> None:
+        fed.audit.record("site_refused", site=site, peer=context.peer(), reason=reason)
+        context.abort(code, reason)
 
     def _paced(self, site: SiteId) -> bool:
         with self._pace_lock:

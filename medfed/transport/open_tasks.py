@@ -56,10 +56,13 @@ class OpenTasks:
                 raise NotOpen(f"site {site} named task {task_id}; its open train task is {entry[1]}")
             yield
 
-    def fail(self, site: SiteId, reason: str) -> None:
-        """End the site's open task as failed (the round loop records it as the site's failure)."""
+    def fail(self, site: SiteId, reason: str, task_id: int | None = None) -> None:
+        """End the site's open task (if it is task_id, when given) as failed: the round loop
+        records it as the site's failure."""
         with self._lock:
-            entry = self._open.pop(site, None)
-        if entry is not None:
-            channel, task_id = entry
-            channel.fail(task_id, BadReply(reason))
+            entry = self._open.get(site)
+            if entry is None or task_id not in (None, entry[1]):
+                return
+            del self._open[site]
+        channel, opened = entry
+        channel.fail(opened, BadReply(reason))
