@@ -237,7 +237,9 @@ def _answer(outbox: queue.Queue, worker: SiteWorker, task: pb.Task, blob: bytes,
                                                    error=f"{type(exc).__name__}: {exc}")))
         return
     if task.kind == "train":
-        log.say(f"round {task.round}: trained, sent {len(update)} bytes (loss {_loss(meta)})")
+        split = (f" and {worker.wire.sent} bytes of activations and gradients"
+                 if worker.wire is not None else "")
+        log.say(f"round {task.round}: trained, sent {len(update)} bytes{split} (loss {_loss(meta)})")
     elif task.kind == "evaluate":
         log.say(f"round {task.round}: validation {_auc(meta)}")
     outbox.put(pb.SiteMessage(result=pb.Result(task_id=task.task_id, meta_json=json.dumps(meta),

@@ -11,6 +11,10 @@ task with aggregates only:
                 medfed/evaluation/federated.py), its own test metrics with a CI and, with
                 baselines, the paired comparison with a local-only model it trains itself
 
+With split learning, `train` runs the site's head and tail on its batches and the server's middle
+between them, over gRPC (client/split_site.py, transport/grpc_split.py); the update is the site's
+head and tail, and evaluate / final score the whole model here as for every algorithm.
+
 A federation with `[task] harmonize = "histogram"` sends its reference with each task; the site
 maps its images onto it once (and again only if the reference changes).
 
@@ -244,7 +248,7 @@ class SiteWorker:
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}")
         if self.wire is not None:
-            self.wire.task_id = task_id
+            self.wire.start_task(task_id)
         update = self.trainer.train(state, TrainOptions(**options))
         self._record_spending()  # before anything of this update leaves the site
         metrics = dict(update.metrics)

@@ -20,7 +20,8 @@ CALL_SECONDS = 600.0  # one batch through the server's middle
 
 class GrpcWire:
     """A site's wire to the server's middle (split_channel.Wire). connect() gives it the session's
-    channel, and each train task its id (task_id) before the site trains."""
+    channel, and start_task() each train task's id before the site trains; `sent` counts the
+    bytes of the task's tensors sent (the site's log reports them)."""
 
     def __init__(self, site: SiteId, names_itself: bool = False) -> None:
         """names_itself: no TLS, so the call carries the site's name (the server accepts it only
@@ -28,9 +29,13 @@ class GrpcWire:
         self.metadata = ((SITE_HEADER, site),) if names_itself else ()
         self.channel: grpc.Channel | None = None
         self.task_id = 0
+        self.sent = 0
 
     def connect(self, channel: grpc.Channel) -> None:
         self.channel = channel
+
+    def start_task(self, task_id: int) -> None:
+        self.task_id, self.sent = task_id, 0
 
     def forward(self, site: SiteId, blob: bytes) -> bytes:
         return self._call(FORWARD, blob)
@@ -45,6 +50,7 @@ class GrpcWire:
                                         request_serializer=pb.SplitTensor.SerializeToString,
                                         response_deserializer=None)
         request = pb.SplitTensor(task_id=self.task_id, tensor=blob)
+        self.sent += len(blob)
         try:
             raw = call(request, timeout=CALL_SECONDS, metadata=self.metadata)
         except grpc.RpcError as exc:

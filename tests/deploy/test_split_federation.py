@@ -215,6 +215,8 @@ def test_three_sites_labels_and_images_stay_home_and_a_hostile_site_fails_alone(
     # every honest call's tensor is in the run's bytes (site-c's calls were refused: none counted)
     split_bytes = sum(len(m.tensor) for s in ("site-a", "site-b") for _, m in captures[s].sent)
     assert summary["bytes_up"] > split_bytes
+    log = (tmp_path / "sites" / "state-site-a" / "site.log").read_text()
+    assert "bytes of activations and gradients" in log  # the hospital sees what it sent
 
 
 def holds_labels(tensor: torch.Tensor, labels: torch.Tensor) -> bool:
