@@ -74,10 +74,11 @@ class GrpcTransport:
                 pass  # train() finds no pending task and reports the site as not connected
 
     def train(self, site: SiteId, state: StateDict, options: TrainOptions) -> Update:
-        pending = self._pending.pop(site, None) or self._send(site, "train", asdict(options), state)
         try:
+            pending = self._pending.pop(site, None) or self._send(site, "train", asdict(options),
+                                                                  state)
             reply = self._wait(site, pending, self._deadline, "the round's deadline")
-        finally:
+        finally:  # the site's calls for this task (split learning) end with it
             self.open_tasks.close(site)
         digest = replies.digest_of(reply.blob)
         self.count(up=len(reply.blob))
@@ -173,9 +174,9 @@ class GrpcTransport:
             raise TransportError(f"site {site} is not connected")
         task = pb.Task(task_id=self.registry.next_task_id(), kind=kind, size=len(blob),
                        options_json=json.dumps(options), round=self.round + 1)
-        future = channel.send(task, blob, limit=max(len(blob), reply_bytes) + METADATA_ALLOWANCE)
-        if kind == "train":
+        if kind == "train":  # open before the site can have it: its first call may come at once
             self.open_tasks.open(site, channel, task.task_id)
+        future = channel.send(task, blob, limit=max(len(blob), reply_bytes) + METADATA_ALLOWANCE)
         self.count(down=len(blob))
         return channel, task.task_id, future
 
