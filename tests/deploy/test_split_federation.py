@@ -209,6 +209,8 @@ def test_three_sites_labels_and_images_stay_home_and_a_hostile_site_fails_alone(
             assert tensor.shape[0] == len(y) and tensor.shape != x.shape  # never the images
             if len(y.unique()) == 2:
                 assert not holds_labels(tensor, y), (site, method)
+                leaky = torch.cat([tensor.reshape(len(y), -1), y.float()[:, None]], dim=1)
+                assert holds_labels(leaky, y)  # the inspection would see a leak
                 checked += 1
     assert checked > 0
     summary = json.loads((state / "summary.json").read_text())
