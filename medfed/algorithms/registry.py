@@ -39,7 +39,7 @@ class StrategyContext:
     aggregator_override: AggregatorFactory | None = None  # e.g. DP-FedAvg's (privacy/client_dp.py)
     seed: int = 0  # the run's seed (a p2p run's random k-regular graph is drawn from it)
     # Split learning: builds the server's own copy of the network, and one sample's shape
-    # (algorithms/split.py). None in a deployment, which refuses split learning.
+    # (algorithms/split.py).
     network: Callable[[], nn.Module] | None = None
     input_shape: tuple[int, ...] = ()
 

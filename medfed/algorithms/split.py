@@ -13,6 +13,11 @@ head and tail, and the sites' parts are averaged FedAvg-style every round.
 
 With one site and plain SGD, a round is exactly centralized SGD on that site's data; with several,
 the middle sees every site's batches and the site parts are averaged: the known trade of SplitFed.
+Deployed sites train in parallel (deploy/split_service.py), so another site's batch may step the
+middle between a site's forward and its backward: each forward keeps a snapshot of the middle's
+parameters, and the backward steps the middle with the gradient taken at that snapshot
+(asynchronous SGD, stale by at most the other sites' batches in flight); in one process, where a
+forward is always followed by its own backward, the snapshot is the middle itself.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ class SplitFed:
                                      momentum=training.momentum,
                                      weight_decay=training.weight_decay)
         self._optimizer = build_optimizer(self.middle.parameters(), self._options)
-        self._in_flight: dict[SiteId, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._in_flight: dict[SiteId, tuple[torch.Tensor, torch.Tensor, StateDict]] = {}
         self._lock = threading.Lock()  # one batch through the middle at a time
         self._assembled: StateDict | None = None
 
@@ -113,23 +118,30 @@ class SplitFed:
     # --- the seam's side (transport/split_channel.py's MiddleServer) -------------------------
 
     def forward(self, site: SiteId, activations: torch.Tensor) -> torch.Tensor:
-        """The middle on a site's cut activations; the graph is kept for that site's backward."""
+        """The middle on a site's cut activations, with a snapshot of its parameters; the graph is
+        kept for that site's backward. (Deployed sites train in parallel: other sites' batches may
+        step the middle between this forward and its backward; the snapshot keeps this batch's
+        gradient the one of the function that computed its output.)"""
         # enable_grad: in simulation this runs inside the site's autograd.Function, where it is off
         with self._lock, torch.enable_grad():
             inputs = activations.detach().requires_grad_()
-            outputs = self.middle(inputs)
-            self._in_flight[site] = (inputs, outputs)
+            params = {name: p.detach().clone().requires_grad_()
+                      for name, p in self.middle.named_parameters()}
+            outputs = torch.func.functional_call(self.middle, params, (inputs,))
+            self._in_flight[site] = (inputs, outputs, params)
             return outputs.detach()
 
     def backward(self, site: SiteId, gradient: torch.Tensor) -> torch.Tensor:
-        """Backpropagate the site's gradient at the second cut, step the middle, and return the
-        gradient at the first cut (computed before the step, as whole-model backprop would)."""
+        """Backpropagate the site's gradient at the second cut, step the middle with the gradient
+        of its parameters' snapshot, and return the gradient at the first cut (computed before
+        the step, as whole-model backprop would)."""
         with self._lock:
             if site not in self._in_flight:
                 raise IncompatibleUpdate(f"site {site} sent a gradient with no forward in flight")
-            inputs, outputs = self._in_flight.pop(site)
-            self._optimizer.zero_grad(set_to_none=True)
+            inputs, outputs, params = self._in_flight.pop(site)
             outputs.backward(gradient)
+            for name, param in self.middle.named_parameters():
+                param.grad = params[name].grad
             self._optimizer.step()
             self._assembled = None
             if inputs.grad is None:
@@ -139,9 +151,8 @@ class SplitFed:
 
 def build_split(network: Callable[[], nn.Module] | None, cut_text: str, initial: StateDict,
                 training: TrainingConfig, sample_shape: Sequence[int]) -> SplitFed:
-    """network: builds the server's own copy of the model (None where there is none to build:
-    a deployment, which does not run split learning yet)."""
+    """network: builds the server's own copy of the model (None: a caller that cannot build one)."""
     if network is None:
-        raise ConfigError("--algorithm split runs in simulation only (medfed run / compare)")
+        raise ConfigError("--algorithm split needs the server's own copy of the network")
     cut = parse_cut(cut_text)
     return SplitFed(SplitLayout.of(network(), *cut), cut, initial, training, sample_shape)

@@ -17,14 +17,15 @@ from torch import nn
 
 from medfed.client.trainer import SiteTrainer, TrainOptions
 from medfed.models.blocks import HEAD, TAIL, SplitLayout
-from medfed.transport.split_channel import SplitChannel
+from medfed.transport.split_channel import MiddleServer
 from medfed.types import Metrics, SiteId, StateDict, Update
 
 
 class SiteLink:
-    """One site's end of the channel: tensors go out as they are, come back on the site's device."""
+    """One site's end of the channel: tensors go out as they are, come back on the site's device.
+    channel: the site's end of the seam (a SplitChannel in one process, a SiteEnd over gRPC)."""
 
-    def __init__(self, channel: SplitChannel, site: SiteId) -> None:
+    def __init__(self, channel: MiddleServer, site: SiteId) -> None:
         self.channel = channel
         self.site = site
 
@@ -79,6 +80,7 @@ class SplitSite:
 
     def train(self, state: StateDict, options: TrainOptions) -> Update:
         """state: the site part (head.*, tail.*); the update carries the same keys back."""
+        self.split.data = self.whole.data  # a deployed site may harmonize its data between rounds
         return self.split.train(state, options)
 
     def evaluate(self, state: StateDict, split: str) -> Metrics:

@@ -178,6 +178,8 @@ def _session(channel: grpc.Channel, args: ClientArgs, local: LocalData,
                             f"{worker.config.federation.rounds} rounds, task "
                             f"{worker.welcome.task.kind} ({', '.join(worker.welcome.task.classes)})")
                 outbox.put(pb.SiteMessage(hello=pb.Hello(info_json=json.dumps(worker.info))))
+                if worker.wire is not None:  # split learning calls the server on this channel
+                    worker.wire.connect(channel)
                 connected = True
                 log.say("connected")
             elif kind == "task":
@@ -225,7 +227,7 @@ def _answer(outbox: queue.Queue, worker: SiteWorker, task: pb.Task, blob: bytes,
         options = json.loads(task.options_json or "{}")
         if not isinstance(options, dict):
             raise TypeError("task options are not a JSON object")
-        meta, update = worker.run(task.kind, options, blob)
+        meta, update = worker.run(task.kind, options, blob, task.task_id)
         if task.kind == "final" and worker.last_final is not None:
             written = write_site_results(state, site_results(worker, worker.last_final))
             log.say(f"final model scored on this site's test split; report: {written[-1]}")
@@ -235,7 +237,9 @@ def _answer(outbox: queue.Queue, worker: SiteWorker, task: pb.Task, blob: bytes,
                                                    error=f"{type(exc).__name__}: {exc}")))
         return
     if task.kind == "train":
-        log.say(f"round {task.round}: trained, sent {len(update)} bytes (loss {_loss(meta)})")
+        split = (f" and {worker.wire.sent} bytes of activations and gradients"
+                 if worker.wire is not None else "")
+        log.say(f"round {task.round}: trained, sent {len(update)} bytes{split} (loss {_loss(meta)})")
     elif task.kind == "evaluate":
         log.say(f"round {task.round}: validation {_auc(meta)}")
     outbox.put(pb.SiteMessage(result=pb.Result(task_id=task.task_id, meta_json=json.dumps(meta),

@@ -38,6 +38,7 @@ from medfed.deploy.server import (
 )
 from medfed.deploy.settings import load_federation_text
 from medfed.deploy.signatures import load_private_key
+from medfed.deploy.split_service import SplitService
 from medfed.deploy.state import StateStore
 from medfed.errors import JobAborted, MedfedError
 from medfed.transport.admission import server_for
@@ -113,7 +114,8 @@ class Coordinator:
             load_identity(self.args.certs or Path(), SERVER_NAME))
         server = server_for(MAX_SITES)
         admin = AdminServicer(self.jobs, self.audit.record, self.abort)
-        server.add_generic_rpc_handlers((self.sessions.handler(), admin.handler()))
+        split = SplitService(lambda: self.running[1] if self.running else None, self.args.insecure)
+        server.add_generic_rpc_handlers((self.sessions.handler(), admin.handler(), split.handler()))
         port = (server.add_insecure_port(self.args.address) if credentials is None
                 else server.add_secure_port(self.args.address, credentials))
         server.start()

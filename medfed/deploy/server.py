@@ -25,6 +25,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,14 @@ from typing import Any
 import grpc
 import numpy as np
 from cryptography import x509
+from torch import nn
 
 import medfed
 from medfed.algorithms.checkpoint import Checkpoint
 from medfed.algorithms.compression import compress_strategy
 from medfed.algorithms.compression_spec import parse_compression
 from medfed.algorithms.registry import StrategyContext, build_strategy
+from medfed.algorithms.split import SplitFed
 from medfed.algorithms.strategy import Strategy
 from medfed.config import RunConfig
 from medfed.config_file import to_toml
@@ -54,6 +57,7 @@ from medfed.deploy.results import finish
 from medfed.deploy.secure_exchange import GrpcCoordinator
 from medfed.deploy.settings import DeploymentConfig, FederationFile, load_federation
 from medfed.deploy.signatures import load_private_key
+from medfed.deploy.split_service import SplitService, check_split_messages, middle_end
 from medfed.deploy.state import StateStore
 from medfed.errors import ConfigError, JobAborted, NotEnoughSites
 from medfed.experiment import train_options
@@ -72,6 +76,7 @@ from medfed.transport.grpc_server import FederationServicer, SiteRegistry
 from medfed.transport.grpc_transport import GrpcTransport
 from medfed.transport.proto import medfed_pb2 as pb
 from medfed.transport.replies import ReplayLedger, SampleBounds
+from medfed.transport.split_channel import MiddleEnd
 from medfed.types import SiteId, StateDict
 
 
@@ -92,12 +97,16 @@ class ServerModel:
     initial: StateDict
     parameter_keys: frozenset[str]
     norm_keys: frozenset[str]
+    network: Callable[[], nn.Module]  # a new copy of the network (split learning's middle)
+    input_shape: tuple[int, ...]  # one sample's shape
 
     @classmethod
     def build(cls, config: RunConfig, task: TaskSchema) -> ServerModel:
-        model = build_model(config.model.model, task.model_spec(config.model), config.seed)
+        spec = task.model_spec(config.model)
+        model = build_model(config.model.model, spec, config.seed)
         return cls({k: v.clone() for k, v in model.state_dict().items()}, parameter_keys(model),
-                   norm_keys(model))
+                   norm_keys(model), lambda: build_model(config.model.model, spec, config.seed),
+                   (spec.in_channels, *spec.input_size))
 
 
 @dataclass
@@ -116,6 +125,7 @@ class Federation:
     he_context: bytes | None = None  # homomorphic encryption: server.ckks, the public context
     privacy: Mechanisms = field(init=False)  # one per run: client DP's accountant spans its rounds
     aborted: threading.Event = field(default_factory=threading.Event)  # a job's abort (jobs)
+    middle: MiddleEnd | None = None  # split learning: the strategy's middle, as the sites reach it
 
     def __post_init__(self) -> None:
         self.privacy = Mechanisms.build(self.config, self.sites, deployed=True)
@@ -153,6 +163,8 @@ def open_federation(federation: FederationFile, args: ServerArgs) -> Federation:
     """A federation's model, state (locked, checked), audit trail and transport; nothing listens."""
     config, deployment = federation.config, federation.deployment
     model = ServerModel.build(config, federation.task)  # a model the task cannot take fails here
+    if config.federation.algorithm == "split":  # a batch's activations must fit a message
+        check_split_messages(model.network, config, model.input_shape)
     he_context = _public_context(config, args)  # a missing or secret context fails before the state
     relay.check_certificates(config, args.insecure)
     trust = None if args.insecure else Trust(x509.load_pem_x509_certificate(
@@ -204,7 +216,8 @@ def _listen(fed: Federation, address: str, credentials: grpc.ServerCredentials |
                                   insecure=credentials is None, on_hello=hooks["on_hello"],
                                   admit=hooks["admit"])
     server = server_for(len(fed.sites))  # sized so that pending streams cannot starve the sites
-    server.add_generic_rpc_handlers((servicer.handler(),))
+    split = SplitService(lambda: fed, insecure=credentials is None)
+    server.add_generic_rpc_handlers((servicer.handler(), split.handler()))
     port = (server.add_insecure_port(address) if credentials is None
             else server.add_secure_port(address, credentials))
     server.start()
@@ -302,7 +315,8 @@ def _strategy(fed: Federation) -> Strategy:
     # Client-level DP (DP-FedAvg): without secure aggregation the server's aggregator clips and
     # adds the noise; with it, SecureAggregation does (sites clip, the server noises the sum).
     ctx = StrategyContext(initial, m.parameter_keys, m.norm_keys, fed.sites, fed.config.federation,
-                          fed.config.training, fed.privacy.aggregator(), fed.config.seed)
+                          fed.config.training, fed.privacy.aggregator(), fed.config.seed,
+                          network=m.network, input_shape=m.input_shape)
     # hybrid too: the server computes regional, then global averages (README "Topologies")
     strategy = build_strategy(fed.config.federation.algorithm, ctx, fed.config.federation.topology)
     if fed.config.privacy.secure_aggregation:
@@ -317,6 +331,8 @@ def _strategy(fed: Federation) -> Strategy:
     if checkpoint is not None:  # every algorithm continues where the last completed round left it
         strategy.restore(checkpoint[1])
         _restore_accountant(fed, checkpoint[1])
+    # Split learning: the sites reach this strategy's middle through the Split service.
+    fed.middle = middle_end(strategy, fed.config) if isinstance(strategy, SplitFed) else None
     return strategy
 
 

@@ -112,9 +112,6 @@ def _federation(raw: dict[str, Any], path: str) -> FederationFile:
     # Settings left unset are chosen from the task schema, here, so every site gets them filled in.
     config = choose_defaults(config_from_dict(raw, source=str(path)), DataFacts.of_task(task)).config
     _check_deployed_topology(config, task)
-    if config.federation.algorithm == "split":  # README "Split learning": not over gRPC yet
-        raise ConfigError("algorithm split runs in simulation only (medfed run / compare); a "
-                          "deployment cannot run split learning yet")
     if config.federation.keep_best:  # the coordinator keeps no snapshot of a better round yet
         raise ConfigError("keep_best runs in simulation only (medfed run / compare); a deployment "
                           "keeps the last round's model (leave keep_best unset or false)")

@@ -11,6 +11,10 @@ task with aggregates only:
                 medfed/evaluation/federated.py), its own test metrics with a CI and, with
                 baselines, the paired comparison with a local-only model it trains itself
 
+With split learning, `train` runs the site's head and tail on its batches and the server's middle
+between them, over gRPC (client/split_site.py, transport/grpc_split.py); the update is the site's
+head and tail, and evaluate / final score the whole model here as for every algorithm.
+
 A federation with `[task] harmonize = "histogram"` sends its reference with each task; the site
 maps its images onto it once (and again only if the reference changes).
 
@@ -30,12 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from medfed.algorithms.compression import compress_sites
 from medfed.algorithms.compression_spec import parse_compression
+from medfed.client.split_site import SiteLink, SplitSite
 from medfed.client.trainer import LocalSite, SiteTrainer, TrainOptions
 from medfed.config import RunConfig
 from medfed.config_file import config_from_dict
+from medfed.config_split import SPLIT, parse_cut
 from medfed.data.dataset import Samples, SiteData, label_counts
 from medfed.data.harmonize import harmonize_site, pool_images, site_quantiles
 from medfed.data.transforms import Preprocess
@@ -51,6 +58,7 @@ from medfed.evaluation.metrics import compute_metrics
 from medfed.evaluation.statistics import delong_ci, delong_test
 from medfed.experiment import make_site_trainer, train_options
 from medfed.models import build_model
+from medfed.models.blocks import SITE_PARTS, SplitLayout
 from medfed.privacy.homomorphic import HomomorphicSite
 from medfed.privacy.ledger import PrivacyLedger
 from medfed.privacy.mechanisms import Mechanisms
@@ -59,6 +67,8 @@ from medfed.privacy.signing import SigningIdentity
 from medfed.server.validation import check_state
 from medfed.task_schema import TaskSchema
 from medfed.transport.codec import decode_state, encode_state
+from medfed.transport.grpc_split import GrpcWire
+from medfed.transport.split_channel import SiteEnd
 from medfed.types import StateDict, Task, split_control
 
 OPTION_NAMES = {f.name for f in fields(TrainOptions)}
@@ -142,8 +152,24 @@ class SiteWorker:
         self.last_final: dict[str, Any] | None = None
         spec = self.welcome.task.model_spec(self.config.model)
         # The model this site builds from the plan: what the coordinator sends must fit it.
-        self.model_reference = build_model(self.config.model.model, spec, self.config.seed).state_dict()
+        model = build_model(self.config.model.model, spec, self.config.seed)
+        self.model_reference = model.state_dict()
+        self.train_reference = self.model_reference  # what a train task's model must fit
+        self.wire: GrpcWire | None = None  # split learning: the way to the server's middle
+        if self.config.federation.algorithm == SPLIT:
+            self._split_learning(model, (spec.in_channels, *spec.input_size), identity is None)
         self.peer = self._peer(identity)
+
+    def _split_learning(self, model: nn.Module, sample_shape: tuple[int, ...], insecure: bool
+                        ) -> None:
+        """Train tasks run the head and tail here, the middle at the server over gRPC
+        (client/split_site.py); a train task's model is the site's part (head.*, tail.*)."""
+        cut = parse_cut(self.config.federation.cut)
+        layout = SplitLayout.of(model, *cut)
+        self.wire = GrpcWire(self.site, names_itself=insecure)
+        seam = SiteEnd(self.wire, layout.cut_shapes(sample_shape))
+        self.trainer = SplitSite(self.base, SiteLink(seam, self.site), cut)
+        self.train_reference = layout.from_whole(self.model_reference, *SITE_PARTS)
 
     def _peer(self, identity: SigningIdentity | None) -> relay_site.PeerSite | None:
         """p2p through the relay: the site's own model and round keys (None for other topologies,
@@ -184,8 +210,10 @@ class SiteWorker:
             info["quantiles"] = {"values": fit.values.tolist(), "n_pixels": fit.n_pixels}
         return info
 
-    def run(self, kind: str, options: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
-        """(metadata, update bytes) for one task."""
+    def run(self, kind: str, options: dict[str, Any], blob: bytes, task_id: int = 0
+            ) -> tuple[dict[str, Any], bytes]:
+        """(metadata, update bytes) for one task (task_id: the server's, which split learning's
+        calls name)."""
         if kind in secure_exchange.KINDS:
             if not isinstance(self.trainer, SecureSite):
                 raise ValueError("this federation does not use secure aggregation")
@@ -203,7 +231,8 @@ class SiteWorker:
         head = options.pop(AUDIT_HEAD, None)
         if self.witness is not None and head is not None:
             self.witness.keep(head)
-        state = self._global_model(blob)
+        state = self._global_model(blob, self.train_reference if kind == "train"
+                                    else self.model_reference)
         if kind == "evaluate":
             if not self.shares("share_validation_metrics"):
                 return {"metrics": {}, "withheld": "this site's policy"}, b""
@@ -218,6 +247,8 @@ class SiteWorker:
         unknown = set(options) - OPTION_NAMES
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}")
+        if self.wire is not None:
+            self.wire.start_task(task_id)
         update = self.trainer.train(state, TrainOptions(**options))
         self._record_spending()  # before anything of this update leaves the site
         metrics = dict(update.metrics)
@@ -226,12 +257,12 @@ class SiteWorker:
         meta = {"n_samples": update.n_samples, "n_steps": update.n_steps, "metrics": metrics}
         return meta, encode_state(update.state)
 
-    def _global_model(self, blob: bytes) -> StateDict:
+    def _global_model(self, blob: bytes, reference: StateDict) -> StateDict:
         state = decode_state(blob)
         model, control = split_control(state)  # SCAFFOLD's control variate rides along
         try:
-            check_state(model, self.model_reference)
-            check_state(control, {k: v for k, v in self.model_reference.items() if k in control})
+            check_state(model, reference)
+            check_state(control, {k: v for k, v in reference.items() if k in control})
         except IncompatibleUpdate as exc:
             raise IncompatibleUpdate(f"the coordinator's model does not fit the one this site builds "
                                      f"from the plan ({exc}); do both run the same medfed version?"

@@ -10,6 +10,7 @@ TransportError or IncompatibleUpdate: the round loop records it and goes on with
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -22,6 +23,7 @@ from medfed.errors import BadReply, IncompatibleUpdate, TransportError
 from medfed.transport import replies
 from medfed.transport.codec import encode_state
 from medfed.transport.grpc_server import Reply, SiteChannel, SiteRegistry
+from medfed.transport.open_tasks import OpenTasks
 from medfed.transport.proto import medfed_pb2 as pb
 from medfed.types import Metrics, SiteId, StateDict, Update
 
@@ -48,12 +50,21 @@ class GrpcTransport:
         # ciphertexts, ~18x the model) says how much larger a reply to a model may be.
         self.reply_bytes: Callable[[StateDict], int] | None = None
         self.replays = replies.ReplayLedger()  # a server's ledger is kept in its state database
+        self.open_tasks = OpenTasks()  # the round's unanswered train tasks (split learning's calls)
+        self._counting = threading.Lock()  # split learning's calls count from other threads
+
+    def count(self, up: int = 0, down: int = 0) -> None:
+        """Bytes to and from the sites (the round's traffic)."""
+        with self._counting:
+            self.bytes_up += up
+            self.bytes_down += down
 
     def begin_round(self, round_index: int) -> None:
         """The round's deadline starts now: every site's update must be in before it."""
         self.round = round_index
         self._deadline = time.monotonic() + self.round_seconds
         self._pending.clear()
+        self.open_tasks.clear()
 
     def dispatch(self, payloads: dict[SiteId, StateDict], options: TrainOptions) -> None:
         for site, state in payloads.items():
@@ -63,10 +74,14 @@ class GrpcTransport:
                 pass  # train() finds no pending task and reports the site as not connected
 
     def train(self, site: SiteId, state: StateDict, options: TrainOptions) -> Update:
-        pending = self._pending.pop(site, None) or self._send(site, "train", asdict(options), state)
-        reply = self._wait(site, pending, self._deadline, "the round's deadline")
+        try:
+            pending = self._pending.pop(site, None) or self._send(site, "train", asdict(options),
+                                                                  state)
+            reply = self._wait(site, pending, self._deadline, "the round's deadline")
+        finally:  # the site's calls for this task (split learning) end with it
+            self.open_tasks.close(site)
         digest = replies.digest_of(reply.blob)
-        self.bytes_up += len(reply.blob)
+        self.count(up=len(reply.blob))
         meta = reply.meta
         event = "masked_input_received" if self.masked else "update_received"
         self.registry.audit(event, site=site, round=self.round + 1, bytes=len(reply.blob),
@@ -79,7 +94,7 @@ class GrpcTransport:
     def evaluate(self, site: SiteId, state: StateDict, split: str) -> Metrics:
         pending = self._send(site, "evaluate", {"split": split}, state)
         reply = self._wait(site, pending, time.monotonic() + self.eval_seconds, "its deadline")
-        self.bytes_up += len(json.dumps(reply.meta))
+        self.count(up=len(json.dumps(reply.meta)))
         return replies.metrics_of(reply.meta.get("metrics"))
 
     def ask_all(self, kind: str, states: dict[SiteId, StateDict], options: dict[str, Any],
@@ -121,7 +136,7 @@ class GrpcTransport:
         answers = self._gather({site: lambda site=site, blob=blob: self._send_blob(
             site, kind, options, blob, reply_bytes) for site, blob in blobs.items()},
             time.monotonic() + seconds, "its deadline")
-        self.bytes_up += sum(len(a.blob) for a in answers.values() if isinstance(a, Reply))
+        self.count(up=sum(len(a.blob) for a in answers.values() if isinstance(a, Reply)))
         return answers
 
     def _gather(self, sends: dict[SiteId, Callable[[], tuple[SiteChannel, int, Future]]],
@@ -159,8 +174,10 @@ class GrpcTransport:
             raise TransportError(f"site {site} is not connected")
         task = pb.Task(task_id=self.registry.next_task_id(), kind=kind, size=len(blob),
                        options_json=json.dumps(options), round=self.round + 1)
+        if kind == "train":  # open before the site can have it: its first call may come at once
+            self.open_tasks.open(site, channel, task.task_id)
         future = channel.send(task, blob, limit=max(len(blob), reply_bytes) + METADATA_ALLOWANCE)
-        self.bytes_down += len(blob)
+        self.count(down=len(blob))
         return channel, task.task_id, future
 
     def _wait(self, site: SiteId, pending: tuple[SiteChannel, int, Future], deadline: float,

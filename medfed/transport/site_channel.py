@@ -125,6 +125,10 @@ class SiteChannel:
             if not task.future.done():  # a site may answer a task it already failed; once counts
                 task.future.set_result(Reply(task.meta, task.assembly.result()))
 
+    def fail(self, task_id: int, exc: Exception) -> None:
+        """End an open task with exc (its remaining chunks are dropped): the site's failure."""
+        self._fail(task_id, exc)
+
     def _fail(self, task_id: int, exc: Exception) -> None:
         task = self._task(task_id)
         if task is not None:

@@ -38,8 +38,8 @@ TASK = '[task]\nkind = "binary"\nclasses = ["no", "yes"]\nspatial_dims = 2\nchan
      'sites = ["a", "b"]\n', "gossip braintorrent runs in simulation only"),
     (TASK + '[federation]\nkeep_best = true\n[deployment]\nsites = ["a", "b"]\n',
      "keep_best runs in simulation only"),
-    (TASK + '[federation]\nalgorithm = "split"\n[deployment]\nsites = ["a", "b"]\n',
-     "algorithm split runs in simulation only"),
+    (TASK + '[federation]\nalgorithm = "split"\n[model]\nmodel = "resnet18"\n[deployment]\n'
+     'sites = ["a", "b"]\n', "ordered list of blocks: cnn or mlp"),
 ])
 def test_a_federation_declares_a_task_and_no_data(tmp_path: Path, text: str, message: str):
     path = tmp_path / "f.toml"
