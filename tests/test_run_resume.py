@@ -47,15 +47,22 @@ def interrupted_run(args: list[str], out: Path, sig: signal.Signals) -> subproce
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
-def test_an_interrupted_run_resumed_gives_the_uninterrupted_test_metrics(
-        tiny_config, tmp_path: Path, sig: signal.Signals):
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_config, tmp_path_factory) -> tuple[list[str], dict]:
+    """(the run's arguments, the summary of that run never interrupted): one run for both signals."""
     # 2 of 3 sites a round; the operating rule is not in config.toml but must survive the resume too
     args = [*tiny_config(ROUNDS), "--no-baselines", "--fraction", "0.5", "--target-sensitivity", "0.8"]
-    assert main(["run", *args, "--out", str(tmp_path / "whole")]) == 0
-    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    out = tmp_path_factory.mktemp("whole")
+    assert main(["run", *args, "--out", str(out)]) == 0
+    whole = json.loads((out / "summary.json").read_text())
     assert 0 < whole["wall_seconds"] <= whole["total_seconds"] < 600  # the training's own time
+    return args, whole
 
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
+def test_an_interrupted_run_resumed_gives_the_uninterrupted_test_metrics(
+        uninterrupted, tmp_path: Path, sig: signal.Signals):
+    args, whole = uninterrupted
     out = tmp_path / "stopped"
     done = interrupted_run(args, out, sig)
     assert done.returncode != 0 and rounds_done(out) >= 3 and not (out / "summary.json").exists()

@@ -88,7 +88,7 @@ ALGORITHMS: Registry[Callable[[StrategyContext], Strategy]] = Registry("algorith
     "cwt": lambda ctx: SequentialTransfer(ctx.initial, ctx.sites, ctx.config.rounds, cyclic=True),
     "ensemble": lambda ctx: LocalEnsemble(ctx.initial),
     "split": lambda ctx: build_split(ctx.network, ctx.config.cut, ctx.initial, ctx.training,
-                                     ctx.input_shape),
+                                     ctx.input_shape, ctx.config.rounds),
 })
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -34,6 +35,7 @@ from medfed.client.trainer import TrainOptions, build_optimizer
 from medfed.config import TrainingConfig
 from medfed.config_split import parse_cut
 from medfed.errors import ConfigError, IncompatibleUpdate
+from medfed.lr_schedule import round_lr
 from medfed.models.blocks import HEAD, MIDDLE, TAIL, SplitLayout
 from medfed.types import Prediction, SiteId, StateDict, Update
 
@@ -44,8 +46,9 @@ class SplitFed:
     prediction = Prediction.GLOBAL
 
     def __init__(self, layout: SplitLayout, cut: tuple[int, int], initial: StateDict,
-                 training: TrainingConfig, sample_shape: Sequence[int]) -> None:
-        """layout: the server's own copy of the network, cut; initial: the whole model's state."""
+                 training: TrainingConfig, sample_shape: Sequence[int], rounds: int = 1) -> None:
+        """layout: the server's own copy of the network, cut; initial: the whole model's state;
+        rounds: the federation's, for the middle's learning rate under training.lr_schedule."""
         self.name = "split"
         self.cut = cut
         self.layout = layout
@@ -58,6 +61,7 @@ class SplitFed:
                                      momentum=training.momentum,
                                      weight_decay=training.weight_decay)
         self._optimizer = build_optimizer(self.middle.parameters(), self._options)
+        self._schedule = (training.lr, rounds, training.lr_schedule)
         self._in_flight: dict[SiteId, tuple[torch.Tensor, torch.Tensor, StateDict]] = {}
         self._lock = threading.Lock()  # one batch through the middle at a time
         self._assembled: StateDict | None = None
@@ -65,6 +69,8 @@ class SplitFed:
     # --- the round loop's side: the site parts, averaged as FedAvg averages models -------------
 
     def stages(self, round_index: int, sites: Sequence[SiteId]) -> list[list[SiteId]]:
+        lr, rounds, schedule = self._schedule  # the middle steps at the sites' rate of this round
+        self._options = replace(self._options, lr=round_lr(lr, round_index, rounds, schedule))
         return self.site_parts.stages(round_index, sites)
 
     def payload(self, site: SiteId) -> StateDict:
@@ -150,9 +156,9 @@ class SplitFed:
 
 
 def build_split(network: Callable[[], nn.Module] | None, cut_text: str, initial: StateDict,
-                training: TrainingConfig, sample_shape: Sequence[int]) -> SplitFed:
+                training: TrainingConfig, sample_shape: Sequence[int], rounds: int = 1) -> SplitFed:
     """network: builds the server's own copy of the model (None: a caller that cannot build one)."""
     if network is None:
         raise ConfigError("--algorithm split needs the server's own copy of the network")
     cut = parse_cut(cut_text)
-    return SplitFed(SplitLayout.of(network(), *cut), cut, initial, training, sample_shape)
+    return SplitFed(SplitLayout.of(network(), *cut), cut, initial, training, sample_shape, rounds)

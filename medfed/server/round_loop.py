@@ -20,7 +20,6 @@ does the work when called.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +31,7 @@ from medfed.algorithms import robust
 from medfed.algorithms.strategy import Strategy, TopologyReporting
 from medfed.client.trainer import TrainOptions
 from medfed.errors import IncompatibleUpdate, NotEnoughSites, TransportError
+from medfed.lr_schedule import round_lr
 from medfed.server.sampling import sample_sites
 from medfed.server.validation import check_update
 from medfed.server.weights import cap_weights
@@ -72,13 +72,6 @@ class RoundPlan:
     lr_schedule: str = "constant"  # TrainingConfig.lr_schedule
 
 
-def round_lr(lr: float, round_index: int, plan: RoundPlan) -> float:
-    """The local learning rate of round `round_index` (from 0) under the plan's schedule."""
-    if plan.lr_schedule == "cosine":
-        return lr * (1 + math.cos(math.pi * round_index / plan.rounds)) / 2
-    return lr
-
-
 class RoundObserver(Protocol):
     def round_started(self, round_index: int, sites: list[SiteId]) -> None: ...
 
@@ -113,7 +106,7 @@ def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId]
         stages = strategy.stages(r, sampled)
         for stage in stages:
             _run_stage(strategy, transport, stage,
-                       replace(options, round=r, lr=round_lr(options.lr, r, plan)), result, observer,
+                       replace(options, round=r, lr=round_lr(options.lr, r, plan.rounds, plan.lr_schedule)), result, observer,
                        plan.max_weight_share)
         asked = {site for stage in stages for site in stage}
         if len(set(result.sites)) < min(plan.min_sites, len(asked)):

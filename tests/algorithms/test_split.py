@@ -11,6 +11,8 @@ Hand mutations that turn these red (each tried once):
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -210,3 +212,15 @@ def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run(setup):
     rounds(resumed, 1, 2)
     for key, value in whole.global_state.items():
         torch.testing.assert_close(resumed.global_state[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_the_middle_steps_at_the_rounds_scheduled_learning_rate(setup):
+    shape = (setup.spec.in_channels, *setup.spec.input_size)
+    cosine = dataclasses.replace(SGD, lr_schedule="cosine")
+    server = build_split(site_recipe(setup, None).model, "2,1", setup.initial, cosine, shape, 4)
+    rates = []
+    for r in range(4):
+        server.stages(r, ["site-a", "site-b"])
+        server.open_stage()
+        rates.append(server._optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([0.5 * (1 + math.cos(math.pi * r / 4)) / 2 for r in range(4)])
