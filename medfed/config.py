@@ -228,7 +228,8 @@ class TrainingConfig:
     local_steps: int | None = None
     # The local learning rate over the rounds: constant, or cosine (lr * (1 + cos(pi r / R)) / 2 at
     # round r of R), the decay FedAvg's convergence on non-IID data needs (Li et al., ICLR 2020).
-    lr_schedule: str = "constant"
+    # None: chosen (medfed/defaults.py): cosine when the last round's model is the result.
+    lr_schedule: str | None = None
 
     def __post_init__(self) -> None:
         if self.local_epochs is not None:
@@ -238,7 +239,8 @@ class TrainingConfig:
         _at_least("batch_size", self.batch_size, 1)
         _positive("lr", self.lr)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.lr_schedule is not None:
+            _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.momentum < 0 or self.weight_decay < 0:
             raise ConfigError("momentum and weight_decay must be >= 0")
         if self.logit_adjust < 0:

@@ -146,6 +146,23 @@ def choose_keep_best(defaults: Defaults, n_val: int) -> Defaults:
                                                            keep_best=on))
 
 
+def choose_lr_schedule(defaults: Defaults) -> Defaults:
+    """Once keep_best is settled: a decaying rate where the last round's model is the result (no
+    round is kept on validation), so that model is a settled one rather than one step of a noisy
+    walk; a constant one where the best validation round is kept (it may come early)."""
+    config = defaults.config
+    if config.training.lr_schedule is not None:
+        return defaults
+    if config.privacy.dp_sgd:
+        value, why = "constant", "DP-SGD trains at its own rate (dp_lr)"
+    elif config.federation.keep_best:
+        value, why = "constant", "the best validation round is kept, whenever it comes"
+    else:
+        value, why = "cosine", "the last round's model is the result: the rate decays so it settles"
+    return defaults.with_choice("lr_schedule", value, why,
+                                _set(config, "training", lr_schedule=value))
+
+
 def _model(d: Defaults, facts: DataFacts) -> Defaults:
     m = d.config.model
     if m.model is not None:

@@ -30,7 +30,14 @@ from medfed.data.dataset import Federation, Samples, SiteData, label_counts
 from medfed.data.federation import build_federation
 from medfed.data.sources import load_source
 from medfed.data.transforms import Preprocess
-from medfed.defaults import DataFacts, Defaults, choose_defaults, choose_keep_best, choose_sites
+from medfed.defaults import (
+    DataFacts,
+    Defaults,
+    choose_defaults,
+    choose_keep_best,
+    choose_lr_schedule,
+    choose_sites,
+)
 from medfed.device import pick_device
 from medfed.errors import ConfigError, DataError, TransportError
 from medfed.evaluation.metrics import compute_metrics
@@ -93,7 +100,8 @@ def prepare(config: RunConfig) -> Setup:
     facts = DataFacts.of_source(source, federation.partition, config.data.image_size)
     defaults = choose_sites(choose_defaults(config, facts),
                             len(federation.sites), federation.partition, source.groups is not None)
-    defaults = choose_keep_best(defaults, sum(len(s.val) for s in federation.sites.values()))
+    defaults = choose_lr_schedule(
+        choose_keep_best(defaults, sum(len(s.val) for s in federation.sites.values())))
     config = defaults.config
     check_topology_sites(config, federation.site_ids)
     size = config.data.image_size

@@ -21,6 +21,7 @@ from medfed.defaults import (
     Defaults,
     choose_defaults,
     choose_keep_best,
+    choose_lr_schedule,
 )
 from medfed.errors import ConfigError
 from medfed.experiment import prepare
@@ -189,3 +190,18 @@ def test_the_best_round_is_kept_only_when_validation_can_tell_rounds_apart(n_val
 def test_keep_best_given_is_kept():
     config = RunConfig(federation=FederationConfig(keep_best=False))
     assert choose_keep_best(Defaults(config), 10_000).config.federation.keep_best is False
+
+
+@pytest.mark.parametrize("keep_best, dp, expected", [
+    (True, False, "constant"), (False, False, "cosine"), (None, False, "cosine"),
+    (False, True, "constant")])
+def test_the_rate_decays_only_where_the_last_rounds_model_is_the_result(keep_best, dp, expected):
+    config = RunConfig(federation=FederationConfig(keep_best=keep_best),
+                       privacy=PrivacyConfig(dp_sgd=dp, noise_multiplier=1.0 if dp else None))
+    chosen = choose_lr_schedule(Defaults(config))
+    assert chosen.config.training.lr_schedule == expected and "lr_schedule" in chosen.record()
+
+
+def test_an_lr_schedule_given_is_kept():
+    config = RunConfig(training=TrainingConfig(lr_schedule="constant"))
+    assert choose_lr_schedule(Defaults(config)).config.training.lr_schedule == "constant"
