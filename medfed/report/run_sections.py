@@ -9,6 +9,7 @@ summary.json's, chosen on validation data by the run.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,12 @@ from medfed.pooled_record import pooled_label
 from medfed.report import formatting as fmt
 from medfed.report.html import Section
 from medfed.report.inputs import read_json, read_rounds, read_scores
+from medfed.report.many_sites import capped, hidden_local_note, is_many, name_list, shown_models
 from medfed.report.sections import (
     binary_only,
     calibration_figure,
     data_section,
+    drawn_scores,
     gradcam_section,
     learning_section,
     operating_section,
@@ -50,9 +53,9 @@ def run_sections(folder: Path) -> tuple[str, list[Section]]:
         Section("Cross-site performance").text(
             "A single run does not score each local model at every site; `medfed compare` draws "
             "this matrix."),
-        _calibration(labels, scores, task), operating_section(_operating_rows(summary)),
+        _calibration(labels, scores, task), _operating(summary),
         gradcam_section(folder, classes, summary.get("gradcam_skipped"),
-                        "Computed with the final federated model."),
+                        "Computed with the final federated model.", len(summary.get("sites", {}))),
         _traffic(summary, histories),
     ]
     return f"medfed report: {summary['dataset']}, {summary['algorithm']}", sections
@@ -64,7 +67,7 @@ def _overview(summary: dict[str, Any]) -> Section:
         ("data set", f"{summary['dataset']} ({task}: {', '.join(classes)})"),
         ("algorithm", f"{summary['algorithm']} (aggregator {summary.get('aggregator', 'mean')})"),
         ("model", summary.get("model", "-")),
-        ("sites", f"{len(sites)} ({summary.get('partition', '-')}): {', '.join(sites)}"),
+        ("sites", f"{len(sites)} ({summary.get('partition', '-')}): {name_list(sites)}"),
         ("rounds", f"{summary['rounds']} x {summary.get('local_epochs', '-')} local epoch(s)"),
         ("seed", str(summary.get("seed", "-"))),
         ("held-out test set", f"{summary.get('n_test', '-')} cases"),
@@ -80,20 +83,30 @@ def _results(summary: dict[str, Any], labels: np.ndarray | None, scores: dict[st
     section = Section("Results with confidence intervals")
     section.caption("Each model on the same held-out test images. The 95% CI of the AUC is a "
                     f"bootstrap over the test images ({N_BOOT} resamples).")
+    models = _test_metrics(summary)
+    aucs = {name: metrics.get("auc") for name, metrics in models.items()}
+    shown = shown_models(aucs)
     section.table(["model", "test AUC", "95% CI", "accuracy", "sensitivity", "specificity", "F1"],
-                  _model_rows(summary, labels, scores))
+                  _model_rows(summary, {n: models[n] for n in shown}, labels, scores))
+    if hidden := hidden_local_note(aucs, shown):
+        section.text(hidden)
     _per_site(section, summary.get("sites", {}))
     return section
 
 
-def _model_rows(summary: dict[str, Any], labels: np.ndarray | None, scores: dict[str, np.ndarray]
-                ) -> list[list[str]]:
-    """The federated model, pooled and each local model: test metrics, AUC bootstrap interval."""
+def _test_metrics(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """model -> its test metrics: the federated model, pooled and each local model."""
     models = {"federated": summary["test"]}
-    labels_of = {"pooled": pooled_label(summary.get("baselines", {}).get("pooled"))}
     if "baselines" in summary:
         models["pooled"] = summary["baselines"]["pooled"]["test"]
         models |= {f"local:{s}": v["test"] for s, v in summary["baselines"]["local"].items()}
+    return models
+
+
+def _model_rows(summary: dict[str, Any], models: dict[str, dict[str, Any]],
+                labels: np.ndarray | None, scores: dict[str, np.ndarray]) -> list[list[str]]:
+    """Each model's test metrics and AUC bootstrap interval."""
+    labels_of = {"pooled": pooled_label(summary.get("baselines", {}).get("pooled"))}
     rows = []
     rng = np.random.default_rng(0)
     for name, metrics in models.items():
@@ -108,22 +121,30 @@ def _model_rows(summary: dict[str, Any], labels: np.ndarray | None, scores: dict
 
 
 def _per_site(section: Section, sites: dict[str, Any]) -> None:
-    """The federated model's AUC at each site and the gap between the best and the worst site."""
-    rows = []
-    for site, entry in sites.items():
-        val, test = entry.get("val") or {}, entry.get("test") or {}
-        rows.append([site, fmt.num(val.get("auc")), fmt.num(test.get("auc")) if test else "-"])
-    if not rows:
+    """The federated model's AUC at each site (many sites: the worst first) and the gap between the
+    best and the worst site."""
+    if not sites:
         return
+    many = is_many(len(sites))
+    rows = []
+    for site in sorted(sites, key=lambda s: _site_auc(sites[s])) if many else sites:
+        val, test = sites[site].get("val") or {}, sites[site].get("test") or {}
+        rows.append([site, fmt.num(val.get("auc")), fmt.num(test.get("auc")) if test else "-"])
     section.text("The federated model at each site, on the site's own validation split (and its "
-                 "own test split when the sites are natural):")
-    section.table(["site", "validation AUC", "own test AUC"], rows)
-    aucs = [e.get("auc") for e in ((s.get("test") or s.get("val") or {}) for s in sites.values())
-            if e.get("auc") is not None]
+                 "own test split when the sites are natural)" + (", worst first:" if many else ":"))
+    section.table(["site", "validation AUC", "own test AUC"], capped(rows, "summary.json's sites"))
+    aucs = [a for a in map(_site_auc, sites.values()) if math.isfinite(a)]
     if aucs:
         section.text(f"Worst site AUC {min(aucs):.3f}; gap between best and worst site "
                      f"{max(aucs) - min(aucs):.3f} (a large gap means the model is not equally "
                      "good for every hospital).")
+
+
+def _site_auc(entry: dict[str, Any]) -> float:
+    """The federated model's AUC at a site: on its own test split, else its validation split
+    (inf when it has none, so such a site sorts last)."""
+    auc = (entry.get("test") or entry.get("val") or {}).get("auc")
+    return math.inf if auc is None else auc
 
 
 def _paired(labels: np.ndarray | None, scores: dict[str, np.ndarray]) -> Section:
@@ -131,8 +152,11 @@ def _paired(labels: np.ndarray | None, scores: dict[str, np.ndarray]) -> Section
     if scores and "federated" in scores:
         paired.caption("Is the federated model's AUC different from each baseline's on the same "
                        "test images? DeLong's test; a single run has no seeds for a t-test.")
+        scores, hidden = drawn_scores(labels, scores)
         rows = _delong_rows(labels, scores, "federated")
         paired.table(["comparison", "AUC difference", "95% CI", "DeLong p", "t-test p"], rows)
+        if hidden:
+            paired.text(hidden)
     else:
         paired.text("No paired test: it needs a binary task and the baselines' predictions.")
     return paired
@@ -160,6 +184,18 @@ def _calibration(labels: np.ndarray | None, scores: dict[str, np.ndarray], task:
     else:
         calibration.text(f"Reliability curves need a binary task (this one is {task}).")
     return calibration
+
+
+def _operating(summary: dict[str, Any]) -> Section:
+    """The operating points of the federated model and the baselines (many local-only models: the
+    best and the worst)."""
+    rows = _operating_rows(summary)
+    aucs = {name: test.get("auc") for name, (test, _) in rows.items()}
+    shown = shown_models(aucs)
+    section = operating_section({name: rows[name] for name in shown})
+    if hidden := hidden_local_note(aucs, shown):
+        section.text(hidden)
+    return section
 
 
 def _operating_rows(summary: dict[str, Any]) -> dict[str, tuple[dict, dict | None]]:

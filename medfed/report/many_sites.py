@@ -1,0 +1,61 @@
+"""How the report and the console show per-site figures when a federation has many sites.
+
+Up to SHOWN sites (the usual 3 to 10 hospitals), every site keeps its own row, line, curve or
+Grad-CAM panel. Beyond that one element per site helps nobody: a legend of 100 names, a Grad-CAM
+grid of 100 rows (which took more time than the training of a 100-site run), a table nobody scrolls.
+So tables list SHOWN sites and end with a row saying how many more there are and where they are,
+figures draw a band over all sites rather than a line each, and of the local-only models the best
+and the worst stand for the rest. Nothing is lost: summary.json and rounds.jsonl keep every site.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from statistics import median
+
+SHOWN = 12  # per-site rows and lines drawn one by one up to this many sites
+LOCAL = "local:"  # the prefix of the local-only models' names
+
+
+def is_many(count: int) -> bool:
+    return count > SHOWN
+
+
+def capped(rows: list[list[str]], where: str) -> list[list[str]]:
+    """The first SHOWN rows, then one row naming how many more there are and where they are."""
+    if not is_many(len(rows)):
+        return rows
+    more = f"... and {len(rows) - SHOWN} more (every one in {where})"
+    return rows[:SHOWN] + [[more] + [""] * (len(rows[0]) - 1)]
+
+
+def name_list(names: Sequence[str]) -> str:
+    """'a, b, c', or the first SHOWN names and how many more."""
+    shown = ", ".join(names[:SHOWN])
+    return f"{shown} and {len(names) - SHOWN} more" if is_many(len(names)) else shown
+
+
+def shown_models(aucs: dict[str, float | None]) -> list[str]:
+    """The models a table or figure shows, in their order: every model but the local-only ones,
+    and the local-only ones too up to SHOWN of them; beyond, the best and the worst by AUC."""
+    local = [name for name in aucs if name.startswith(LOCAL)]
+    if not is_many(len(local)):
+        return list(aucs)
+    scored = sorted((a, name) for name in local if (a := aucs[name]) is not None
+                    and math.isfinite(a))
+    ends = {scored[0][1], scored[-1][1]} if scored else set(local[:1])
+    return [name for name in aucs if not name.startswith(LOCAL) or name in ends]
+
+
+def hidden_local_note(aucs: dict[str, float | None], shown: list[str]) -> str:
+    """A sentence on the local-only models a table or figure leaves out ('' when none is)."""
+    local = [name for name in aucs if name.startswith(LOCAL)]
+    hidden = [aucs[name] for name in local if name not in shown]
+    if not hidden:
+        return ""
+    known = [a for a in hidden if a is not None and math.isfinite(a)]
+    spread = (f" (test AUC median {median(known):.3f}, from {min(known):.3f} to {max(known):.3f})"
+              if known else "")
+    return (f"Of the {len(local)} local-only models the best and the worst are shown; the other "
+            f"{len(hidden)}{spread} are in summary.json's baselines.local.")
