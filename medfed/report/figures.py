@@ -221,11 +221,8 @@ def per_round_traffic(histories: dict[str, list[dict[str, Any]]]) -> bytes:
 
 
 def gradcam_grid(panels: dict[str, np.ndarray], class_names: list[str]) -> bytes:
-    """Per site a row: each image beside its Grad-CAM overlay (red = what drove the prediction);
-    the first SHOWN sites' rows (a row per site of 100 sites took longer than their training)."""
-    groups = [str(g) for g in panels["groups"]]
-    rows = [np.flatnonzero(panels["group"] == k) for k in range(len(groups))]
-    rows = [(g, r) for g, r in zip(groups, rows, strict=True) if len(r)][:SHOWN]
+    """Per site a row: each image beside its Grad-CAM overlay (red = what drove the prediction)."""
+    rows = grid_rows(panels)
     cols = max(len(r) for _, r in rows)
     fig, axes = plt.subplots(len(rows), 2 * cols, figsize=(2 * cols * 1.6, len(rows) * 1.9),
                              squeeze=False)
@@ -243,6 +240,14 @@ def gradcam_grid(panels: dict[str, np.ndarray], class_names: list[str]) -> bytes
                                         vmin=0, vmax=1)
             axes[row, 2 * k + 1].set_title(f"model: p = {float(panels['probs'][i]):.2f}", fontsize=7)
     return _png(fig)
+
+
+def grid_rows(panels: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """(site, the indices of its panels) of the first SHOWN sites that have panels: a row per site
+    of 100 sites took longer to draw than the sites took to train."""
+    groups = [str(g) for g in panels["groups"]]
+    rows = [(g, np.flatnonzero(panels["group"] == k)) for k, g in enumerate(groups)]
+    return [(g, r) for g, r in rows if len(r)][:SHOWN]
 
 
 def _label_text(label: Any, class_names: list[str]) -> str:
