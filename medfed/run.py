@@ -33,7 +33,13 @@ from medfed.pooled_ddp import check_pooled_workers, train_pooled
 from medfed.pooled_record import pooled_label, workers_label
 from medfed.progress import RichRoundProgress
 from medfed.report.artifacts import data_summary, gradcam_panels, write_gradcam, write_predictions
-from medfed.report.many_sites import hidden_local_note, is_many, name_list, shown_models
+from medfed.report.many_sites import (
+    hidden_local_note,
+    is_many,
+    name_list,
+    shown_models,
+    verdict_local,
+)
 from medfed.run_reading import read_run
 from medfed.run_state import Resume, load_resume
 from medfed.summary import run_summary
@@ -267,11 +273,12 @@ def _print_results(console: Console, summary: dict[str, Any], rule: OperatingRul
         local = {f"local:{s}": (v["test"], v["operating_point"])
                  for s, v in summary["baselines"]["local"].items()}
     aucs = {name: test.get("auc") for name, (test, _) in local.items()}
-    shown = shown_models(aucs)
+    keep = verdict_local(summary)
+    shown = shown_models(aucs, keep)
     rows |= {name.replace(":", " ", 1): local[name] for name in shown}
     table = results_table(rows, title)
     table.caption = " ".join(filter(None, [
         threshold_caption([p for _, p in rows.values()], rule.describe()),
-        hidden_local_note(aucs, shown)]))
+        hidden_local_note(aucs, shown, keep)]))
     table.caption_justify = "left"
     print_table(console, table)

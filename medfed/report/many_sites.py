@@ -13,9 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from statistics import median
+from typing import Any, TypeVar
 
 SHOWN = 12  # per-site rows and lines drawn one by one up to this many sites
 LOCAL = "local:"  # the prefix of the local-only models' names
+T = TypeVar("T")
 
 
 def is_many(count: int) -> bool:
@@ -36,20 +38,34 @@ def name_list(names: Sequence[str]) -> str:
     return f"{shown} and {len(names) - SHOWN} more" if is_many(len(names)) else shown
 
 
-def shown_models(aucs: dict[str, float | None]) -> list[str]:
+def shown_models(aucs: dict[str, float | None], keep: Sequence[str] = ()) -> list[str]:
     """The models a table or figure shows, in their order: every model but the local-only ones,
-    and the local-only ones too up to SHOWN of them; beyond, the best and the worst by AUC."""
+    and the local-only ones too up to SHOWN of them; beyond, the best and the worst by AUC and
+    those named in `keep` (the single site the verdict compares with)."""
     local = [name for name in aucs if name.startswith(LOCAL)]
     if not is_many(len(local)):
         return list(aucs)
     scored = sorted((a, name) for name in local if (a := aucs[name]) is not None
                     and math.isfinite(a))
-    ends = {scored[0][1], scored[-1][1]} if scored else set(local[:1])
-    return [name for name in aucs if not name.startswith(LOCAL) or name in ends]
+    picked = ({scored[0][1], scored[-1][1]} if scored else set(local[:1])) | set(keep)
+    return [name for name in aucs if not name.startswith(LOCAL) or name in picked]
 
 
-def hidden_local_note(aucs: dict[str, float | None], shown: list[str]) -> str:
-    """A sentence on the local-only models a table or figure leaves out ('' when none is)."""
+def verdict_local(summary: dict[str, Any]) -> list[str]:
+    """The local-only model of the single site a run's verdict compares with (none: [])."""
+    site = ((summary.get("verdict") or {}).get("vs_best_single_site") or {}).get("site")
+    return [LOCAL + site] if site else []
+
+
+def only_shown(items: dict[str, T], shown: Sequence[str]) -> dict[str, T]:
+    """items without the local-only models that are not shown (other names pass as they are)."""
+    return {name: v for name, v in items.items() if not name.startswith(LOCAL) or name in shown}
+
+
+def hidden_local_note(aucs: dict[str, float | None], shown: Sequence[str],
+                      keep: Sequence[str] = ()) -> str:
+    """A sentence on the local-only models a table or figure leaves out ('' when none is); keep:
+    as given to shown_models."""
     local = [name for name in aucs if name.startswith(LOCAL)]
     hidden = [aucs[name] for name in local if name not in shown]
     if not hidden:
@@ -57,5 +73,7 @@ def hidden_local_note(aucs: dict[str, float | None], shown: list[str]) -> str:
     known = [a for a in hidden if a is not None and math.isfinite(a)]
     spread = (f" (test AUC median {median(known):.3f}, from {min(known):.3f} to {max(known):.3f})"
               if known else "")
-    return (f"Of the {len(local)} local-only models the best and the worst are shown; the other "
-            f"{len(hidden)}{spread} are in summary.json's baselines.local.")
+    verdict = ", and the single site the verdict compares with" if keep else ""
+    return (f"Of the {len(local)} local-only models {len(local) - len(hidden)} are shown (the best "
+            f"and the worst on the test set{verdict}); the other {len(hidden)}{spread} are in "
+            "summary.json's baselines.local.")

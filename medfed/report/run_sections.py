@@ -20,12 +20,19 @@ from medfed.pooled_record import pooled_label
 from medfed.report import formatting as fmt
 from medfed.report.html import Section
 from medfed.report.inputs import read_json, read_rounds, read_scores
-from medfed.report.many_sites import capped, hidden_local_note, is_many, name_list, shown_models
+from medfed.report.many_sites import (
+    capped,
+    hidden_local_note,
+    is_many,
+    name_list,
+    only_shown,
+    shown_models,
+    verdict_local,
+)
 from medfed.report.sections import (
     binary_only,
     calibration_figure,
     data_section,
-    drawn_scores,
     gradcam_section,
     learning_section,
     operating_section,
@@ -45,20 +52,31 @@ def run_sections(folder: Path) -> tuple[str, list[Section]]:
     histories = {summary["algorithm"]: read_rounds(folder / "rounds.jsonl")}
     labels, scores = read_scores(folder / "predictions.npz", task)
     data = summary.get("data_summary") or summary.get("sites", {})
+    shown, note = _shown(summary)
+    drawn = only_shown(scores, shown)
     sections = [
         _overview(summary), reading_section(), data_section(data, classes),
         learning_section(histories),
-        roc_section(labels, scores, "") if scores else binary_only("ROC curves", task),
-        _results(summary, labels, scores), _paired(labels, scores),
+        roc_section(labels, drawn, note) if scores else binary_only("ROC curves", task),
+        _results(summary, labels, scores, shown, note), _paired(labels, drawn, note),
         Section("Cross-site performance").text(
             "A single run does not score each local model at every site; `medfed compare` draws "
             "this matrix."),
-        _calibration(labels, scores, task), _operating(summary),
+        _calibration(labels, drawn, task), _operating(summary, shown, note),
         gradcam_section(folder, classes, summary.get("gradcam_skipped"),
                         "Computed with the final federated model.", len(summary.get("sites", {}))),
         _traffic(summary, histories),
     ]
     return f"medfed report: {summary['dataset']}, {summary['algorithm']}", sections
+
+
+def _shown(summary: dict[str, Any]) -> tuple[list[str], str]:
+    """The models the tables and figures show (many local-only ones: the best, the worst and the
+    verdict's single site) and the sentence on those left out ('' when none is)."""
+    aucs = {name: metrics.get("auc") for name, metrics in _test_metrics(summary).items()}
+    keep = verdict_local(summary)
+    shown = shown_models(aucs, keep)
+    return shown, hidden_local_note(aucs, shown, keep)
 
 
 def _overview(summary: dict[str, Any]) -> Section:
@@ -78,18 +96,15 @@ def _overview(summary: dict[str, Any]) -> Section:
                             "statistics, use `medfed compare`.")
 
 
-def _results(summary: dict[str, Any], labels: np.ndarray | None, scores: dict[str, np.ndarray]
-             ) -> Section:
+def _results(summary: dict[str, Any], labels: np.ndarray | None, scores: dict[str, np.ndarray],
+             shown: list[str], note: str) -> Section:
     section = Section("Results with confidence intervals")
     section.caption("Each model on the same held-out test images. The 95% CI of the AUC is a "
                     f"bootstrap over the test images ({N_BOOT} resamples).")
-    models = _test_metrics(summary)
-    aucs = {name: metrics.get("auc") for name, metrics in models.items()}
-    shown = shown_models(aucs)
     section.table(["model", "test AUC", "95% CI", "accuracy", "sensitivity", "specificity", "F1"],
-                  _model_rows(summary, {n: models[n] for n in shown}, labels, scores))
-    if hidden := hidden_local_note(aucs, shown):
-        section.text(hidden)
+                  _model_rows(summary, only_shown(_test_metrics(summary), shown), labels, scores))
+    if note:
+        section.text(note)
     _per_site(section, summary.get("sites", {}))
     return section
 
@@ -147,16 +162,15 @@ def _site_auc(entry: dict[str, Any]) -> float:
     return math.inf if auc is None else auc
 
 
-def _paired(labels: np.ndarray | None, scores: dict[str, np.ndarray]) -> Section:
+def _paired(labels: np.ndarray | None, scores: dict[str, np.ndarray], note: str) -> Section:
     paired = Section("Paired tests")
     if scores and "federated" in scores:
         paired.caption("Is the federated model's AUC different from each baseline's on the same "
                        "test images? DeLong's test; a single run has no seeds for a t-test.")
-        scores, hidden = drawn_scores(labels, scores)
         rows = _delong_rows(labels, scores, "federated")
         paired.table(["comparison", "AUC difference", "95% CI", "DeLong p", "t-test p"], rows)
-        if hidden:
-            paired.text(hidden)
+        if note:
+            paired.text(note)
     else:
         paired.text("No paired test: it needs a binary task and the baselines' predictions.")
     return paired
@@ -186,16 +200,10 @@ def _calibration(labels: np.ndarray | None, scores: dict[str, np.ndarray], task:
     return calibration
 
 
-def _operating(summary: dict[str, Any]) -> Section:
-    """The operating points of the federated model and the baselines (many local-only models: the
-    best and the worst)."""
-    rows = _operating_rows(summary)
-    aucs = {name: test.get("auc") for name, (test, _) in rows.items()}
-    shown = shown_models(aucs)
-    section = operating_section({name: rows[name] for name in shown})
-    if hidden := hidden_local_note(aucs, shown):
-        section.text(hidden)
-    return section
+def _operating(summary: dict[str, Any], shown: list[str], note: str) -> Section:
+    """The operating points of the federated model and the shown baselines."""
+    section = operating_section(only_shown(_operating_rows(summary), shown))
+    return section.text(note) if note else section
 
 
 def _operating_rows(summary: dict[str, Any]) -> dict[str, tuple[dict, dict | None]]:

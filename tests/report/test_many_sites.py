@@ -11,7 +11,14 @@ import numpy as np
 
 from medfed.report import figures
 from medfed.report.html import Section
-from medfed.report.many_sites import SHOWN, capped, hidden_local_note, name_list, shown_models
+from medfed.report.many_sites import (
+    SHOWN,
+    capped,
+    hidden_local_note,
+    name_list,
+    shown_models,
+    verdict_local,
+)
 from medfed.report.run_sections import _per_site
 
 
@@ -35,16 +42,21 @@ def test_beyond_shown_a_table_says_how_many_more_and_where():
     assert name_list(site_names(30)).endswith(f"site-{SHOWN - 1:03d} and {30 - SHOWN} more")
 
 
-def test_of_many_local_models_the_best_and_the_worst_are_shown_and_the_rest_summarised():
+def test_of_many_local_models_the_best_the_worst_and_the_verdicts_are_shown_the_rest_summarised():
     aucs = {"federated": 0.8, "pooled": 0.9} | {f"local:{s}": 0.5 + k / 100
                                                 for k, s in enumerate(site_names(30))}
     aucs["local:site-007"] = None  # a model with no AUC is never picked as best or worst
     shown = shown_models(aucs)
     assert shown == ["federated", "pooled", "local:site-000", "local:site-029"]
     note = hidden_local_note(aucs, shown)
-    assert note.startswith("Of the 30 local-only models the best and the worst are shown; the "
-                           "other 28 (test AUC median")
+    assert note.startswith("Of the 30 local-only models 2 are shown (the best and the worst on the "
+                           "test set); the other 28 (test AUC median")
     assert "summary.json's baselines.local" in note
+    keep = ["local:site-011"]  # the single site the verdict compares with, chosen on validation
+    assert shown_models(aucs, keep) == ["federated", "pooled", "local:site-000", "local:site-011",
+                                        "local:site-029"]
+    assert "and the single site the verdict" in hidden_local_note(aucs, shown_models(aucs, keep),
+                                                                   keep)
 
 
 def test_the_per_site_table_lists_the_worst_sites_first():
@@ -83,3 +95,10 @@ def test_many_sites_histograms_and_curves_draw_a_band():
     history = [{"round": r, "train_loss": {s: 0.5 for s in data},
                 "val": {s: {"auc": 0.6 + r / 10} for s in data}} for r in (1, 2)]
     assert height(figures.learning_curves({"fedavg": history})) > 100
+
+
+def test_the_verdicts_single_site_is_kept_when_the_verdict_names_one():
+    assert verdict_local({"verdict": {"vs_best_single_site": {"site": "site-011"}}}) == [
+        "local:site-011"]
+    assert verdict_local({"verdict": {"vs_best_single_site": None}}) == []  # no baselines
+    assert verdict_local({}) == []
