@@ -4,8 +4,8 @@ Up to SHOWN sites (the usual 3 to 10 hospitals), every site keeps its own row, l
 Grad-CAM panel. Beyond that one element per site helps nobody: a legend of 100 names, a Grad-CAM
 grid of 100 rows (which took more time than the training of a 100-site run), a table nobody scrolls.
 So tables list SHOWN sites and end with a row saying how many more there are and where they are,
-figures draw a band over all sites rather than a line each, and of the local-only models the best
-and the worst stand for the rest. Nothing is lost: summary.json and rounds.jsonl keep every site.
+figures draw a band over all sites rather than a line each, and of the local-only models the best,
+the worst and the one the verdict compares with stand for the rest. Nothing is lost: summary.json and rounds.jsonl keep every site.
 """
 
 from __future__ import annotations
