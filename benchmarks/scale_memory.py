@@ -7,9 +7,14 @@ so the federated training alone is measured) as medfed.experiment.train runs it.
 reports:
 
 - data MB: its resident memory once the federation is built (Python, torch and the sites' data);
-- training peak MB: its peak resident memory during train() above that (the peak is reset after
-  the data are built, through /proc/self/clear_refs), i.e. what the server, the transport and the
-  sites' trainers add on top of the data. Flat in the number of sites means streaming works.
+- rounds peak MB: its peak resident memory during the federated rounds above that (the peak is
+  reset after the data are built, through /proc/self/clear_refs), i.e. what the server, the
+  transport and the sites' trainers add on top of the data. Flat in the number of sites means
+  streaming works;
+- training peak MB: the same over the whole of train(), which also scores the held-out test set.
+  That set has TEST_IMAGES images at every number of sites (the synthetic source gives each site
+  at least one, so a smaller set would grow with the sites and be scored in more batches: glibc
+  then serves the second batch's activations from its heap, ~40 MB above the first's).
 
 --before DIR measures another checkout too (e.g. `git archive <commit> | tar -x -C DIR`), each
 number of sites run with both trees, alternating, so both see the same machine load.
@@ -32,6 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES_PER_SITE = 8  # synthetic images a site (training + validation)
+TEST_IMAGES = 1000  # held-out test images at every number of sites (one at least per site)
 
 
 def _status_mb(field: str) -> float:
@@ -41,22 +47,43 @@ def _status_mb(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+class RoundsPeak:
+    """A round observer reading the peak resident memory when the last round is done."""
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds, self.mb = rounds, 0.0
+
+    def round_started(self, round_index: int, sites: list) -> None:
+        pass
+
+    def site_finished(self, round_index: int, site: str, loss: float | None) -> None:
+        pass
+
+    def round_finished(self, result) -> None:
+        if result.round == self.rounds - 1:
+            self.mb = _status_mb("VmHWM")
+
+
 def measure_here(sites: int, rounds: int) -> dict:
     """One measurement in this process (the child's side)."""
     from medfed.config import DataConfig, FederationConfig, ModelConfig, RunConfig, TrainingConfig
     from medfed.experiment import prepare, train
 
+    if sites > TEST_IMAGES:
+        raise SystemExit(f"at most {TEST_IMAGES} sites (one test image a site at least)")
     config = RunConfig(device="cpu", baselines=False, model=ModelConfig(model="cnn"),
                        data=DataConfig(sites=sites, synthetic_samples=SAMPLES_PER_SITE * sites,
-                                       synthetic_test=200, augment=False),
+                                       synthetic_test=TEST_IMAGES, augment=False),
                        federation=FederationConfig(rounds=rounds, eval_every=0, keep_best=False),
                        training=TrainingConfig(local_epochs=1))  # one epoch: one step a site
     setup = prepare(config)
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
     data_mb = _status_mb("VmRSS")
     start = time.perf_counter()
-    outcome = train(setup, "fedavg", setup.federation.sites, "fedavg")
+    peak = RoundsPeak(rounds)
+    outcome = train(setup, "fedavg", setup.federation.sites, "fedavg", observer=peak)
     return {"sites": sites, "data_mb": round(data_mb, 1),
+            "rounds_peak_mb": round(peak.mb - data_mb, 1),
             "train_peak_mb": round(_status_mb("VmHWM") - data_mb, 1),
             "train_seconds": round(time.perf_counter() - start, 1),
             "test_auc": round(outcome.test["auc"], 4)}
@@ -83,12 +110,14 @@ def main() -> None:
         return
     trees = {"after": REPO} | ({"before": args.before.resolve()} if args.before else {})
     rows = []
-    print(f"| sites | {' | '.join(f'{t}: data MB | {t}: training peak MB | {t}: s' for t in trees)} |")
-    print("|---" * (1 + 3 * len(trees)) + "|")
+    columns = ("data MB", "rounds peak MB", "training peak MB", "s")
+    print(f"| sites | {' | '.join(f'{t}: {c}' for t in trees for c in columns)} |")
+    print("|---" * (1 + len(columns) * len(trees)) + "|")
     for n in (int(s) for s in args.sites.split(",")):
         row = {name: measure(code, n, args.rounds) for name, code in trees.items()}
         rows.append(row)
-        cells = [f"{r['data_mb']} | {r['train_peak_mb']} | {r['train_seconds']}" for r in row.values()]
+        cells = [f"{r['data_mb']} | {r.get('rounds_peak_mb', '-')} | {r['train_peak_mb']} | "
+                 f"{r['train_seconds']}" for r in row.values()]
         print(f"| {n} | {' | '.join(cells)} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -44,11 +44,20 @@ def write_config(out: Path, config: RunConfig) -> None:
 
 def write_rounds(out: Path, history: list[RoundResult], name: str = "rounds.jsonl") -> None:
     """One JSON line per round; `name` may lie in a subfolder (compare's rounds/<algorithm>-seed<k>)."""
+    write_round_lines(out, [round_line(result) for result in history], name)
+
+
+def write_round_lines(out: Path, lines: list[str], name: str = "rounds.jsonl") -> None:
+    """rounds.jsonl from rounds already encoded (round_line)."""
     path = out / name
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
-        for result in history:
-            f.write(json.dumps(round_record(result)) + "\n")
+        f.writelines(line + "\n" for line in lines)
+
+
+def round_line(result: RoundResult) -> str:
+    """A round as one line of rounds.jsonl."""
+    return json.dumps(round_record(result))
 
 
 def round_record(result: RoundResult) -> dict[str, Any]:

@@ -33,6 +33,13 @@ from medfed.pooled_ddp import check_pooled_workers, train_pooled
 from medfed.pooled_record import pooled_label, workers_label
 from medfed.progress import RichRoundProgress
 from medfed.report.artifacts import data_summary, gradcam_panels, write_gradcam, write_predictions
+from medfed.report.many_sites import (
+    hidden_local_note,
+    is_many,
+    name_list,
+    shown_models,
+    verdict_local,
+)
 from medfed.run_reading import read_run
 from medfed.run_state import Resume, load_resume
 from medfed.summary import run_summary
@@ -156,8 +163,11 @@ def _report_privacy(console: Console, privacy: dict[str, Any]) -> None:
     """Epsilon spent per site (DP-SGD), the federation's (client-level DP), who stopped and why."""
     delta = privacy["delta"]
     if privacy["epsilon"]:
-        spent = ", ".join(f"{s} {e:.2f}" for s, e in privacy["epsilon"].items())
-        console.print(f"[bold]privacy[/] DP-SGD epsilon spent per site (delta = {delta:g}): {spent}")
+        epsilon = privacy["epsilon"]
+        spent = name_list([f"{s} {e:.2f}" for s, e in epsilon.items()])
+        largest = f" (largest {max(epsilon.values()):.2f})" if is_many(len(epsilon)) else ""
+        console.print(f"[bold]privacy[/] DP-SGD epsilon spent per site (delta = {delta:g}): "
+                      f"{spent}{largest}")
     for why in privacy.get("dp_sgd", {}).get("stopped", {}).values():
         console.print(f"[bold red]privacy budget[/] {why}")
     if "client_dp" in privacy:
@@ -252,15 +262,23 @@ def _write(out: Path, setup: Setup, federated: Outcome, summary: dict[str, Any])
 
 def _print_results(console: Console, summary: dict[str, Any], rule: OperatingRule, title: str
                    ) -> None:
-    """The verdict line first, then every model's test metrics at 0.5 and at its operating point."""
+    """The verdict line first, then every model's test metrics at 0.5 and at its operating point
+    (many local-only models: the best and the worst, and a line on the others)."""
     print_verdict(console, summary["verdict"])
     rows = {f"federated ({summary['algorithm']})": (summary["test"], summary["operating_point"])}
+    local = {}
     if "baselines" in summary:
         pooled = summary["baselines"]["pooled"]
         rows[pooled_label(pooled)] = (pooled["test"], pooled["operating_point"])
-        rows |= {f"local {s}": (v["test"], v["operating_point"])
+        local = {f"local:{s}": (v["test"], v["operating_point"])
                  for s, v in summary["baselines"]["local"].items()}
+    aucs = {name: test.get("auc") for name, (test, _) in local.items()}
+    keep = verdict_local(summary)
+    shown = shown_models(aucs, keep)
+    rows |= {name.replace(":", " ", 1): local[name] for name in shown}
     table = results_table(rows, title)
-    table.caption = threshold_caption([p for _, p in rows.values()], rule.describe())
+    table.caption = " ".join(filter(None, [
+        threshold_caption([p for _, p in rows.values()], rule.describe()),
+        hidden_local_note(aucs, shown, keep)]))
     table.caption_justify = "left"
     print_table(console, table)

@@ -5,7 +5,8 @@
 - predictions.npz: the held-out test labels and each configuration's probabilities (no images),
   from which the report draws ROC and reliability curves and runs DeLong's test;
 - gradcam.npz: a few test images per site with the final model's Grad-CAM heat map (MONAI's
-  GradCAM), computed where the images are.
+  GradCAM), computed where the images are; for the first many_sites.SHOWN sites only (the report
+  draws no more).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from medfed.data.dataset import Samples, label_counts
+from medfed.report.many_sites import SHOWN
 from medfed.types import Prediction, SiteId, StateDict, Task
 
 HIST_BINS = 32
@@ -92,7 +94,8 @@ def _pick(y: np.ndarray, task: Task, rng: np.random.Generator) -> np.ndarray:
 
 def gradcam_panels(setup: Any, strategy: Any) -> dict[str, Any]:
     """Heat maps of the final model for a few test images per site (the site's own test split
-    when sites are natural, else the global test set under the name "test set").
+    when sites are natural, of the first SHOWN sites; else the global test set under the name
+    "test set").
 
     Returns {"skipped": reason} when it cannot be drawn, else arrays for gradcam.npz: images and
     maps (K, H, W) in [0, 1] (3D: the middle slice), labels, probabilities, group names."""
@@ -146,9 +149,10 @@ def gradcam_panels(setup: Any, strategy: Any) -> dict[str, Any]:
 
 
 def _groups(setup: Any) -> dict[str, Samples]:
+    """The first SHOWN sites' own test splits, or the global test set."""
     sites = setup.federation.sites
     if all(d.test is not None and len(d.test) for d in sites.values()):
-        return {site: d.test for site, d in sites.items()}
+        return {site: d.test for site, d in list(sites.items())[:SHOWN]}
     return {"test set": setup.federation.source.test}
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from medfed.report import formatting as fmt
 from medfed.report.html import Section
 from medfed.report.inputs import read_json, read_rounds
+from medfed.report.many_sites import capped, name_list
 from medfed.report.sections import (
     learning_section,
     operating_section,
@@ -57,7 +58,7 @@ def _overview(summary: dict[str, Any]) -> Section:
         ("task", f"{summary['task']}: {', '.join(summary.get('class_names', []))}"),
         ("algorithm", f"{summary['algorithm']} (aggregator {summary.get('aggregator', 'mean')})"),
         ("model", f"{summary.get('model', '-')} ({summary.get('norm', '-')} norm)"),
-        ("hospitals", f"{len(sites)}: {', '.join(sites)}"),
+        ("hospitals", f"{len(sites)}: {name_list(sites)}"),
         ("rounds", f"{summary['rounds']} x {summary.get('local_epochs', '-')} local epoch(s)"),
         ("test patients", f"{summary.get('n_test', '-')} (each hospital's own test split)"),
         ("wall time", fmt.seconds(summary.get("wall_seconds"))),
@@ -75,7 +76,7 @@ def _data(summary: dict[str, Any]) -> Section:
                     "paths stay at the hospital.")
     rows = [[site, str(e.get("n_train", "-")), str(e.get("n_val", "-")), str(e.get("n_test", "-"))]
             for site, e in summary.get("sites", {}).items()]
-    return section.table(["site", "training", "validation", "test"], rows)
+    return section.table(["site", "training", "validation", "test"], capped(rows, "summary.json"))
 
 
 def _results(summary: dict[str, Any]) -> Section:
@@ -88,7 +89,8 @@ def _results(summary: dict[str, Any]) -> Section:
                     "95% CI by DeLong's method. Site mean: the average of the hospitals' own "
                     "figures.")
     rows = [["pooled", *_cells(test)], ["site mean", *_cells(summary.get("site_mean", {}))]]
-    rows += [[site, *_cells(e.get("test") or {})] for site, e in summary.get("sites", {}).items()]
+    rows += capped([[site, *_cells(e.get("test") or {})] for site, e in summary.get("sites", {}).items()],
+                   "summary.json's sites")
     section.table(["model on", "test AUC", "95% CI", "accuracy", "sensitivity", "specificity",
                    "F1"], rows)
     failed = evaluation.get("failed") or {}
@@ -122,7 +124,7 @@ def _paired(summary: dict[str, Any]) -> Section:
             rows.append([site, fmt.num(entry["test"].get("auc")), "-", "-",
                          paired.get("reason", "-")])
     return section.table(["hospital", "local-only AUC", "federated − local", "95% CI", "DeLong p"],
-                         rows)
+                         capped(rows, "summary.json's baselines.local"))
 
 
 def _operating(summary: dict[str, Any]) -> Section:

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from medfed.evaluation import statistics as st  # noqa: E402
+from medfed.report.many_sites import SHOWN, is_many
 
 DPI = 100
 HEAT_FLOOR = 0.4  # Grad-CAM values below this (of the image's maximum) are left uncoloured
@@ -29,12 +30,18 @@ def _png(fig: Any) -> bytes:
 
 
 def intensity_histograms(data: dict[str, dict[str, Any]]) -> bytes:
-    """One line per site: the share of its training pixels in each intensity bin."""
+    """One line per site: the share of its training pixels in each intensity bin. Many sites: the
+    band from the lowest to the highest share over sites, their median, and the site whose curve
+    lies farthest from the median (the likeliest to have scanned or exported differently)."""
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    for site, entry in data.items():
-        counts = np.asarray(entry["intensity_histogram"], np.float64)
-        centres = (np.arange(len(counts)) + 0.5) / len(counts)
-        ax.plot(centres, counts / max(counts.sum(), 1), marker=".", label=site)
+    shares = {site: _shares(entry["intensity_histogram"]) for site, entry in data.items()}
+    bins = len(next(iter(shares.values())))
+    centres = (np.arange(bins) + 0.5) / bins
+    if is_many(len(shares)):
+        _histogram_band(ax, centres, shares)
+    else:
+        for site, share in shares.items():
+            ax.plot(centres, share, marker=".", label=site)
     ax.set_xlabel("pixel intensity (0 = black, 1 = white)")
     ax.set_ylabel("share of pixels")
     ax.set_title("Intensity distribution of each site's training images")
@@ -42,15 +49,35 @@ def intensity_histograms(data: dict[str, dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
+def _shares(counts: list[int]) -> np.ndarray:
+    """A site's histogram as shares of its pixels."""
+    array = np.asarray(counts, np.float64)
+    return array / max(array.sum(), 1)
+
+
+def _histogram_band(ax: Any, centres: np.ndarray, shares: dict[str, np.ndarray]) -> None:
+    """Many sites' histograms as a band, their median and the most unusual site."""
+    stacked = np.stack(list(shares.values()))
+    median = np.median(stacked, axis=0)
+    farthest = list(shares)[int(np.abs(stacked - median).sum(axis=1).argmax())]
+    ax.fill_between(centres, stacked.min(axis=0), stacked.max(axis=0), color="tab:blue",
+                    alpha=0.2, linewidth=0, label=f"all {len(shares)} sites (lowest to highest)")
+    ax.plot(centres, median, marker=".", color="tab:blue", label="median site")
+    ax.plot(centres, shares[farthest], marker=".", color="tab:red",
+            label=f"{farthest} (farthest from the median)")
+
+
 def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> bytes:
-    """Validation AUC per round (left) and mean training loss (right). One algorithm: a line per
-    site. Several: a line per algorithm (the mean over sites) in a band from the worst to the best
-    site, since twenty site lines in one panel can no longer be told apart."""
+    """Validation AUC per round (left) and mean training loss (right). One algorithm over up to
+    SHOWN sites: a line per site. Several, or more sites: a line per algorithm (the mean over
+    sites) in a band from the worst to the best site, since twenty site lines in one panel can no
+    longer be told apart."""
     fig, (auc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
     colours = model_colours(list(histories))
+    site_lines = len(histories) == 1 and not _many_sites(histories)
     for algorithm, rounds in histories.items():
         per_site = _site_auc_series(rounds)
-        if len(histories) == 1:
+        if site_lines:
             for site, (x, y) in per_site.items():
                 auc_ax.plot(x, y, marker="o", label=site)
         elif per_site:
@@ -60,7 +87,7 @@ def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> bytes:
         if losses:
             x, y = zip(*losses, strict=True)
             loss_ax.plot(x, y, marker="o", color=colours[algorithm], label=algorithm)
-    title = ("Validation AUC at each site" if len(histories) == 1
+    title = ("Validation AUC at each site" if site_lines
              else "Validation AUC (mean over sites; band: worst to best site)")
     auc_ax.set(xlabel="round", ylabel="validation AUC", title=title)
     loss_ax.set(xlabel="round", ylabel="training loss (mean over sites)", title="Training loss")
@@ -69,6 +96,10 @@ def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> bytes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     return _png(fig)
+
+
+def _many_sites(histories: dict[str, list[dict[str, Any]]]) -> bool:
+    return is_many(len({s for rounds in histories.values() for r in rounds for s in r.get("val", {})}))
 
 
 def _site_auc_series(rounds: list[dict[str, Any]]) -> dict[str, tuple[tuple, tuple]]:
@@ -191,9 +222,7 @@ def per_round_traffic(histories: dict[str, list[dict[str, Any]]]) -> bytes:
 
 def gradcam_grid(panels: dict[str, np.ndarray], class_names: list[str]) -> bytes:
     """Per site a row: each image beside its Grad-CAM overlay (red = what drove the prediction)."""
-    groups = [str(g) for g in panels["groups"]]
-    rows = [np.flatnonzero(panels["group"] == k) for k in range(len(groups))]
-    rows = [(g, r) for g, r in zip(groups, rows, strict=True) if len(r)]
+    rows = grid_rows(panels)
     cols = max(len(r) for _, r in rows)
     fig, axes = plt.subplots(len(rows), 2 * cols, figsize=(2 * cols * 1.6, len(rows) * 1.9),
                              squeeze=False)
@@ -211,6 +240,14 @@ def gradcam_grid(panels: dict[str, np.ndarray], class_names: list[str]) -> bytes
                                         vmin=0, vmax=1)
             axes[row, 2 * k + 1].set_title(f"model: p = {float(panels['probs'][i]):.2f}", fontsize=7)
     return _png(fig)
+
+
+def grid_rows(panels: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """(site, the indices of its panels) of the first SHOWN sites that have panels: a row per site
+    of 100 sites took longer to draw than the sites took to train."""
+    groups = [str(g) for g in panels["groups"]]
+    rows = [(g, np.flatnonzero(panels["group"] == k)) for k, g in enumerate(groups)]
+    return [(g, r) for g, r in rows if len(r)][:SHOWN]
 
 
 def _label_text(label: Any, class_names: list[str]) -> str:

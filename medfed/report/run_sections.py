@@ -9,6 +9,7 @@ summary.json's, chosen on validation data by the run.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,15 @@ from medfed.pooled_record import pooled_label
 from medfed.report import formatting as fmt
 from medfed.report.html import Section
 from medfed.report.inputs import read_json, read_rounds, read_scores
+from medfed.report.many_sites import (
+    capped,
+    hidden_local_note,
+    is_many,
+    name_list,
+    only_shown,
+    shown_models,
+    verdict_local,
+)
 from medfed.report.sections import (
     binary_only,
     calibration_figure,
@@ -42,20 +52,31 @@ def run_sections(folder: Path) -> tuple[str, list[Section]]:
     histories = {summary["algorithm"]: read_rounds(folder / "rounds.jsonl")}
     labels, scores = read_scores(folder / "predictions.npz", task)
     data = summary.get("data_summary") or summary.get("sites", {})
+    shown, note = _shown(summary)
+    drawn = only_shown(scores, shown)
     sections = [
         _overview(summary), reading_section(), data_section(data, classes),
         learning_section(histories),
-        roc_section(labels, scores, "") if scores else binary_only("ROC curves", task),
-        _results(summary, labels, scores), _paired(labels, scores),
+        roc_section(labels, drawn, note) if scores else binary_only("ROC curves", task),
+        _results(summary, labels, scores, shown, note), _paired(labels, drawn, note),
         Section("Cross-site performance").text(
             "A single run does not score each local model at every site; `medfed compare` draws "
             "this matrix."),
-        _calibration(labels, scores, task), operating_section(_operating_rows(summary)),
+        _calibration(labels, drawn, task), _operating(summary, shown, note),
         gradcam_section(folder, classes, summary.get("gradcam_skipped"),
-                        "Computed with the final federated model."),
+                        "Computed with the final federated model.", len(summary.get("sites", {}))),
         _traffic(summary, histories),
     ]
     return f"medfed report: {summary['dataset']}, {summary['algorithm']}", sections
+
+
+def _shown(summary: dict[str, Any]) -> tuple[list[str], str]:
+    """The models the tables and figures show (many local-only ones: the best, the worst and the
+    verdict's single site) and the sentence on those left out ('' when none is)."""
+    aucs = {name: metrics.get("auc") for name, metrics in _test_metrics(summary).items()}
+    keep = verdict_local(summary)
+    shown = shown_models(aucs, keep)
+    return shown, hidden_local_note(aucs, shown, keep)
 
 
 def _overview(summary: dict[str, Any]) -> Section:
@@ -64,7 +85,7 @@ def _overview(summary: dict[str, Any]) -> Section:
         ("data set", f"{summary['dataset']} ({task}: {', '.join(classes)})"),
         ("algorithm", f"{summary['algorithm']} (aggregator {summary.get('aggregator', 'mean')})"),
         ("model", summary.get("model", "-")),
-        ("sites", f"{len(sites)} ({summary.get('partition', '-')}): {', '.join(sites)}"),
+        ("sites", f"{len(sites)} ({summary.get('partition', '-')}): {name_list(sites)}"),
         ("rounds", f"{summary['rounds']} x {summary.get('local_epochs', '-')} local epoch(s)"),
         ("seed", str(summary.get("seed", "-"))),
         ("held-out test set", f"{summary.get('n_test', '-')} cases"),
@@ -75,25 +96,32 @@ def _overview(summary: dict[str, Any]) -> Section:
                             "statistics, use `medfed compare`.")
 
 
-def _results(summary: dict[str, Any], labels: np.ndarray | None, scores: dict[str, np.ndarray]
-             ) -> Section:
+def _results(summary: dict[str, Any], labels: np.ndarray | None, scores: dict[str, np.ndarray],
+             shown: list[str], note: str) -> Section:
     section = Section("Results with confidence intervals")
     section.caption("Each model on the same held-out test images. The 95% CI of the AUC is a "
                     f"bootstrap over the test images ({N_BOOT} resamples).")
     section.table(["model", "test AUC", "95% CI", "accuracy", "sensitivity", "specificity", "F1"],
-                  _model_rows(summary, labels, scores))
+                  _model_rows(summary, only_shown(_test_metrics(summary), shown), labels, scores))
+    if note:
+        section.text(note)
     _per_site(section, summary.get("sites", {}))
     return section
 
 
-def _model_rows(summary: dict[str, Any], labels: np.ndarray | None, scores: dict[str, np.ndarray]
-                ) -> list[list[str]]:
-    """The federated model, pooled and each local model: test metrics, AUC bootstrap interval."""
+def _test_metrics(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """model -> its test metrics: the federated model, pooled and each local model."""
     models = {"federated": summary["test"]}
-    labels_of = {"pooled": pooled_label(summary.get("baselines", {}).get("pooled"))}
     if "baselines" in summary:
         models["pooled"] = summary["baselines"]["pooled"]["test"]
         models |= {f"local:{s}": v["test"] for s, v in summary["baselines"]["local"].items()}
+    return models
+
+
+def _model_rows(summary: dict[str, Any], models: dict[str, dict[str, Any]],
+                labels: np.ndarray | None, scores: dict[str, np.ndarray]) -> list[list[str]]:
+    """Each model's test metrics and AUC bootstrap interval."""
+    labels_of = {"pooled": pooled_label(summary.get("baselines", {}).get("pooled"))}
     rows = []
     rng = np.random.default_rng(0)
     for name, metrics in models.items():
@@ -108,31 +136,41 @@ def _model_rows(summary: dict[str, Any], labels: np.ndarray | None, scores: dict
 
 
 def _per_site(section: Section, sites: dict[str, Any]) -> None:
-    """The federated model's AUC at each site and the gap between the best and the worst site."""
-    rows = []
-    for site, entry in sites.items():
-        val, test = entry.get("val") or {}, entry.get("test") or {}
-        rows.append([site, fmt.num(val.get("auc")), fmt.num(test.get("auc")) if test else "-"])
-    if not rows:
+    """The federated model's AUC at each site (many sites: the worst first) and the gap between the
+    best and the worst site."""
+    if not sites:
         return
+    many = is_many(len(sites))
+    rows = []
+    for site in sorted(sites, key=lambda s: _site_auc(sites[s])) if many else sites:
+        val, test = sites[site].get("val") or {}, sites[site].get("test") or {}
+        rows.append([site, fmt.num(val.get("auc")), fmt.num(test.get("auc")) if test else "-"])
     section.text("The federated model at each site, on the site's own validation split (and its "
-                 "own test split when the sites are natural):")
-    section.table(["site", "validation AUC", "own test AUC"], rows)
-    aucs = [e.get("auc") for e in ((s.get("test") or s.get("val") or {}) for s in sites.values())
-            if e.get("auc") is not None]
+                 "own test split when the sites are natural)" + (", worst first:" if many else ":"))
+    section.table(["site", "validation AUC", "own test AUC"], capped(rows, "summary.json's sites"))
+    aucs = [a for a in map(_site_auc, sites.values()) if math.isfinite(a)]
     if aucs:
         section.text(f"Worst site AUC {min(aucs):.3f}; gap between best and worst site "
                      f"{max(aucs) - min(aucs):.3f} (a large gap means the model is not equally "
                      "good for every hospital).")
 
 
-def _paired(labels: np.ndarray | None, scores: dict[str, np.ndarray]) -> Section:
+def _site_auc(entry: dict[str, Any]) -> float:
+    """The federated model's AUC at a site: on its own test split, else its validation split
+    (inf when it has none, so such a site sorts last)."""
+    auc = (entry.get("test") or entry.get("val") or {}).get("auc")
+    return math.inf if auc is None else auc
+
+
+def _paired(labels: np.ndarray | None, scores: dict[str, np.ndarray], note: str) -> Section:
     paired = Section("Paired tests")
     if scores and "federated" in scores:
         paired.caption("Is the federated model's AUC different from each baseline's on the same "
                        "test images? DeLong's test; a single run has no seeds for a t-test.")
         rows = _delong_rows(labels, scores, "federated")
         paired.table(["comparison", "AUC difference", "95% CI", "DeLong p", "t-test p"], rows)
+        if note:
+            paired.text(note)
     else:
         paired.text("No paired test: it needs a binary task and the baselines' predictions.")
     return paired
@@ -160,6 +198,12 @@ def _calibration(labels: np.ndarray | None, scores: dict[str, np.ndarray], task:
     else:
         calibration.text(f"Reliability curves need a binary task (this one is {task}).")
     return calibration
+
+
+def _operating(summary: dict[str, Any], shown: list[str], note: str) -> Section:
+    """The operating points of the federated model and the shown baselines."""
+    section = operating_section(only_shown(_operating_rows(summary), shown))
+    return section.text(note) if note else section
 
 
 def _operating_rows(summary: dict[str, Any]) -> dict[str, tuple[dict, dict | None]]:

@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from medfed.evaluation import statistics as st
 from medfed.report import figures
 from medfed.report import formatting as fmt
 from medfed.report.html import Section
+from medfed.report.many_sites import SHOWN, capped, hidden_local_note, shown_models
 
 READING = [
     ("AUC", "the chance that the model scores a randomly chosen diseased case above a healthy one: "
@@ -51,7 +53,8 @@ def data_section(data: dict[str, Any], class_names: list[str], note: str = "") -
         labels = _label_counts(entry.get("label_counts", {}), class_names)
         rows.append([site, str(entry.get("n_train", "-")), str(entry.get("n_val", "-")),
                      str(entry.get("n_test", "-") or "-"), labels])
-    section.table(["site", "training", "validation", "own test split", "training labels"], rows)
+    section.table(["site", "training", "validation", "own test split", "training labels"],
+                  capped(rows, "summary.json"))
     if data and all("intensity_histogram" in e for e in data.values()):
         section.figure(figures.intensity_histograms(data),
                        "Intensity histograms: sites whose curves differ scanned or exported their "
@@ -79,6 +82,14 @@ def learning_section(histories: dict[str, list[dict[str, Any]]]) -> Section:
                                                               "loss per round.")
 
 
+def drawn_scores(labels: np.ndarray, scores: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
+    """The models a curve figure draws (many local-only models: the best and the worst) and a
+    sentence on those left out ('' when none is)."""
+    aucs = {name: st.auc(labels, score) for name, score in scores.items()}
+    shown = shown_models(aucs)
+    return {name: scores[name] for name in shown}, hidden_local_note(aucs, shown)
+
+
 def binary_only(heading: str, task: str) -> Section:
     return Section(heading).text(f"Not drawn: this panel needs a binary (disease / no disease) task; "
                                  f"this data set's task is {task}.")
@@ -89,18 +100,23 @@ def roc_section(labels: np.ndarray, scores: dict[str, np.ndarray], note: str) ->
     section.caption("Each curve shows every trade-off between catching disease (up) and false alarms "
                     "(right) as the threshold moves; the closer to the top-left corner, the better. "
                     "Dashed: models trained at a single site. " + note)
-    return section.figure(figures.roc_curves(labels, scores), "ROC curves on the held-out test set.")
+    scores, hidden = drawn_scores(labels, scores)
+    return section.figure(figures.roc_curves(labels, scores),
+                          " ".join(filter(None, ["ROC curves on the held-out test set.", hidden])))
 
 
 def calibration_figure(section: Section, labels: np.ndarray, scores: dict[str, np.ndarray],
                        note: str = "") -> None:
     section.caption("A well-calibrated model that says 30 % is right about 30 % of the time: its "
                     "points lie on the diagonal. Points below it mean the model overstates risk.")
-    section.figure(figures.reliability_curves(labels, scores), f"Reliability curves (10 bins){note}.")
+    scores, hidden = drawn_scores(labels, scores)
+    section.figure(figures.reliability_curves(labels, scores),
+                   " ".join(filter(None, [f"Reliability curves (10 bins){note}.", hidden])))
 
 
-def gradcam_section(folder: Path, class_names: list[str], skipped: str | None, model_note: str
-                    ) -> Section:
+def gradcam_section(folder: Path, class_names: list[str], skipped: str | None, model_note: str,
+                    sites: int = 0) -> Section:
+    """sites: how many the federation has (0: unknown), to say when the panels show fewer."""
     section = Section("Grad-CAM: where the model looks")
     path = folder / "gradcam.npz"
     if not path.is_file():
@@ -115,8 +131,15 @@ def gradcam_section(folder: Path, class_names: list[str], skipped: str | None, m
                     "borders or markers. " + model_note)
     return section.figure(figures.gradcam_grid(panels, class_names),
                           f"Grad-CAM heat maps (layer {panels['layer']}) for a few test images per "
-                          "site; p = the model's probability of the positive class (binary) or of "
-                          "its predicted class.")
+                          f"site{_first_sites(panels, sites)}; p = the model's probability of the "
+                          "positive class (binary) or of its predicted class.")
+
+
+def _first_sites(panels: dict[str, Any], sites: int) -> str:
+    """' (the first 12 of 100 sites)' when the grid shows fewer sites than the federation has."""
+    groups = [str(g) for g in panels["groups"]]
+    drawn, total = min(len(groups), SHOWN), max(sites, len(groups))
+    return "" if groups == ["test set"] or drawn == total else f" (the first {drawn} of {total} sites)"
 
 
 def _recorded(histories: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str]]:
