@@ -40,7 +40,8 @@ def run_one(data_file: Path, rounds: int, seed: int, algorithm: str, cut: str | 
         "seed": seed, "device": "cpu", "baselines": False,
         "data": {"dataset": "medmnist", "data_file": str(data_file), "sites": 5,
                  "partition": "dirichlet", "alpha": 0.5},
-        "federation": federation, "training": {"local_epochs": 1, "local_steps": 0},
+        "federation": federation,
+        "training": {"local_epochs": 1, "local_steps": 0, "lr_schedule": "constant"},
     }))
     start = time.perf_counter()
     outcome = train(setup, algorithm, setup.federation.sites, algorithm)
