@@ -126,6 +126,16 @@ def train_options(config: RunConfig) -> TrainOptions:
                         logit_adjust=t.logit_adjust)
 
 
+def _round_plan(config: RunConfig, baseline: bool, first_round: int) -> RoundPlan:
+    """A baseline trains every site every round and is scored once, at the end; both follow the
+    run's learning-rate schedule (the same rate per round and epoch)."""
+    fed, schedule = config.federation, config.training.lr_schedule
+    if baseline:
+        return RoundPlan(fed.rounds, 1.0, fed.min_sites, eval_every=0, lr_schedule=schedule)
+    return RoundPlan(fed.rounds, fed.fraction, fed.min_sites, fed.eval_every, start=first_round,
+                     lr_schedule=schedule)
+
+
 def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str,
           observer: RoundObserver | None = None, baseline: bool = False,
           checkpoints: Path | None = None, resume: Resume | None = None,
@@ -160,10 +170,7 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
         strategy = compress_strategy(privacy.wrap_strategy(strategy, counter=transport), spec)
     fed = config.federation
     first_round = resume.rounds_done if resume is not None else 0
-    schedule = config.training.lr_schedule  # baselines too: the same lr per round and epoch
-    plan = (RoundPlan(fed.rounds, 1.0, fed.min_sites, eval_every=0, lr_schedule=schedule)
-            if baseline else RoundPlan(fed.rounds, fed.fraction, fed.min_sites, fed.eval_every,
-                                       start=first_round, lr_schedule=schedule))
+    plan = _round_plan(config, baseline, first_round)
     sampling = np.random.default_rng(np.random.SeedSequence([config.seed, 2]))
     earlier: list[RoundResult] = []
     if resume is not None:

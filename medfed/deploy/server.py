@@ -25,7 +25,6 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ from typing import Any
 import grpc
 import numpy as np
 from cryptography import x509
-from torch import nn
 
 import medfed
 from medfed.algorithms.checkpoint import Checkpoint
@@ -55,13 +53,13 @@ from medfed.deploy.homomorphic_exchange import GrpcDecryptor
 from medfed.deploy.memory import limit_arenas, release_freed
 from medfed.deploy.results import finish
 from medfed.deploy.secure_exchange import GrpcCoordinator
+from medfed.deploy.server_model import ServerModel
 from medfed.deploy.settings import DeploymentConfig, FederationFile, load_federation
 from medfed.deploy.signatures import load_private_key
 from medfed.deploy.split_service import SplitService, check_split_messages, middle_end
 from medfed.deploy.state import StateStore
 from medfed.errors import ConfigError, JobAborted, NotEnoughSites
 from medfed.experiment import train_options
-from medfed.models import build_model, norm_keys, parameter_keys
 from medfed.privacy import ckks
 from medfed.privacy.homomorphic import HomomorphicAggregation, HomomorphicError
 from medfed.privacy.mechanisms import Mechanisms
@@ -77,7 +75,7 @@ from medfed.transport.grpc_transport import GrpcTransport
 from medfed.transport.proto import medfed_pb2 as pb
 from medfed.transport.replies import ReplayLedger, SampleBounds
 from medfed.transport.split_channel import MiddleEnd
-from medfed.types import SiteId, StateDict
+from medfed.types import SiteId
 
 
 @dataclass(frozen=True)
@@ -88,25 +86,6 @@ class ServerArgs:
     address: str | None = None
     resume: bool = False
     insecure: bool = False
-
-
-@dataclass(frozen=True)
-class ServerModel:
-    """The model the task schema describes: what the coordinator knows instead of any data."""
-
-    initial: StateDict
-    parameter_keys: frozenset[str]
-    norm_keys: frozenset[str]
-    network: Callable[[], nn.Module]  # a new copy of the network (split learning's middle)
-    input_shape: tuple[int, ...]  # one sample's shape
-
-    @classmethod
-    def build(cls, config: RunConfig, task: TaskSchema) -> ServerModel:
-        spec = task.model_spec(config.model)
-        model = build_model(config.model.model, spec, config.seed)
-        return cls({k: v.clone() for k, v in model.state_dict().items()}, parameter_keys(model),
-                   norm_keys(model), lambda: build_model(config.model.model, spec, config.seed),
-                   (spec.in_channels, *spec.input_size))
 
 
 @dataclass
