@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -154,15 +154,15 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, procs: Proc
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{procs.log_text()}")
 
 
-def run_killed_and_resumed(procs: Processes, tmp_path: Path, config: Path, certs: Path, port: int
-                           ) -> Path:
+def run_killed_and_resumed(procs: Processes, tmp_path: Path, config: Path, certs: Path, port: int,
+                           sites: Sequence[str] = SITES) -> Path:
     """A federation whose server is SIGKILLed after round 1 and restarted with --resume; the sites'
     clients keep running. Returns the state folder once the resumed server has exited 0."""
     state = tmp_path / "state"
     audit = state / "audit.jsonl"
     procs.start("server", "server", "--config", str(config), "--certs", str(certs), "--state",
                 str(state))
-    for site in SITES:
+    for site in sites:
         procs.client(site, port, certs)
     wait_until(lambda: len(events(audit, "round_closed")) >= 1, 90, "round 1", procs)
     procs.running["server"].send_signal(signal.SIGKILL)

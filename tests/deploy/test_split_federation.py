@@ -27,7 +27,6 @@ Deliberate breaks that make these tests fail (each tried by hand):
 from __future__ import annotations
 
 import json
-import signal
 import threading
 from pathlib import Path
 
@@ -51,8 +50,8 @@ from tests.deploy.processes import (
     events,
     free_port,
     make_certs,
+    run_killed_and_resumed,
     simulation_config,
-    wait_until,
     write_federation,
     write_site_config,
 )
@@ -105,17 +104,8 @@ def test_a_split_server_killed_after_round_1_and_resumed_ends_with_the_simulatio
     port, sites = free_port(), ("site-a",)
     certs = make_certs(tmp_path / "certs", sites)
     config = split_federation(tmp_path / "federation.toml", port, sites, rounds=3, min_sites=1)
-    state = tmp_path / "state"
+    state = run_killed_and_resumed(procs, tmp_path, config, certs, port, sites=["site-a"])
     audit = state / "audit.jsonl"
-    procs.start("server", "server", "--config", str(config), "--certs", str(certs), "--state",
-                str(state))
-    procs.client("site-a", port, certs)
-    wait_until(lambda: len(events(audit, "round_closed")) >= 1, 90, "round 1", procs)
-    procs.running["server"].send_signal(signal.SIGKILL)
-    procs.wait("server", 10)
-    procs.start("server-resumed", "server", "--config", str(config), "--certs", str(certs),
-                "--state", str(state), "--resume")
-    assert procs.wait("server-resumed", 120) == 0, procs.log_text()
     assert procs.wait("site-a", 30) == 0, procs.log_text()
     assert [e["round"] for e in events(audit, "round_closed")] == [1, 2, 3]
 
