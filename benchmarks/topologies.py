@@ -1,17 +1,24 @@
-"""Topologies: FedAvg (a server) against p2p gossip (ring, random 2-regular) and hybrid (2 regions).
+"""Architectures: FedAvg (a server) against pooling, split learning, p2p gossip and hybrid.
 
-    .venv/bin/python benchmarks/topologies.py                          # 3 seeds, 20 rounds
+    .venv/bin/python benchmarks/topologies.py --lr-schedule default    # 3 seeds, 20 rounds, the defaults
     .venv/bin/python benchmarks/topologies.py --seeds 1 --rounds 2     # a quick check that it runs
+    .venv/bin/python benchmarks/topologies.py --lr-schedule constant --only "fedavg (server),p2p ring"
 
-PneumoniaMNIST, 5 sites, Dirichlet 0.5 (no proportions: the split's own sizes), default cnn, 1 local
-epoch per round, no baselines. Per seed and topology: the final test AUC (of the global model; for
-p2p the consensus, the sample-weighted average of the sites' models, which no site holds) with its
-DeLong 95 % interval; the mean test AUC of the sites' own models (p2p); the test AUC after every
-round (read from the run's checkpoint after each round), hence the rounds to reach FedAvg's final
-AUC of the same seed; the consensus gap of the last round; and the model bytes per site over the
-run: to and from the server (summary.json's bytes_up + bytes_down over the sites; no evaluation
-rounds, so only training messages) or, for p2p, sent plus received between peers. Each run appends
-one line to benchmarks/out/topologies.jsonl; the end prints a markdown table, mean ± sd over seeds.
+PneumoniaMNIST, 5 sites, Dirichlet 0.5 (no proportions: the split's own sizes), default cnn, the
+defaults' local budget, no evaluation rounds and so no kept round (the last round's model is the
+result), no baselines except the pooled row (one site holding every site's data, trained with the
+same rounds x local budget). --lr-schedule: `constant` (how the first tables were measured) or
+`default` (what `medfed run --eval-every 0` chooses: cosine, since no round is kept).
+
+Per seed and architecture: the final test AUC (of the global model; for p2p the consensus, the
+sample-weighted average of the sites' models, which no site holds) with its DeLong 95 % interval;
+the mean test AUC of the sites' own models (p2p); the test AUC after every round (read from the
+run's checkpoint after each round), hence the rounds to reach FedAvg's final AUC of the same seed;
+the consensus gap of the last round; and the bytes per site over the run: to and from the server
+(summary.json's bytes_up + bytes_down over the sites: the model, and for split learning also every
+batch's activations and gradients at the cuts) or, for p2p, sent plus received between peers. Each
+run appends one line to --out; the end prints a markdown table of the rows of the same rounds and
+schedule, mean ± sd over seeds.
 """
 
 from __future__ import annotations
@@ -26,19 +33,29 @@ from pathlib import Path
 from typing import Any
 
 from medfed.algorithms.checkpoint import from_bytes
-from medfed.algorithms.registry import StrategyContext, build_strategy
 from medfed.config import RunConfig
 from medfed.config_file import config_from_dict
 from medfed.evaluation.statistics import delong_ci
-from medfed.experiment import Setup, metrics_on_test, predict_test, prepare, train
+from medfed.experiment import (
+    Setup,
+    metrics_on_test,
+    pooled_site,
+    predict_test,
+    prepare,
+    run_strategy,
+    train,
+)
 from medfed.run_state import CHECKPOINT
 from medfed.server.round_loop import RoundResult, SilentObserver
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
-# name -> the [federation] keys of that topology ({regions} is filled with the run's sites)
+POOLED = "pooled (all data at one site)"
+# name -> the [federation] keys of that architecture ({regions} is filled with the run's sites)
 TOPOLOGIES: dict[str, dict[str, Any]] = {
     "fedavg (server)": {},
+    POOLED: {},
+    "split learning, cut 5,1": {"algorithm": "split", "cut": "5,1"},
     "p2p ring": {"topology": "p2p", "gossip": "ring"},
     "p2p random 2-regular": {"topology": "p2p", "gossip": "k-regular:2"},
     "hybrid 2 regions": {"topology": "hybrid", "regions": "{regions}"},
@@ -47,30 +64,33 @@ TOPOLOGIES: dict[str, dict[str, Any]] = {
 }
 
 
-def base_config(data_file: Path, rounds: int, seed: int) -> RunConfig:
+def base_config(data_file: Path, rounds: int, seed: int, lr_schedule: str | None = "constant"
+                ) -> RunConfig:
+    """lr_schedule: None leaves it to the defaults (cosine here: no round is kept)."""
+    training = {} if lr_schedule is None else {"lr_schedule": lr_schedule}
     return config_from_dict({
         "seed": seed, "device": "cpu", "baselines": False,
         "data": {"dataset": "medmnist", "data_file": str(data_file), "sites": 5,
                  "partition": "dirichlet", "alpha": 0.5},
         "federation": {"rounds": rounds, "eval_every": 0},
-        "training": {"lr_schedule": "constant"},  # as RESULTS was measured
+        "training": training,
     })
 
 
 class TestCurve(SilentObserver):
     """After each round, the model of the round's checkpoint scored on the held-out test set."""
 
-    def __init__(self, setup: Setup, folder: Path) -> None:
-        self.setup, self.folder, self.auc = setup, folder, []
+    def __init__(self, setup: Setup, folder: Path, sites: list[str], baseline: bool) -> None:
+        self.setup, self.folder, self.sites, self.baseline = setup, folder, sites, baseline
+        self.auc: list[float] = []
 
     def round_finished(self, result: RoundResult) -> None:
         checkpoint, _ = from_bytes((self.folder / CHECKPOINT).read_bytes())
-        c, sites = self.setup.config, self.setup.federation.site_ids
-        ctx = StrategyContext(self.setup.initial, self.setup.parameter_keys, self.setup.norm_keys,
-                              sites, c.federation, c.training, seed=c.seed)
-        strategy = build_strategy(c.federation.algorithm, ctx, c.federation.topology)
+        strategy = run_strategy(self.setup, self.setup.config.federation.algorithm, self.sites,
+                                self.baseline)
         strategy.restore(checkpoint)
-        self.auc.append(metrics_on_test(self.setup, *predict_test(self.setup, strategy, sites))["auc"])
+        probs, loss = predict_test(self.setup, strategy, self.sites)
+        self.auc.append(metrics_on_test(self.setup, probs, loss)["auc"])
 
 
 def regions_of(sites: list[str]) -> str:
@@ -81,11 +101,13 @@ def run_one(setup: Setup, name: str, keys: dict[str, Any]) -> dict[str, Any]:
     config, sites = setup.config, setup.federation.site_ids
     keys = {k: regions_of(sites) if v == "{regions}" else v for k, v in keys.items()}
     setup = replace(setup, config=replace(config, federation=replace(config.federation, **keys)))
+    pooled = name == POOLED
+    data = pooled_site(setup.federation) if pooled else setup.federation.sites
     with tempfile.TemporaryDirectory() as folder:
-        curve = TestCurve(setup, Path(folder))
+        curve = TestCurve(setup, Path(folder), list(data), baseline=pooled)
         start = time.perf_counter()
-        outcome = train(setup, "fedavg", setup.federation.sites, name, curve,
-                        checkpoints=Path(folder))
+        outcome = train(setup, setup.config.federation.algorithm, data, name, curve,
+                        baseline=pooled, checkpoints=Path(folder))
         seconds = time.perf_counter() - start
     history, n = outcome.history, len(sites)
     peers = sum(r.bytes_peers for r in history)
@@ -95,6 +117,8 @@ def run_one(setup: Setup, name: str, keys: dict[str, Any]) -> dict[str, Any]:
                                                            setup.federation.source.test))["auc"]
            for s in sites] if peers else []
     return {"topology": name, "seed": config.seed, "rounds": config.federation.rounds,
+            "lr_schedule": setup.config.training.lr_schedule, "norm": setup.config.model.norm,
+            "pooled": pooled,
             "test_auc": outcome.test["auc"], "ci95": [ci.low, ci.high], "curve": curve.auc,
             "site_models_auc": own, "consensus_gap": history[-1].consensus_gap,
             "bytes_per_site": (server + 2 * peers) / n,
@@ -125,7 +149,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             _mean_sd(own) if own else "-",
             ", ".join("never" if k is None else str(k) for k in reach),
             _mean_sd(gaps) if gaps else "-",
-            _mean_sd([r["bytes_per_site"] / 1e6 for r in runs], 2),
+            "-" if name == POOLED else _mean_sd([r["bytes_per_site"] / 1e6 for r in runs], 2),
             _mean_sd([r["bytes_regions"] / 1e6 for r in runs], 2)]) + " |")
     return "\n".join(lines)
 
@@ -143,21 +167,30 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "topologies.jsonl")
+    parser.add_argument("--lr-schedule", choices=["constant", "default"], default="constant",
+                        help="constant: as the first tables; default: what the defaults choose")
+    parser.add_argument("--only", help="comma-separated names of TOPOLOGIES to run (default: all)")
     parser.add_argument("--table-only", action="store_true", help="print the table of --out")
     args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(TOPOLOGIES)
+    if unknown := [n for n in names if n not in TOPOLOGIES]:
+        raise SystemExit(f"--only: unknown {unknown}; valid: {list(TOPOLOGIES)}")
+    schedule = None if args.lr_schedule == "default" else args.lr_schedule
     if not args.data_file.is_file() and not args.table_only:
         raise SystemExit(f"{args.data_file} not found (PneumoniaMNIST .npz); pass --data-file")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            setup = prepare(base_config(args.data_file, args.rounds, seed))
-            for name, keys in TOPOLOGIES.items():
-                row = run_one(setup, name, keys)
+            setup = prepare(base_config(args.data_file, args.rounds, seed, schedule))
+            for name in names:
+                row = run_one(setup, name, TOPOLOGIES[name])
                 with args.out.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
                 print(f"seed {seed} {name}: test AUC {row['test_auc']:.3f}", flush=True)
     rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
-    print(table([r for r in rows if r["rounds"] == args.rounds]))
+    chosen = "cosine" if schedule is None else schedule
+    print(table([r for r in rows if r["rounds"] == args.rounds
+                 and r.get("lr_schedule", "constant") == chosen]))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from medfed.defaults import (
     choose_keep_best,
     choose_lr_schedule,
     choose_sites,
+    label_skew,
 )
 from medfed.device import pick_device
 from medfed.errors import ConfigError, DataError, TransportError
@@ -97,7 +98,10 @@ def prepare(config: RunConfig) -> Setup:
     source = load_source(config.data, int(seeds[0]))
     federation = build_federation(source, config.data, int(seeds[1]))
     # What the user left unset, chosen from the data; counted sites make the site-count checks run.
-    facts = DataFacts.of_source(source, federation.partition, config.data.image_size)
+    counts = [label_counts(source.task, s.train.y, source.num_outputs)
+              for s in federation.sites.values()]
+    facts = DataFacts.of_source(source, federation.partition, config.data.image_size,
+                                label_skew(counts))
     defaults = choose_sites(choose_defaults(config, facts),
                             len(federation.sites), federation.partition, source.groups is not None)
     defaults = choose_lr_schedule(
@@ -158,12 +162,7 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     spec = parse_compression(config.federation.compress)  # the baselines send nothing
     if transport is None:
         transport = _site_transport(setup, sites, site_recipe(setup, attack), privacy)
-    ctx = StrategyContext(setup.initial, setup.parameter_keys, setup.norm_keys, list(sites),
-                          config.federation, config.training,
-                          aggregator_override=privacy.aggregator() if privacy else None,
-                          seed=config.seed, network=site_recipe(setup, None).model,
-                          input_shape=(setup.spec.in_channels, *setup.spec.input_size))
-    strategy = build_strategy(algorithm, ctx, "server" if baseline else config.federation.topology)
+    strategy = run_strategy(setup, algorithm, list(sites), baseline, privacy)
     if isinstance(strategy, SplitFed):  # its sites also reach the server's middle, per batch
         transport = split_transport(transport, strategy)
     if privacy is not None:
@@ -197,6 +196,19 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     outcome.test_probs, loss = predict_test(setup, outcome.strategy, list(sites))
     outcome.test = metrics_on_test(setup, outcome.test_probs, loss)
     return outcome
+
+
+def run_strategy(setup: Setup, algorithm: str, sites: list[SiteId], baseline: bool = False,
+                 privacy: Mechanisms | None = None) -> Strategy:
+    """A fresh strategy of this run (before privacy wrappers): what train() runs, and what a
+    checkpoint of it restores into (benchmarks that score every round's model)."""
+    config = setup.config
+    ctx = StrategyContext(setup.initial, setup.parameter_keys, setup.norm_keys, sites,
+                          config.federation, config.training,
+                          aggregator_override=privacy.aggregator() if privacy else None,
+                          seed=config.seed, network=site_recipe(setup, None).model,
+                          input_shape=(setup.spec.in_channels, *setup.spec.input_size))
+    return build_strategy(algorithm, ctx, "server" if baseline else config.federation.topology)
 
 
 def ensemble_models_are_local(config: RunConfig) -> bool:

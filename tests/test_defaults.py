@@ -22,11 +22,13 @@ from medfed.defaults import (
     choose_defaults,
     choose_keep_best,
     choose_lr_schedule,
+    label_skew,
 )
 from medfed.errors import ConfigError
 from medfed.experiment import prepare
 from medfed.types import Task
 from tests.data.test_heart import write_hospitals
+from tests.medmnist_files import write_medmnist
 
 TABULAR = DataFacts(0, 22)
 GREY = DataFacts(2, 1, side=224)
@@ -58,6 +60,32 @@ def test_augmentation_is_on_for_images_large_enough_to_warp(facts, on):
 
 def test_shares_of_one_pool_get_batch_statistics():
     assert chosen(RunConfig(), DataFacts(2, 1, natural_sites=False))["norm"] == "batch"
+    assert chosen(RunConfig(), DataFacts(2, 1, natural_sites=False, label_skew=0.05))["norm"] == "batch"
+
+
+def test_label_skewed_shares_of_one_pool_get_a_per_image_norm():
+    got = choose_defaults(RunConfig(), DataFacts(2, 1, natural_sites=False, label_skew=0.4))
+    assert got.chosen["norm"].value == "instance" and "skewed" in got.chosen["norm"].why
+
+
+@pytest.mark.parametrize(("counts", "expected"), [
+    ([[50, 50], [30, 30], [5, 5]], 0.0),  # every site the pool's mix
+    ([[100, 0], [0, 100]], 0.5),  # pool half and half, each site one class
+    ([[10, 0], [0, 10], [0, 10], [0, 10]], 0.75),  # the one site of class 0 is furthest
+    ([[10, 0], [0, 0], [0, 10]], 0.5),  # a site without training labels is left out
+    ([[7, 3]], 0.0),  # one site: nothing to be skewed against
+])
+def test_label_skew_is_the_largest_distance_of_a_site_from_the_pool(counts, expected):
+    assert label_skew(counts) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("partition", "norm"), [("iid", "batch"), ("dirichlet", "instance")])
+def test_the_norm_follows_how_the_split_mixes_the_labels(tmp_path, partition, norm):
+    path = tmp_path / "pneumoniamnist.npz"
+    write_medmnist(path, (28, 28), 1, 2, sizes=(200, 40, 20))
+    config = RunConfig(device="cpu", data=DataConfig(dataset="medmnist", data_file=str(path),
+                                                     sites=4, partition=partition, alpha=0.1))
+    assert prepare(config).config.model.norm == norm
 
 
 def test_binary_masks_get_no_intensity_destroying_augmentation_and_keep_their_scale():
