@@ -1,6 +1,7 @@
 """A protocol fuzzer: a hostile site with a valid certificate against a real `medfed server`.
 
     python benchmarks/fuzz_protocol.py --messages 100000 --out /tmp/fuzz
+    python benchmarks/fuzz_protocol.py --split --messages 20000  # and hostile Split calls
 
 It starts, on 127.0.0.1, a `medfed server` process (two sites, plain FedAvg on tiny synthetic
 data, many short rounds) and one honest `medfed client` (site-a), then connects as site-b with
@@ -11,15 +12,22 @@ hostile answers to every task the server hands it (train, evaluate, final). When
 closed it reconnects (with a hostile or a valid hello). With `--secure` the federation runs secure
 aggregation with a second honest site (site-c), so the attacker is also handed every secure
 aggregation step (advertise, share, receive, consistency, unmask) and answers each with hostile
-JSON shaped like the step's answer. It counts:
+JSON shaped like the step's answer. With `--split` the federation runs split learning (site-a
+opted in by its policy) and the attacker also calls the Split service with hostile requests, while
+it holds a train task and when it holds none (fuzz_split.py says which); a hostile call answered
+OK is counted in `split.accepted`. It counts:
 
 - server exits while fuzzing (must be 0),
 - hangs: after the fuzzing, the honest site must complete a round (a `round_closed` that
   aggregated site-a) within --settle seconds,
-- the server's resident memory (VmRSS) before and after (target: growth < 50 MB).
+- the server's resident memory (VmRSS) before and after (target: growth < 50 MB),
+- with --split: the reply codes per kind of Split call, hostile calls accepted (must be none), and
+  the honest site's rounds that failed in split learning (must be none).
 
-It prints one JSON report and exits 1 when a server exited or hung. Every process it starts is
-killed at the end. A bounded run is a test (tests/deploy/test_fuzz_protocol.py).
+It prints one JSON report and exits 1 when a server exited or hung, or a hostile Split call was
+accepted. Every process it starts is killed at the end. The Session stream's messages are made in
+fuzz_session.py, the Split calls in fuzz_split.py. A bounded run is a test
+(tests/deploy/test_fuzz_protocol.py).
 """
 
 from __future__ import annotations
@@ -33,30 +41,19 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import grpc
+from fuzz_session import Attacker  # this folder
+from fuzz_split import Cut, SplitCaller, SplitTally
 
 from medfed.deploy import certs
 from medfed.deploy.certs import load_identity
-from medfed.transport.grpc_channel import CLIENT_OPTIONS, channel_credentials
-from medfed.transport.grpc_server import METHOD
-from medfed.transport.proto import medfed_pb2 as pb
+from medfed.transport.grpc_channel import channel_credentials
 
+MODES = ("plain", "secure", "split")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-TASK = {"kind": "binary", "classes": ["normal", "finding"], "spatial_dims": 2, "channels": 1,
-        "image_size": 16, "harmonize": "none"}
-HOSTILE_JSON = ["[]", "{oops", "null", "1e999", '"text"', "[" * 50_000, '{"a":' * 20_000,
-                json.dumps({"n_samples": 2**64}), json.dumps({"n_samples": -1}),
-                json.dumps({"n_samples": 10**12, "n_steps": 10**30}),
-                json.dumps({"n_samples": 10, "metrics": {"auc": 10**400}}),
-                json.dumps({"n_samples": 10, "metrics": [1, 2]}),
-                json.dumps({"metrics": {str(i): i for i in range(1000)}}),
-                json.dumps({"withheld": "x" * 5000}), json.dumps({"n_samples": True}),
-                '{"n_samples": 10, "metrics": {"auc": NaN}}']
 
 
 @dataclass
@@ -72,24 +69,19 @@ class Report:
     rss_after_mb: float = 0.0
     rss_growth_mb: float = 0.0
     seconds: float = 0.0
+    split: SplitTally | None = None  # --split: the Split calls and their replies
+    honest_split_failures: int = 0  # --split: site-a's train tasks rejected in split learning
 
 
-SECAGG_ANSWERS = [json.dumps(x) for x in (
-    {"advert": None}, {"advert": {"site": "site-a", "c_pk": "00", "s_pk": "zz"}},
-    # well-formed, so it passes the server's parsing, but signed by nobody: the honest sites
-    # would refuse a key book holding it, so the server must drop it first
-    {"advert": {"site": "site-b", "cipher_key": "QUFBQQ==", "mask_key": "QUFBQQ==",
-                "certificate": "not a certificate", "signature": "QUFBQQ=="}},
-    {"advert": {"site": "site-b", "c_pk": "A" * 100_000, "signature": 7}},
-    {"shares": "all"}, {"shares": [{"sender": "site-b", "receiver": "site-a", "ct": "!!"}] * 500},
-    {"shares": [None] * 10_000}, {"signature": {"site": "site-a"}}, {"signature": "x" * 5000},
-    {"response": {"b_shares": {"site-a": [1, 2]}, "s_shares": "no"}}, {"response": []})]
-
-
-def federation_file(folder: Path, port: int, secure: bool = False) -> Path:
+def federation_file(folder: Path, port: int, mode: str = "plain") -> Path:
+    """The federation: two sites (three with --secure), many short rounds on tiny data; --split
+    cuts the cnn (10 blocks) after its first 2 and before its last."""
     path = folder / "federation.toml"
+    secure = mode == "secure"
     sites = '["site-a", "site-b", "site-c"]' if secure else '["site-a", "site-b"]'
     privacy = "[privacy]\nsecure_aggregation = true\n" if secure else ""
+    algorithm = 'algorithm = "split"\ncut = "2,1"' if mode == "split" else 'algorithm = "fedavg"'
+    model = '[model]\nmodel = "cnn"\n' if mode == "split" else ""
     path.write_text(f"""seed = 0
 device = "cpu"
 baselines = false
@@ -99,8 +91,8 @@ classes = ["normal", "finding"]
 spatial_dims = 2
 channels = 1
 image_size = 16
-[federation]
-algorithm = "fedavg"
+{model}[federation]
+{algorithm}
 rounds = 100000
 min_sites = 1
 [training]
@@ -118,8 +110,10 @@ round_retries = 100000
     return path
 
 
-def site_file(folder: Path, site: str = "site-a", sites: int = 2) -> Path:
+def site_file(folder: Path, site: str = "site-a", sites: int = 2, split: bool = False) -> Path:
+    """An honest site's SITE.toml; in split learning it opts in (its [policy])."""
     path = folder / f"{site}.toml"
+    policy = "[policy]\nallow_split_learning = true\n" if split else ""
     path.write_text(f"""site = "{site}"
 state = "{folder / ('state-' + site)}"
 seed = 0
@@ -129,7 +123,7 @@ sites = {sites}
 synthetic_samples = 60
 synthetic_test = 20
 image_size = 16
-""")
+{policy}""")
     return path
 
 
@@ -140,141 +134,77 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-class Attacker:
-    """Site-b's stream: raw bytes out (anything), tasks in."""
-
-    def __init__(self, address: str, credentials: grpc.ChannelCredentials, rng: random.Random
-                 ) -> None:
-        self.address, self.credentials, self.rng = address, credentials, rng
-        self.tasks: queue.Queue = queue.Queue()
-        self.issued: list[int] = []
-
-    def open(self, hostile_hello: bool) -> tuple[grpc.Channel, queue.Queue, threading.Thread]:
-        channel = grpc.secure_channel(self.address, self.credentials, options=CLIENT_OPTIONS)
-        call = channel.stream_stream(METHOD, request_serializer=lambda b: b,
-                                     response_deserializer=pb.ServerMessage.FromString)
-        out: queue.Queue = queue.Queue(maxsize=64)
-        out.put(self._hello(hostile_hello))
-        out.put(_hello({"site": "site-b", "schema": TASK, "n_train": 100}))
-        responses = call(iter(out.get, None), timeout=3600)
-        reader = threading.Thread(target=self._read, args=(responses,), daemon=True)
-        reader.start()
-        return channel, out, reader
-
-    def _hello(self, hostile: bool) -> bytes:
-        if not hostile:
-            return _hello({"site": "site-b", "schema": TASK})
-        return self.rng.choice([_hello({"site": "x" * 3_000_000}), b"\xff" * 100,
-                                _hello({"site": "site-a", "schema": TASK}),
-                                pb.SiteMessage(hello=pb.Hello(info_json="[" * 10_000)).SerializeToString(),
-                                _hello({"site": "site-b", "schema": {"kind": "nonsense"}})])
-
-    def _read(self, responses) -> None:
-        try:
-            for message in responses:
-                if message.WhichOneof("body") == "task":
-                    self.issued.append(message.task.task_id)
-                    self.tasks.put(message.task)
-        except grpc.RpcError:
-            pass
-
-    def message(self, report: Report) -> bytes:
-        """One hostile message: an answer to a pending task when there is one, else anything."""
-        try:
-            task = self.tasks.get_nowait()
-        except queue.Empty:
-            task = None
-        if task is not None:
-            report.tasks_answered[task.kind] = report.tasks_answered.get(task.kind, 0) + 1
-            if task.kind.startswith("secagg.") and self.rng.random() < 0.7:
-                meta = SECAGG_ANSWERS[2] if self.rng.random() < 0.5 else self.rng.choice(SECAGG_ANSWERS)
-                return pb.SiteMessage(result=pb.Result(task_id=task.task_id,
-                                                       meta_json=meta)).SerializeToString()
-            return self._answer(task.task_id)
-        task_id = self.rng.choice(self.issued) if self.issued and self.rng.random() < 0.5 \
-            else self.rng.randrange(1 << 64)
-        return self.rng.choice([self._random, self._mutated, self._answer])(task_id)
-
-    def _random(self, task_id: int) -> bytes:
-        return self.rng.randbytes(self.rng.choice([0, 1, 7, 100, 5000]))
-
-    def _mutated(self, task_id: int) -> bytes:
-        blob = bytearray(self._answer(task_id))
-        if blob and self.rng.random() < 0.5:
-            del blob[self.rng.randrange(len(blob)):]
-        for _ in range(self.rng.randint(1, 4)):
-            if blob:
-                blob[self.rng.randrange(len(blob))] ^= 1 << self.rng.randrange(8)
-        return bytes(blob)
-
-    def _answer(self, task_id: int) -> bytes:
-        r = self.rng
-        kind = r.randrange(4)
-        if kind == 0:  # a header with hostile JSON and a hostile announced size
-            size = r.choice([0, 4, 1 << 20, 50 << 20, (1 << 64) - 1])
-            return pb.SiteMessage(result=pb.Result(task_id=task_id, meta_json=r.choice(HOSTILE_JSON),
-                                                   size=size)).SerializeToString()
-        if kind == 1:  # a chunk: out of order, too long, for a task never issued
-            data = r.randbytes(r.choice([1, 64, 4096, 1 << 20]))
-            return pb.SiteMessage(chunk=pb.Chunk(task_id=task_id, data=data)).SerializeToString()
-        if kind == 2:  # a well-formed header with a small body that is no safetensors
-            return pb.SiteMessage(result=pb.Result(
-                task_id=task_id, meta_json=json.dumps({"n_samples": r.randrange(1, 100)}),
-                size=16)).SerializeToString()
-        return pb.SiteMessage(result=pb.Result(task_id=task_id, error="e" * r.choice([1, 100_000]))
-                              ).SerializeToString()
-
-
-def _hello(info: dict) -> bytes:
-    return pb.SiteMessage(hello=pb.Hello(info_json=json.dumps(info))).SerializeToString()
-
-
-def fuzz(messages: int, folder: Path, seed: int = 0, settle: float = 120.0, secure: bool = False
+def fuzz(messages: int, folder: Path, seed: int = 0, settle: float = 120.0, mode: str = "plain"
          ) -> Report:
+    """mode: one of MODES (the federation site-b attacks)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     report, rng = Report(), random.Random(seed)
     started = time.monotonic()
-    port = _free_port()
-    pki = folder / "certs"
-    certs.init_ca(pki)
-    honest_sites = ("site-a", "site-c") if secure else ("site-a",)
-    for name in ("server", "site-b", *honest_sites):
-        certs.issue(pki, name)
-    state = folder / "state"
-    logs = [open(folder / f"{n}.log", "wb") for n in ("server", *honest_sites)]
-    server = subprocess.Popen([sys.executable, "-m", "medfed", "server", "--config",
-                               str(federation_file(folder, port, secure)), "--certs", str(pki),
-                               "--state", str(state)], stdout=logs[0], stderr=subprocess.STDOUT,
-                              env=ENV)
-    honest = [subprocess.Popen([sys.executable, "-m", "medfed", "client", "--server",
-                                f"127.0.0.1:{port}", "--certs", str(pki), "--site-config",
-                                str(site_file(folder, site, 3 if secure else 2)), "--max-backoff", "1"],
-                               stdout=log, stderr=subprocess.STDOUT, env=ENV)
-              for site, log in zip(honest_sites, logs[1:], strict=True)]
+    port, pki, state = _free_port(), folder / "certs", folder / "state"
+    audit = state / "audit.jsonl"
+    config = federation_file(folder, port, mode)
+    procs = _start(folder, port, config, mode, pki, state)
+    server, split = procs[0], None
     try:
-        _wait_rounds(state / "audit.jsonl", 1, 180, server)  # the honest site's first round
+        _wait_rounds(audit, 1, 180, server)  # the honest site's first round
         report.rss_before_mb = rss_mb(server.pid)
         credentials = channel_credentials(load_identity(pki, "site-b"))
-        _attack(Attacker(f"127.0.0.1:{port}", credentials, rng), messages, report, server)
-        closed = _rounds_with_site_a(state / "audit.jsonl")
-        report.server_exits = int(server.poll() is not None)
-        try:
-            report.honest_rounds_after = _wait_rounds(state / "audit.jsonl", closed + 1, settle,
-                                                      server) - closed
-        except TimeoutError:
-            report.hang = True
-        report.server_exits = int(server.poll() is not None)
-        if not report.server_exits:
-            report.rss_after_mb = rss_mb(server.pid)
-            report.rss_growth_mb = round(report.rss_after_mb - report.rss_before_mb, 1)
+        address = f"127.0.0.1:{port}"
+        if mode == "split":
+            split = SplitCaller(address, credentials, rng, Cut.of_federation(config))
+        _attack(Attacker(address, credentials, rng, split), messages, report, server)
+        _settle(report, audit, settle, server)
     finally:
-        for proc in (*honest, server):
+        if split is not None:
+            split.close()
+            report.split = split.tally
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)
-        for log in logs:
-            log.close()
+    if mode == "split":
+        report.honest_split_failures = sum(
+            e.get("event") == "update_rejected" and e.get("site") == "site-a"
+            and "split learning" in str(e.get("reason")) for e in _audit(audit))
     report.seconds = round(time.monotonic() - started, 1)
     return report
+
+
+def _start(folder: Path, port: int, config: Path, mode: str, pki: Path, state: Path
+           ) -> list[subprocess.Popen]:
+    """The server (first) and the honest sites' clients, each logging to folder/NAME.log."""
+    honest_sites = ("site-a", "site-c") if mode == "secure" else ("site-a",)
+    certs.init_ca(pki)
+    for name in ("server", "site-b", *honest_sites):
+        certs.issue(pki, name)
+    commands = {"server": ["server", "--config", str(config), "--certs", str(pki), "--state",
+                           str(state)]}
+    for site in honest_sites:
+        site_config = site_file(folder, site, len(honest_sites) + 1, split=mode == "split")
+        commands[site] = ["client", "--server", f"127.0.0.1:{port}", "--certs", str(pki),
+                          "--site-config", str(site_config), "--max-backoff", "1"]
+    procs = []
+    for name, args in commands.items():
+        with open(folder / f"{name}.log", "wb") as log:  # the child keeps its own descriptor
+            procs.append(subprocess.Popen([sys.executable, "-m", "medfed", *args], stdout=log,
+                                          stderr=subprocess.STDOUT, env=ENV))
+    return procs
+
+
+def _settle(report: Report, audit: Path, settle: float, server: subprocess.Popen) -> None:
+    """After the attack: did the server stay up, does the honest site still close rounds, and
+    how much memory did the server gain."""
+    closed = _rounds_with_site_a(audit)
+    report.server_exits = int(server.poll() is not None)
+    try:
+        report.honest_rounds_after = _wait_rounds(audit, closed + 1, settle, server) - closed
+    except TimeoutError:
+        report.hang = True
+    report.server_exits = int(server.poll() is not None)
+    if not report.server_exits:
+        report.rss_after_mb = rss_mb(server.pid)
+        report.rss_growth_mb = round(report.rss_after_mb - report.rss_before_mb, 1)
 
 
 def _attack(attacker: Attacker, messages: int, report: Report, server: subprocess.Popen) -> None:
@@ -283,8 +213,10 @@ def _attack(attacker: Attacker, messages: int, report: Report, server: subproces
         report.sessions += 1
         budget = report.messages + attacker.rng.randint(200, 3000)  # then it reconnects
         while report.messages < min(messages, budget) and reader.is_alive():
+            blob = attacker.message(report.tasks_answered)
             try:
-                out.put(attacker.message(report), timeout=1)
+                if blob is not None:  # None: a Split call was made instead
+                    out.put(blob, timeout=1)
                 report.messages += 1
             except queue.Full:
                 continue
@@ -298,17 +230,21 @@ def _attack(attacker: Attacker, messages: int, report: Report, server: subproces
             time.sleep(3)
 
 
-def _rounds_with_site_a(audit: Path) -> int:
+def _audit(audit: Path) -> list[dict]:
     if not audit.exists():
-        return 0
-    count = 0
+        return []
+    records = []
     for line in audit.read_text(errors="replace").splitlines():
         try:
-            record = json.loads(line)
+            records.append(json.loads(line))
         except ValueError:
             continue
-        count += record.get("event") == "round_closed" and "site-a" in record.get("aggregated", [])
-    return count
+    return records
+
+
+def _rounds_with_site_a(audit: Path) -> int:
+    return sum(r.get("event") == "round_closed" and "site-a" in r.get("aggregated", [])
+               for r in _audit(audit))
 
 
 def _wait_rounds(audit: Path, count: int, timeout: float, server: subprocess.Popen) -> int:
@@ -334,17 +270,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--settle", type=float, default=120.0)
     parser.add_argument("--out", type=Path, default=None, help="keep logs and state here")
-    parser.add_argument("--secure", action="store_true", help="a secure-aggregation federation "
-                        "with a second honest site: the attacker also answers every secagg step")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--secure", action="store_true", help="a secure-aggregation federation "
+                       "with a second honest site: the attacker also answers every secagg step")
+    modes.add_argument("--split", action="store_true", help="a split-learning federation: the "
+                       "attacker also makes hostile Split.Forward / Split.Backward calls")
     args = parser.parse_args()
+    mode = "secure" if args.secure else "split" if args.split else "plain"
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        report = fuzz(args.messages, args.out, args.seed, args.settle, args.secure)
+        report = fuzz(args.messages, args.out, args.seed, args.settle, mode)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            report = fuzz(args.messages, Path(tmp), args.seed, args.settle, args.secure)
+            report = fuzz(args.messages, Path(tmp), args.seed, args.settle, mode)
     print(json.dumps(asdict(report), indent=1))
-    sys.exit(1 if report.server_exits or report.hang else 0)
+    accepted = report.split is not None and report.split.accepted
+    sys.exit(1 if report.server_exits or report.hang or accepted else 0)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,18 @@ sends is decided here.
     share_validation_metrics = true    # each round's metrics on its validation split
     share_evaluation = true            # the final model's score summaries and metrics (and baseline)
     allow_phi = false                  # use DICOM files that still carry identifying tags
+    allow_split_learning = false       # take part in split learning (algorithm "split"): every
+                                       # training image's activations at the cut leave the site
 
 A `share_*` key left out means: share, unless the plan protects the site (DP-SGD, client-level DP or
 secure aggregation), whose guarantee covers the model updates only: then those releases are off
 unless the site turns them on, so under DP everything released is covered by epsilon or off by
 default. The logit-adjustment prior (label counts entering every gradient unclipped) is refused
 with DP by the configuration itself.
+
+Split learning is opt-in: its first cut is a layer or two into the network, so the activations a
+site sends for every training image are close to invertible to the image (and the gradients it
+receives depend on its labels): far more patient data than a model update.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from medfed.config import RunConfig
+from medfed.config_split import SPLIT
 from medfed.errors import ConfigError
 from medfed.registry import unknown_choice
 
@@ -45,6 +52,7 @@ class SitePolicy:
     share_validation_metrics: bool | None = None
     share_evaluation: bool | None = None
     allow_phi: bool = False
+    allow_split_learning: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SitePolicy:
@@ -68,6 +76,10 @@ class SitePolicy:
     def refusal(self, config: RunConfig, sites: int) -> str | None:
         """Why this site refuses the federation's plan (one line), or None."""
         p = config.privacy
+        if config.federation.algorithm == SPLIT and not self.allow_split_learning:
+            return ("this site does not take part in split learning (its policy: "
+                    "allow_split_learning = false): the cut activations of every training image "
+                    "would leave the site; set allow_split_learning = true in [policy] to accept")
         if self.max_epsilon is not None and not p.dp_sgd:
             return (f"this site trains only with DP-SGD (its policy: max_epsilon = {self.max_epsilon:g}); "
                     "the plan has no dp_sgd")

@@ -113,10 +113,13 @@ class Processes:
         self.running[name] = proc
         return proc
 
-    def client(self, name: str, port: int, certs_dir: Path, *extra: str) -> subprocess.Popen:
-        """A site's client; without --site-config in extra, on its share of the synthetic data."""
+    def client(self, name: str, port: int, certs_dir: Path, *extra: str,
+               policy: dict | None = None) -> subprocess.Popen:
+        """A site's client; without --site-config in extra, on its share of the synthetic data
+        with this [policy]."""
         if "--site-config" not in extra:
-            config = write_site_config(self.logs.parent / "sites" / f"{name}.toml", name)
+            config = write_site_config(self.logs.parent / "sites" / f"{name}.toml", name,
+                                       policy=policy)
             extra = ("--site-config", str(config), *extra)
         return self.start(name, "client", "--server", f"127.0.0.1:{port}", "--site", name,
                           "--certs", str(certs_dir), "--max-backoff", "1", "--once", *extra)
@@ -155,15 +158,16 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, procs: Proc
 
 
 def run_killed_and_resumed(procs: Processes, tmp_path: Path, config: Path, certs: Path, port: int,
-                           sites: Sequence[str] = SITES) -> Path:
+                           sites: Sequence[str] = SITES, policy: dict | None = None) -> Path:
     """A federation whose server is SIGKILLed after round 1 and restarted with --resume; the sites'
-    clients keep running. Returns the state folder once the resumed server has exited 0."""
+    clients (with this [policy]) keep running. Returns the state folder once the resumed server
+    has exited 0."""
     state = tmp_path / "state"
     audit = state / "audit.jsonl"
     procs.start("server", "server", "--config", str(config), "--certs", str(certs), "--state",
                 str(state))
     for site in sites:
-        procs.client(site, port, certs)
+        procs.client(site, port, certs, policy=policy)
     wait_until(lambda: len(events(audit, "round_closed")) >= 1, 90, "round 1", procs)
     procs.running["server"].send_signal(signal.SIGKILL)
     procs.wait("server", 10)

@@ -5,7 +5,8 @@ site to reset its privacy budget.
 Deliberate breaks that make a test here fail (tried by hand): the ledger not read at start-up
 (epsilon restarts at 0: `continues` fails); the ledger written after the update is returned
 (`written_before` fails); the policy's max_epsilon not applied to the budget (`refuses past`
-fails); share_* defaults that ignore DP (`under_dp_nothing_unaccounted` fails).
+fails); share_* defaults that ignore DP (`under_dp_nothing_unaccounted` fails); refusal() ignoring
+allow_split_learning (`split_learning_only_by_opt_in` fails).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ SYNTHETIC = {"dataset": "synthetic", "sites": 3, "synthetic_samples": 60, "synth
 SITES = ["site-a", "site-b", "site-c"]
 PLAIN = {"seed": 0, "device": "cpu", "data": SYNTHETIC, "federation": {"rounds": 1}}
 DP = {**PLAIN, "privacy": {"dp_sgd": True, "noise_multiplier": 1.0}}
+SPLIT = {**PLAIN, "model": {"model": "cnn"}, "federation": {"rounds": 1, "algorithm": "split"}}
 
 
 def worker(raw: dict, policy: dict | None = None, state: Path | None = None, site: str = "site-a"
@@ -52,6 +54,7 @@ def blob(raw: dict = PLAIN) -> bytes:
     ({"max_epsilon": 0}, "max_epsilon must be > 0"),
     ({"share_training_loss": 1}, "must be true or false"),
     ({"min_threshold": 1}, "min_threshold must be a whole number >= 2"),
+    ({"allow_split_learning": "yes"}, "allow_split_learning must be true or false"),
 ])
 def test_a_bad_policy_is_one_clear_error(raw, message):
     with pytest.raises(ConfigError, match=message):
@@ -67,6 +70,19 @@ def test_a_bad_policy_is_one_clear_error(raw, message):
 def test_a_plan_the_site_did_not_agree_to_is_refused_at_the_site(policy, raw, message):
     with pytest.raises(PlanRefused, match=message):
         worker(raw, policy)
+
+
+def test_a_site_takes_part_in_split_learning_only_by_opt_in(tmp_path):
+    """Split learning sends every training image's activations at the cut: refused (one line,
+    naming the key to set) before the site builds anything, unless its policy opts in."""
+    with pytest.raises(PlanRefused) as refused:
+        worker(SPLIT, state=tmp_path)
+    line = str(refused.value)
+    assert "\n" not in line and "set allow_split_learning = true in [policy]" in line
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing recorded
+    opted_in = worker(SPLIT, {"allow_split_learning": True})
+    assert opted_in.config.federation.algorithm == "split"
+    assert worker(PLAIN).config.federation.algorithm == "fedavg"  # other plans: the key is moot
 
 
 def test_without_dp_a_site_shares_its_summaries_and_under_dp_nothing_unaccounted():

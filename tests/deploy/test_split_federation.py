@@ -6,6 +6,8 @@ mutual TLS, the sites' clients calling the server's middle once per batch (deplo
   the order in which their batches reach the shared middle, and with it the model, depends on
   timing; the several-site test checks what does not: the run completes, every message is what
   the protocol allows, and a hostile site fails alone.
+- A site whose policy does not opt in (`allow_split_learning`) refuses the plan in one line before
+  it trains or calls the middle; the server logs and audits the refusal (by the site).
 - Three sites, two honest and one hostile, all in this process with their channels wrapped by an
   interceptor that keeps every split-learning call they send: the server receives only one tensor
   per call, named activations or gradient, never a batch's images, and no per-sample feature that
@@ -20,6 +22,7 @@ Deliberate breaks that make these tests fail (each tried by hand):
   can compute): site-c's round 1 is no longer refused for its shape.
 - MiddleEnd.backward no longer refusing a gradient without a forward in flight (nor SplitFed's own
   check): round 2's reason is not "no forward pass in flight".
+- SitePolicy.refusal ignoring allow_split_learning: the site without it takes part.
 - GrpcTransport not counting the calls' bytes: the one-site test's bytes fall short of the
   simulation's.
 """
@@ -52,11 +55,13 @@ from tests.deploy.processes import (
     make_certs,
     run_killed_and_resumed,
     simulation_config,
+    wait_until,
     write_federation,
     write_site_config,
 )
 
 CNN = '\n[model]\nmodel = "cnn"\n'
+OPT_IN = {"allow_split_learning": True}  # a site takes part in split learning only by its policy
 
 
 def split_federation(path: Path, port: int, sites: tuple[str, ...], rounds: int, min_sites: int
@@ -75,7 +80,7 @@ def test_one_site_split_over_grpc_gives_the_simulations_model_and_bytes(tmp_path
     state = tmp_path / "state"
     procs.start("server", "server", "--config", str(config), "--certs", str(certs), "--state",
                 str(state))
-    procs.client("site-a", port, certs)
+    procs.client("site-a", port, certs, policy=OPT_IN)
     assert procs.wait("server", 120) == 0, procs.log_text()
     assert procs.wait("site-a", 30) == 0, procs.log_text()
     assert [e["aggregated"] for e in events(state / "audit.jsonl", "round_closed")] == [["site-a"]] * 2
@@ -97,6 +102,28 @@ def test_one_site_split_over_grpc_gives_the_simulations_model_and_bytes(tmp_path
         assert deployed_round["bytes_down"] == simulated_round.bytes_down
 
 
+def test_a_site_that_has_not_opted_in_refuses_split_learning_and_the_server_audits_it(
+        tmp_path: Path, procs: Processes):
+    port, sites = free_port(), ("site-a",)
+    certs = make_certs(tmp_path / "certs", sites)
+    config = split_federation(tmp_path / "federation.toml", port, sites, rounds=1, min_sites=1)
+    state = tmp_path / "state"
+    procs.start("server", "server", "--config", str(config), "--certs", str(certs), "--state",
+                str(state))
+    procs.client("site-a", port, certs)  # the default policy
+    assert procs.wait("site-a", 60) == 2, procs.log_text()
+    said = (procs.logs / "site-a.log").read_text()
+    assert "set allow_split_learning = true in [policy]" in said and "Traceback" not in said
+    assert "bytes of activations" not in said  # it trained nothing, sent nothing
+    audit = state / "audit.jsonl"
+    wait_until(lambda: events(audit, "site_refused"), 10, "the refusal audited", procs)
+    refusal = events(audit, "site_refused")[0]
+    assert refusal["site"] == "site-a" and refusal["by"] == "the site"
+    assert "allow_split_learning = false" in refusal["reason"]
+    assert "allow_split_learning" in (procs.logs / "server.log").read_text()
+    assert not events(audit, "round_closed") and not events(audit, "update_rejected")
+
+
 def test_a_split_server_killed_after_round_1_and_resumed_ends_with_the_simulations_model(
         tmp_path: Path, procs: Processes):
     """The checkpoint holds the middle and the site parts; the site, cut off mid-round, reconnects
@@ -104,7 +131,8 @@ def test_a_split_server_killed_after_round_1_and_resumed_ends_with_the_simulatio
     port, sites = free_port(), ("site-a",)
     certs = make_certs(tmp_path / "certs", sites)
     config = split_federation(tmp_path / "federation.toml", port, sites, rounds=3, min_sites=1)
-    state = run_killed_and_resumed(procs, tmp_path, config, certs, port, sites=["site-a"])
+    state = run_killed_and_resumed(procs, tmp_path, config, certs, port, sites=["site-a"],
+                                   policy=OPT_IN)
     audit = state / "audit.jsonl"
     assert procs.wait("site-a", 30) == 0, procs.log_text()
     assert [e["round"] for e in events(audit, "round_closed")] == [1, 2, 3]
@@ -219,7 +247,8 @@ def holds_labels(tensor: torch.Tensor, labels: torch.Tensor) -> bool:
 
 def run_sites(tmp_path: Path, port: int, certs: Path, sites: tuple[str, ...]) -> dict[str, int]:
     """The sites' clients in this process, one thread each (named for its site); their exit codes."""
-    configs = {s: load_site_config(write_site_config(tmp_path / "sites" / f"{s}.toml", s), None, {})
+    configs = {s: load_site_config(write_site_config(tmp_path / "sites" / f"{s}.toml", s,
+                                                     policy=OPT_IN), None, {})
                for s in sites}
     results: dict[str, int] = {}
     threads = [threading.Thread(target=lambda s=s: results.__setitem__(s, run_client(ClientArgs(
