@@ -64,9 +64,9 @@ TOPOLOGIES: dict[str, dict[str, Any]] = {
 }
 
 
-def base_config(data_file: Path, rounds: int, seed: int, lr_schedule: str | None = "constant"
-                ) -> RunConfig:
-    """lr_schedule: None leaves it to the defaults (cosine here: no round is kept)."""
+def base_config(data_file: Path, rounds: int, seed: int, lr_schedule: str | None = "constant",
+                norm: str | None = None) -> RunConfig:
+    """lr_schedule, norm: None leaves them to the defaults (cosine here: no round is kept)."""
     training = {} if lr_schedule is None else {"lr_schedule": lr_schedule}
     return config_from_dict({
         "seed": seed, "device": "cpu", "baselines": False,
@@ -74,6 +74,7 @@ def base_config(data_file: Path, rounds: int, seed: int, lr_schedule: str | None
                  "partition": "dirichlet", "alpha": 0.5},
         "federation": {"rounds": rounds, "eval_every": 0},
         "training": training,
+        "model": {} if norm is None else {"norm": norm},
     })
 
 
@@ -170,6 +171,8 @@ def main() -> None:
     parser.add_argument("--lr-schedule", choices=["constant", "default"], default="constant",
                         help="constant: as the first tables; default: what the defaults choose")
     parser.add_argument("--only", help="comma-separated names of TOPOLOGIES to run (default: all)")
+    parser.add_argument("--norm", choices=["batch", "group", "instance"],
+                        help="the model's norm (default: what the defaults choose)")
     parser.add_argument("--table-only", action="store_true", help="print the table of --out")
     args = parser.parse_args()
     names = args.only.split(",") if args.only else list(TOPOLOGIES)
@@ -181,16 +184,18 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            setup = prepare(base_config(args.data_file, args.rounds, seed, schedule))
+            setup = prepare(base_config(args.data_file, args.rounds, seed, schedule, args.norm))
             for name in names:
                 row = run_one(setup, name, TOPOLOGIES[name])
                 with args.out.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
-                print(f"seed {seed} {name}: test AUC {row['test_auc']:.3f}", flush=True)
+                print(f"seed {seed} {name} ({row['norm']} norm): test AUC {row['test_auc']:.3f}; "
+                      f"per round {' '.join(f'{a:.3f}' for a in row['curve'])}", flush=True)
     rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
     chosen = "cosine" if schedule is None else schedule
     print(table([r for r in rows if r["rounds"] == args.rounds
-                 and r.get("lr_schedule", "constant") == chosen]))
+                 and r.get("lr_schedule", "constant") == chosen
+                 and (args.norm is None or r.get("norm") == args.norm)]))
 
 
 if __name__ == "__main__":
