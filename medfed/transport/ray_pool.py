@@ -117,11 +117,12 @@ class RayPool:
         self.limit = worker_limit(ray.cluster_resources(), execution)
         threads = max(1, int(execution.cpus_per_site))  # workers share cores, never oversubscribe
         self.threads = threads
+        # No runtime_env: Ray already sets a worker's OMP_NUM_THREADS from its num_cpus, and the
+        # worker sets torch's threads itself (ray_worker.py); a runtime_env of env_vars alone made
+        # Ray start a dedicated worker process per actor, +1.1 s before the first round here.
         self.actor = ray.remote(SiteWorker).options(
             num_cpus=execution.cpus_per_site, num_gpus=execution.gpus_per_site,
-            scheduling_strategy="SPREAD", max_restarts=0,
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads),
-                                      "MKL_NUM_THREADS": str(threads)}})
+            scheduling_strategy="SPREAD", max_restarts=0)
         self.workers: list[Any] = []
         self.places: list[dict[str, str]] = []  # where each worker runs
         self.runs = 0
