@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
-from topologies import DATA, REPO, _mean_sd, base_config, rounds_to_reach, run_one
+from topologies import DATA, REPO, _mean_sd, accuracy_cells, base_config, run_one
 
 from medfed.experiment import prepare
 from medfed.privacy import peer_seal
@@ -66,16 +65,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         runs = [r for r in rows if r["topology"] == name]
         if not runs:
             continue
-        reach = [rounds_to_reach(r["curve"], target[r["seed"]]) if r["seed"] in target else None
-                 for r in runs]
-        own = [statistics.fmean(r["site_models_auc"]) for r in runs if r["site_models_auc"]]
-        gaps = [r["consensus_gap"] for r in runs if r["consensus_gap"] is not None]
-        lines.append("| " + " | ".join([
-            name, _mean_sd([r["test_auc"] for r in runs]),
-            "; ".join(f"{lo:.3f}–{hi:.3f}" for lo, hi in (r["ci95"] for r in runs)),
-            _mean_sd(own) if own else "-",
-            ", ".join("never" if k is None else str(k) for k in reach),
-            _mean_sd(gaps) if gaps else "-",
+        lines.append("| " + " | ".join(accuracy_cells(name, runs, target) + [
             _mean_sd([r["bytes_per_site"] / 1e6 for r in runs], 2),
             _mean_sd([r["bytes_relayed_per_site"] / 1e6 for r in runs], 2)]) + " |")
     return "\n".join(lines)

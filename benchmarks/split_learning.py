@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
+
+from topologies import _mean_sd
 
 from medfed.config_file import config_from_dict
 from medfed.evaluation.statistics import delong_ci
@@ -68,12 +69,6 @@ def table(rows: list[dict[str, Any]]) -> str:
             _mean_sd([r["bytes_down_per_site_epoch"] / 1e6 for r in runs], 2),
             _mean_sd([r["seconds"] for r in runs], 0)]) + " |")
     return "\n".join(lines)
-
-
-def _mean_sd(values: list[float], digits: int = 3) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def main() -> None:

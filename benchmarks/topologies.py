@@ -140,19 +140,24 @@ def table(rows: list[dict[str, Any]]) -> str:
         runs = [r for r in rows if r["topology"] == name]
         if not runs:
             continue
-        reach = [rounds_to_reach(r["curve"], target[r["seed"]]) if r["seed"] in target else None
-                 for r in runs]
-        own = [statistics.fmean(r["site_models_auc"]) for r in runs if r["site_models_auc"]]
-        gaps = [r["consensus_gap"] for r in runs if r["consensus_gap"] is not None]
-        lines.append("| " + " | ".join([
-            name, _mean_sd([r["test_auc"] for r in runs]),
-            "; ".join(f"{lo:.3f}–{hi:.3f}" for lo, hi in (r["ci95"] for r in runs)),
-            _mean_sd(own) if own else "-",
-            ", ".join("never" if k is None else str(k) for k in reach),
-            _mean_sd(gaps) if gaps else "-",
+        lines.append("| " + " | ".join(accuracy_cells(name, runs, target) + [
             "-" if name == POOLED else _mean_sd([r["bytes_per_site"] / 1e6 for r in runs], 2),
             _mean_sd([r["bytes_regions"] / 1e6 for r in runs], 2)]) + " |")
     return "\n".join(lines)
+
+
+def accuracy_cells(name: str, runs: list[dict[str, Any]], target: dict[int, float]) -> list[str]:
+    """An architecture's first six cells (name to consensus gap) over its seeds' runs; target:
+    FedAvg's final test AUC per seed."""
+    reach = [rounds_to_reach(r["curve"], target[r["seed"]]) if r["seed"] in target else None
+             for r in runs]
+    own = [statistics.fmean(r["site_models_auc"]) for r in runs if r["site_models_auc"]]
+    gaps = [r["consensus_gap"] for r in runs if r["consensus_gap"] is not None]
+    return [name, _mean_sd([r["test_auc"] for r in runs]),
+            "; ".join(f"{lo:.3f}–{hi:.3f}" for lo, hi in (r["ci95"] for r in runs)),
+            _mean_sd(own) if own else "-",
+            ", ".join("never" if k is None else str(k) for k in reach),
+            _mean_sd(gaps) if gaps else "-"]
 
 
 def _mean_sd(values: list[float], digits: int = 3) -> str:
