@@ -72,14 +72,24 @@ def split_federation(path: Path, port: int, sites: tuple[str, ...], rounds: int,
     return path
 
 
-def test_one_site_split_over_grpc_gives_the_simulations_model_and_bytes(tmp_path: Path,
-                                                                        procs: Processes):
-    port, sites = free_port(), ("site-a",)
+def start_split_server(tmp_path: Path, procs: Processes, sites: tuple[str, ...], rounds: int,
+                       min_sites: int) -> tuple[int, Path, Path, Path]:
+    """Certificates for the sites and a split-learning `medfed server` on a free loopback port:
+    (port, certs, federation file, state folder)."""
+    port = free_port()
     certs = make_certs(tmp_path / "certs", sites)
-    config = split_federation(tmp_path / "federation.toml", port, sites, rounds=2, min_sites=1)
+    config = split_federation(tmp_path / "federation.toml", port, sites, rounds=rounds,
+                              min_sites=min_sites)
     state = tmp_path / "state"
     procs.start("server", "server", "--config", str(config), "--certs", str(certs), "--state",
                 str(state))
+    return port, certs, config, state
+
+
+def test_one_site_split_over_grpc_gives_the_simulations_model_and_bytes(tmp_path: Path,
+                                                                        procs: Processes):
+    sites = ("site-a",)
+    port, certs, config, state = start_split_server(tmp_path, procs, sites, 2, 1)
     procs.client("site-a", port, certs, policy=OPT_IN)
     assert procs.wait("server", 120) == 0, procs.log_text()
     assert procs.wait("site-a", 30) == 0, procs.log_text()
@@ -104,12 +114,8 @@ def test_one_site_split_over_grpc_gives_the_simulations_model_and_bytes(tmp_path
 
 def test_a_site_that_has_not_opted_in_refuses_split_learning_and_the_server_audits_it(
         tmp_path: Path, procs: Processes):
-    port, sites = free_port(), ("site-a",)
-    certs = make_certs(tmp_path / "certs", sites)
-    config = split_federation(tmp_path / "federation.toml", port, sites, rounds=1, min_sites=1)
-    state = tmp_path / "state"
-    procs.start("server", "server", "--config", str(config), "--certs", str(certs), "--state",
-                str(state))
+    sites = ("site-a",)
+    port, certs, _, state = start_split_server(tmp_path, procs, sites, 1, 1)
     procs.client("site-a", port, certs)  # the default policy
     assert procs.wait("site-a", 60) == 2, procs.log_text()
     said = (procs.logs / "site-a.log").read_text()
@@ -178,12 +184,8 @@ class Hostile:
 
 def test_three_sites_labels_and_images_stay_home_and_a_hostile_site_fails_alone(
         tmp_path: Path, procs: Processes, monkeypatch: pytest.MonkeyPatch):
-    port, sites = free_port(), ("site-a", "site-b", "site-c")
-    certs = make_certs(tmp_path / "certs", sites)
-    config = split_federation(tmp_path / "federation.toml", port, sites, rounds=2, min_sites=2)
-    state = tmp_path / "state"
-    procs.start("server", "server", "--config", str(config), "--certs", str(certs), "--state",
-                str(state))
+    sites = ("site-a", "site-b", "site-c")
+    port, certs, _, state = start_split_server(tmp_path, procs, sites, 2, 2)
     captures = {site: SplitCapture() for site in sites}
     batches: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {site: [] for site in sites}
     real_channel, real_batch = client_module._channel, SiteTrainer.build_batch
