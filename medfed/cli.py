@@ -45,6 +45,8 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--attackers": ("attackers", int, "how many sites attack (default 1)"),
     "--rounds": ("rounds", int, "federated rounds"),
     "--fraction": ("fraction", float, "share of sites sampled per round"),
+    "--patience": ("patience", int, ("stop after N scored rounds without a better federated "
+                                     "validation AUC; --rounds is then a cap (default 0: never)")),
     "--compress": ("compress", str, "the sites' updates: none, q8 (8-bit) or topk:F (the largest F "
                                     "share, with error feedback), e.g. topk:0.1"),
     "--topology": ("topology", str, ("server (a central aggregator), p2p (gossip between peers) or "

@@ -176,6 +176,9 @@ class FederationConfig:
     # mean validation AUC) instead of the last round's (server/best_model.py). None: chosen from
     # the size of the sites' validation splits (defaults.py); simulation only.
     keep_best: bool | None = None
+    # Stop once the federated validation score has gone this many scored rounds without improving
+    # (server/early_stop.py); `rounds` is then a cap. 0: run every round. Simulation only.
+    patience: int = 0
     # Split learning: the first H and last T blocks of the model stay at each site ("H,T");
     # the server runs the blocks between (config_split.py, algorithms/split.py).
     cut: str = DEFAULT_CUT
@@ -198,6 +201,10 @@ class FederationConfig:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
         _at_least("min_sites", self.min_sites, 1)
         _at_least("eval_every", self.eval_every, 0)
+        _at_least("patience", self.patience, 0)
+        if self.patience and not self.eval_every:
+            raise ConfigError("patience stops on the validation score, which eval_every = 0 never "
+                              "computes (set eval_every >= 1 or patience = 0)")
         if self.mu < 0:
             raise ConfigError(f"mu must be >= 0, got {self.mu}")
         if self.server_lr is not None:

@@ -46,6 +46,7 @@ from medfed.models import ModelSpec, build_model, norm_keys, parameter_keys
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.run_state import Resume, RunCheckpointer
 from medfed.server.best_model import BestValidation
+from medfed.server.early_stop import EarlyStop
 from medfed.server.round_loop import RoundObserver, RoundPlan, RoundResult, run_rounds
 from medfed.server.sampling import sample_sites
 from medfed.simulated_site import SiteRecipe, make_site_trainer, site_seed  # noqa: F401 (re-exported)
@@ -91,6 +92,9 @@ class Outcome:
     privacy: dict = field(default_factory=dict)  # summary.json's `privacy` (privacy/mechanisms.py)
     # keep_best: the round whose model was kept (from 1) and its validation score; None: the last
     kept: dict | None = None
+    # patience: the rounds run when the validation score stopped improving before the last round
+    # (summary.json's `stopped_early`); None: every round given was run
+    stopped_early: dict | None = None
 
 
 def prepare(config: RunConfig) -> Setup:
@@ -182,13 +186,17 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
         observer = RunCheckpointer(checkpoints, observer, strategy, earlier, privacy)
     best = (BestValidation(strategy, observer, checkpoints, resume is not None)
             if fed.keep_best and not baseline and strategy.prediction is Prediction.GLOBAL else None)
+    stop = EarlyStop(fed.patience, [r.val for r in earlier]) if fed.patience and not baseline else None
     history = earlier + run_rounds(strategy, transport, list(sites), plan, train_options(config),
-                                   sampling, best or observer)
+                                   sampling, best or observer, stop)
     if best is not None:
         best.restore_best()  # the global model of the round with the best validation score
     outcome = Outcome(name, strategy, history, transport, time.perf_counter() - start)
     if best is not None and best.best_round is not None:
         outcome.kept = {"round": best.best_round + 1, "validation_auc": best.best_score}
+    if stop is not None and stop.reached and len(history) < fed.rounds:
+        outcome.stopped_early = {"rounds_run": len(history), "of": fed.rounds,
+                                 "patience": fed.patience, "best_validation_auc": stop.best}
     if privacy is not None and privacy.active:
         if isinstance(transport, RayTransport):  # the DP-SGD accountants live in the workers
             transport.collect_privacy(privacy)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +83,21 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     _announce_topology(console, config)
     with execution_session(setup):  # backend = "ray": the workers, until the sites have scored
         with RichRoundProgress(console) as progress:
-            rounds = config.federation.rounds
             federated = _train_federated(setup, out, progress, resumed, console)
-            baselines = _baselines(setup, progress, rounds, federated) if config.baselines else None
+            baselines = _baselines(_budget_of(setup, federated), progress, federated) \
+                if config.baselines else None
         summary = _summary(setup, federated, baselines, rule)
     summary["data_summary"] = data_summary(setup)  # aggregates computed at each site
+    run_rounds = len(federated.history)
+    if federated.stopped_early is not None:
+        summary["stopped_early"] = federated.stopped_early
+        console.print(f"stopped after round {run_rounds} of {config.federation.rounds}: no better "
+                      f"federated validation AUC for {config.federation.patience} rounds"
+                      + (" (the baselines trained as many)" if baselines is not None else ""))
     if federated.kept is not None:  # keep_best: which round's model the test figures are of
         summary["kept_round"] = federated.kept
         console.print(f"kept the model of round {federated.kept['round']} of "
-                      f"{config.federation.rounds} (best federated validation AUC "
+                      f"{run_rounds} (best federated validation AUC "
                       f"{federated.kept['validation_auc']:.3f})")
     if federated.privacy:
         summary["privacy"] = federated.privacy
@@ -193,10 +199,19 @@ class Baselines:
     local_test: dict[SiteId, np.ndarray]
 
 
-def _baselines(setup: Setup, progress: RichRoundProgress, rounds: int, federated: Outcome
-               ) -> Baselines:
+def _budget_of(setup: Setup, federated: Outcome) -> Setup:
+    """The setup the baselines train under: as many rounds as the federation ran (fewer than
+    configured when patience stopped it), so they get the same budget."""
+    if federated.stopped_early is None:
+        return setup
+    fed = setup.config.federation
+    rounds = federated.stopped_early["rounds_run"]
+    return replace(setup, config=replace(setup.config, federation=replace(fed, rounds=rounds)))
+
+
+def _baselines(setup: Setup, progress: RichRoundProgress, federated: Outcome) -> Baselines:
     """Local-only (each site alone) and pooled (all training data in one place), same budget."""
-    sites = setup.federation.sites
+    sites, rounds = setup.federation.sites, setup.config.federation.rounds
     reuse = federated.name == LOCAL and ensemble_models_are_local(setup.config)
     local = federated if reuse else train(
         setup, LOCAL, sites, "local", progress.start_run("local-only", rounds), baseline=True)

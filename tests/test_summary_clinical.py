@@ -17,7 +17,7 @@ import pytest
 from medfed.cli import main
 from medfed.evaluation import statistics as st
 from medfed.report.artifacts import read_predictions
-from medfed.server.best_model import validation_score
+from medfed.server.early_stop import validation_score
 
 
 def run(args: list[str], capsys) -> tuple[int, str, str]:

@@ -2,28 +2,22 @@
 federated validation score, so a model that starts to overfit its sites' small training splits is
 not the one kept.
 
-The score of a round is the mean of the AUCs the sites report on their own validation splits (a
-site whose split holds one class has none and is left out); the sites' test data plays no part.
+The score of a round is server/early_stop.py's validation_score: the mean of the sites' own
+validation AUCs; the sites' test data plays no part.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
 from medfed.algorithms.checkpoint import Checkpoint, from_bytes, to_bytes
 from medfed.algorithms.strategy import Strategy
+from medfed.server.early_stop import validation_score
 from medfed.server.round_loop import RoundObserver, RoundResult, SilentObserver
-from medfed.types import Metrics, SiteId
+from medfed.types import SiteId
 
 BEST = "best.safetensors"  # the best round's snapshot beside a run's checkpoint (--resume reads it)
-
-
-def validation_score(val: dict[SiteId, Metrics]) -> float | None:
-    """The mean validation AUC over the sites that have one; None when no site has one."""
-    aucs = [m["auc"] for m in val.values() if m.get("auc") is not None and math.isfinite(m["auc"])]
-    return sum(aucs) / len(aucs) if aucs else None
 
 
 class BestValidation:

@@ -32,6 +32,7 @@ from medfed.algorithms.strategy import Strategy, TopologyReporting
 from medfed.client.trainer import TrainOptions
 from medfed.errors import IncompatibleUpdate, NotEnoughSites, TransportError
 from medfed.lr_schedule import round_lr
+from medfed.server.early_stop import EarlyStop
 from medfed.server.sampling import sample_sites
 from medfed.server.validation import check_update
 from medfed.server.weights import cap_weights
@@ -93,11 +94,17 @@ class SilentObserver:
 
 def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId], plan: RoundPlan,
                options: TrainOptions, rng: np.random.Generator,
-               observer: RoundObserver | None = None) -> list[RoundResult]:
+               observer: RoundObserver | None = None,
+               stop: EarlyStop | None = None) -> list[RoundResult]:
+    """The rounds plan.start .. plan.rounds - 1, or fewer: stop, when given, ends the run once the
+    federated validation score stops improving (checked before each round, so a resumed run that
+    had already stopped runs none)."""
     observer = observer or SilentObserver()
     options = replace(options, **strategy.train_overrides)
     history = []
     for r in range(plan.start, plan.rounds):
+        if stop is not None and stop.reached:
+            break
         start, up, down = time.perf_counter(), transport.bytes_up, transport.bytes_down
         sampled = sample_sites(sites, plan.fraction, rng, minimum=plan.min_sites)
         observer.round_started(r, sampled)
@@ -122,6 +129,8 @@ def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId]
         result.seconds = time.perf_counter() - start
         history.append(result)
         observer.round_finished(result)
+        if stop is not None:
+            stop.record(result.val)
     return history
 
 

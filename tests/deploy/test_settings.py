@@ -38,6 +38,8 @@ TASK = '[task]\nkind = "binary"\nclasses = ["no", "yes"]\nspatial_dims = 2\nchan
      'sites = ["a", "b"]\n', "gossip braintorrent runs in simulation only"),
     (TASK + '[federation]\nkeep_best = true\n[deployment]\nsites = ["a", "b"]\n',
      "keep_best runs in simulation only"),
+    (TASK + '[federation]\npatience = 3\n[deployment]\nsites = ["a", "b"]\n',
+     "patience runs in simulation only"),
     (TASK + '[federation]\nalgorithm = "split"\n[model]\nmodel = "resnet18"\n[deployment]\n'
      'sites = ["a", "b"]\n', "ordered list of blocks: cnn or mlp"),
 ])

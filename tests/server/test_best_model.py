@@ -7,14 +7,9 @@ from __future__ import annotations
 import torch
 
 from medfed.algorithms.fedavg import FedAvg
-from medfed.server.best_model import BestValidation, validation_score
+from medfed.server.best_model import BestValidation
 from medfed.server.round_loop import RoundResult
 from medfed.types import Update
-
-
-def test_the_score_is_the_mean_auc_of_the_sites_that_have_one():
-    assert validation_score({"a": {"auc": 0.8}, "b": {"auc": 0.6}, "c": {"auc": None}}) == 0.7
-    assert validation_score({"a": {"auc": float("nan")}}) is None
 
 
 def step(strategy: FedAvg, value: float) -> None:

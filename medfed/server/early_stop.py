@@ -1,0 +1,50 @@
+"""Early stopping on the federated validation score: the run ends once the score has gone
+`patience` scored rounds without improving (Prechelt 1998's patience rule), so a federation that
+has peaked stops spending its sites' compute, and the round budget becomes a cap.
+
+The score of a round is the mean of the AUCs the sites report on their own validation splits (a
+site whose split holds one class has none and is left out); the sites' test data plays no part.
+keep_best (server/best_model.py) keeps the best round's model by the same score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from medfed.types import Metrics, SiteId
+
+
+def validation_score(val: dict[SiteId, Metrics]) -> float | None:
+    """The mean validation AUC over the sites that have one; None when no site has one."""
+    aucs = [m["auc"] for m in val.values() if m.get("auc") is not None and math.isfinite(m["auc"])]
+    return sum(aucs) / len(aucs) if aucs else None
+
+
+class EarlyStop:
+    """Counts the scored rounds since the best validation score; `reached` once they number
+    `patience`. Rounds that were not scored (eval_every > 1) neither count nor reset."""
+
+    def __init__(self, patience: int, earlier: Iterable[dict[SiteId, Metrics]] = ()) -> None:
+        """earlier: the validation results of the rounds already run (a resumed run), in order,
+        so a run stopped early stays stopped and a resumed one counts from where it was."""
+        if patience < 1:
+            raise ValueError(f"patience must be at least 1, got {patience}")
+        self.patience = patience
+        self.best: float | None = None
+        self.since_best = 0
+        for val in earlier:
+            self.record(val)
+
+    def record(self, val: dict[SiteId, Metrics]) -> None:
+        score = validation_score(val)
+        if score is None:
+            return
+        if self.best is None or score > self.best:
+            self.best, self.since_best = score, 0
+        else:
+            self.since_best += 1
+
+    @property
+    def reached(self) -> bool:
+        return self.since_best >= self.patience

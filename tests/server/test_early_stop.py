@@ -1,0 +1,107 @@
+"""Early stopping on the federated validation score: the count of rounds without improvement, a
+resumed run's count, and `medfed run --patience` end to end (the rounds run, the baselines'
+budget, summary.json, refusals).
+
+Hand mutations that must fail a test here: count an equal score as an improvement; let unscored
+rounds count; ignore the earlier rounds of a resumed run; never pass the stop to the round loop;
+give the baselines the configured rounds instead of the rounds run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medfed.cli import main
+from medfed.config_file import config_from_dict
+from medfed.errors import ConfigError
+from medfed.server.early_stop import EarlyStop, validation_score
+
+
+def val(auc: float | None) -> dict:
+    return {"a": {"auc": auc}, "b": {"auc": None}}
+
+
+def test_the_score_is_the_mean_auc_of_the_sites_that_have_one():
+    assert validation_score({"a": {"auc": 0.8}, "b": {"auc": 0.6}, "c": {"auc": None}}) == 0.7
+    assert validation_score({"a": {"auc": float("nan")}}) is None
+
+
+def test_patience_counts_scored_rounds_since_the_best_and_an_improvement_resets_it():
+    stop = EarlyStop(2)
+    for auc, reached in [(0.7, False), (0.8, False), (0.8, False), (0.75, True)]:
+        stop.record(val(auc))
+        assert stop.reached is reached, auc  # an equal score is no improvement
+    stop = EarlyStop(2)
+    for auc in (0.7, 0.6, 0.9, 0.6):
+        stop.record(val(auc))
+    assert not stop.reached and stop.best == 0.9
+
+
+def test_rounds_that_were_not_scored_neither_count_nor_reset():
+    stop = EarlyStop(1)
+    stop.record(val(0.9))
+    stop.record({})  # eval_every > 1: no validation this round
+    stop.record(val(None))
+    assert not stop.reached
+    stop.record(val(0.5))
+    assert stop.reached
+
+
+def test_a_resumed_run_counts_from_its_earlier_rounds():
+    assert EarlyStop(2, [val(0.9), val(0.8), val(0.8)]).reached
+    resumed = EarlyStop(2, [val(0.9), val(0.8)])
+    assert not resumed.reached and resumed.since_best == 1
+
+
+def test_patience_below_one_is_a_programming_error():
+    with pytest.raises(ValueError, match="at least 1"):
+        EarlyStop(0)
+
+
+# A rate so small the model cannot change: every round scores the same, so patience P stops the
+# run after round 1 + P, whatever the data.
+FROZEN = ["--optimizer", "sgd", "--lr", "1e-12"]
+
+
+def test_a_run_stops_once_validation_stops_improving_and_the_baselines_get_its_rounds(
+        tiny_config, tmp_path, capsys, monkeypatch):
+    trained: dict[str, int] = {}
+    import medfed.run as run_module
+
+    real = run_module.train
+
+    def counting(setup, algorithm, sites, name, *args, **kwargs):
+        trained[name] = setup.config.federation.rounds
+        return real(setup, algorithm, sites, name, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "train", counting)
+    out = tmp_path / "out"
+    assert main(["run", *tiny_config(6), *FROZEN, "--patience", "2", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    rounds = (out / "rounds.jsonl").read_text().splitlines()
+    assert len(rounds) == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_early"] == {"rounds_run": 3, "of": 6, "patience": 2,
+                                        "best_validation_auc": pytest.approx(
+                                            validation_score(json.loads(rounds[0])["val"]))}
+    assert "stopped after round 3 of 6" in err
+    assert trained["local"] == 3  # the local-only baseline: the federation's budget, not the cap
+
+
+def test_without_patience_every_round_runs(tiny_config, tmp_path):
+    out = tmp_path / "out"
+    assert main(["run", *tiny_config(4), *FROZEN, "--no-baselines", "--out", str(out)]) == 0
+    assert len((out / "rounds.jsonl").read_text().splitlines()) == 4
+    assert "stopped_early" not in json.loads((out / "summary.json").read_text())
+
+
+def test_a_negative_patience_is_refused_in_one_line(tiny_config, tmp_path, capsys):
+    assert main(["run", *tiny_config(2), "--patience", "-1", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "patience must be >= 0" in err and "Traceback" not in err
+
+
+def test_patience_without_validation_rounds_is_refused():
+    with pytest.raises(ConfigError, match="eval_every = 0 never computes"):
+        config_from_dict({"federation": {"patience": 2, "eval_every": 0}})
