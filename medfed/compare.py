@@ -110,7 +110,7 @@ def _run_prepared_seed(setup: Setup, config: RunConfig, options: CompareOptions,
     source = setup.federation.source
     about = {"dataset": source.name, "task": str(source.task), "class_names": list(source.class_names),
              "partition": setup.federation.partition, "sites": list(sites),
-             "model": setup.config.model.model, "rounds": config.federation.rounds,
+             "model": setup.config.model.model, "rounds": setup.config.federation.rounds,
              "local_epochs": setup.config.training.local_epochs,
              "n_test": len(source.test)}
     return SeedResult(scored, _cross_site(setup, local.strategy), source.test.y, histories,
@@ -213,7 +213,7 @@ def execute_compare(config: RunConfig, options: CompareOptions, out_dir: str | P
     write_json(out / "compare-options.json", asdict(options))  # what --resume continues with
     with RichRoundProgress(console) as progress:
         observe = lambda name, seed: progress.start_run(f"{name} (seed {seed})",
-                                                         config.federation.rounds)
+                                                         resolved.federation.rounds)
         results = [_seed(out, c, options, observe, k == 0, resume, console)
                    for k, c in enumerate(configs)]
     result = _result(config, options, results, time.perf_counter() - started)

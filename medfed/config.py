@@ -149,7 +149,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class FederationConfig:
     algorithm: str = "fedavg"
-    rounds: int = 20
+    # None: chosen (defaults.py): a cap of 40 with patience 5 where the best validation round is
+    # kept (simulation), otherwise 20.
+    rounds: int | None = None
     fraction: float = 1.0  # share of sites sampled each round
     min_sites: int = 1  # a round closes only if at least this many usable updates arrived
     eval_every: int = 1  # score on the sites' validation splits every N rounds (0: only the final model)
@@ -178,7 +180,8 @@ class FederationConfig:
     keep_best: bool | None = None
     # Stop once the federated validation score has gone this many scored rounds without improving
     # (server/early_stop.py); `rounds` is then a cap. 0: run every round. Simulation only.
-    patience: int = 0
+    # None: chosen with rounds (defaults.py).
+    patience: int | None = None
     # Split learning: the first H and last T blocks of the model stay at each site ("H,T");
     # the server runs the blocks between (config_split.py, algorithms/split.py).
     cut: str = DEFAULT_CUT
@@ -196,12 +199,14 @@ class FederationConfig:
             _at_least("krum_keep", self.krum_keep, 1)
         if self.norm_bound is not None:
             _positive("norm_bound", self.norm_bound)
-        _at_least("rounds", self.rounds, 1)
+        if self.rounds is not None:
+            _at_least("rounds", self.rounds, 1)
         if not 0 < self.fraction <= 1:
             raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
         _at_least("min_sites", self.min_sites, 1)
         _at_least("eval_every", self.eval_every, 0)
-        _at_least("patience", self.patience, 0)
+        if self.patience is not None:
+            _at_least("patience", self.patience, 0)
         if self.patience and not self.eval_every:
             raise ConfigError("patience stops on the validation score, which eval_every = 0 never "
                               "computes (set eval_every >= 1 or patience = 0)")
@@ -298,7 +303,7 @@ class RunConfig:
                               "sites")
         if fed.min_sites > sites:
             raise ConfigError(f"min_sites is {fed.min_sites} but there are only {sites} sites")
-        if fed.algorithm == "swt" and fed.rounds < sites:
+        if fed.algorithm == "swt" and fed.rounds is not None and fed.rounds < sites:
             raise ConfigError(f"swt passes the model through each of the {sites} sites in turn, "
                               f"so it needs --rounds >= {sites} (got {fed.rounds})")
 

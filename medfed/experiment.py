@@ -36,6 +36,7 @@ from medfed.defaults import (
     choose_defaults,
     choose_keep_best,
     choose_lr_schedule,
+    choose_rounds,
     choose_sites,
     label_skew,
 )
@@ -108,8 +109,8 @@ def prepare(config: RunConfig) -> Setup:
                                 label_skew(counts))
     defaults = choose_sites(choose_defaults(config, facts),
                             len(federation.sites), federation.partition, source.groups is not None)
-    defaults = choose_lr_schedule(
-        choose_keep_best(defaults, sum(len(s.val) for s in federation.sites.values())))
+    defaults = choose_lr_schedule(choose_rounds(
+        choose_keep_best(defaults, sum(len(s.val) for s in federation.sites.values()))))
     config = defaults.config
     check_topology_sites(config, federation.site_ids)
     size = config.data.image_size
@@ -134,12 +135,14 @@ def train_options(config: RunConfig) -> TrainOptions:
                         logit_adjust=t.logit_adjust)
 
 
-def _round_plan(config: RunConfig, baseline: bool, first_round: int) -> RoundPlan:
-    """A baseline trains every site every round and is scored once, at the end; both follow the
+def _round_plan(config: RunConfig, baseline: bool, first_round: int, keeps_best: bool) -> RoundPlan:
+    """A baseline trains every site every round and is scored once, at the end, unless it keeps
+    its best round (then it is scored on validation as often as the federation); both follow the
     run's learning-rate schedule (the same rate per round and epoch)."""
     fed, schedule = config.federation, config.training.lr_schedule
     if baseline:
-        return RoundPlan(fed.rounds, 1.0, fed.min_sites, eval_every=0, lr_schedule=schedule)
+        return RoundPlan(fed.rounds, 1.0, fed.min_sites, eval_every=fed.eval_every if keeps_best else 0,
+                         lr_schedule=schedule)
     return RoundPlan(fed.rounds, fed.fraction, fed.min_sites, fed.eval_every, start=first_round,
                      lr_schedule=schedule)
 
@@ -152,7 +155,8 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     (config.execution.backend = "ray", inside execution_session(setup)).
 
     baseline: every site trains every round whatever the sampling fraction (the full budget of
-    rounds x local epochs), and only the final models are scored: no curve of a baseline is kept.
+    rounds x local epochs), and only the final models are scored (the pooled baseline, under
+    keep_best, also on validation each round, to keep its best): no curve of a baseline is kept.
     checkpoints: a folder that gets rounds.jsonl and a checkpoint after every round (run_state.py);
     resume: continue from such a checkpoint.
     transport: one that carries these sites already (the multi-node pooled baseline's workers,
@@ -173,7 +177,11 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
         strategy = compress_strategy(privacy.wrap_strategy(strategy, counter=transport), spec)
     fed = config.federation
     first_round = resume.rounds_done if resume is not None else 0
-    plan = _round_plan(config, baseline, first_round)
+    # keep_best holds for the pooled baseline too (one global model, chosen on its validation
+    # split, the union of the sites'): otherwise pooled keeps its last round while the federation
+    # keeps its best, and the gap between them measures model selection, not federation.
+    keeps_best = bool(fed.keep_best) and strategy.prediction is Prediction.GLOBAL
+    plan = _round_plan(config, baseline, first_round, keeps_best)
     sampling = np.random.default_rng(np.random.SeedSequence([config.seed, 2]))
     earlier: list[RoundResult] = []
     if resume is not None:
@@ -184,8 +192,7 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
             sample_sites(list(sites), plan.fraction, sampling, minimum=plan.min_sites)
     if checkpoints is not None:
         observer = RunCheckpointer(checkpoints, observer, strategy, earlier, privacy)
-    best = (BestValidation(strategy, observer, checkpoints, resume is not None)
-            if fed.keep_best and not baseline and strategy.prediction is Prediction.GLOBAL else None)
+    best = BestValidation(strategy, observer, checkpoints, resume is not None) if keeps_best else None
     stop = EarlyStop(fed.patience, [r.val for r in earlier]) if fed.patience and not baseline else None
     history = earlier + run_rounds(strategy, transport, list(sites), plan, train_options(config),
                                    sampling, best or observer, stop)

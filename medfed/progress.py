@@ -25,11 +25,19 @@ class RichRoundProgress:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._end_run()
         self.progress.stop()
 
     def start_run(self, name: str, rounds: int) -> RichRoundProgress:
+        self._end_run()
         self._task = self.progress.add_task(name, total=rounds, status="")
         return self
+
+    def _end_run(self) -> None:
+        """Stop the last run's clock: a run stopped early (patience) never fills its bar, and its
+        time would otherwise go on counting through the runs after it."""
+        if self._task is not None:
+            self.progress.stop_task(self._task)
 
     def round_started(self, round_index: int, sites: list[SiteId]) -> None:
         self.progress.update(self._task, status=f"round {round_index + 1}: {len(sites)} sites")

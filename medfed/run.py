@@ -220,7 +220,8 @@ def _baselines(setup: Setup, progress: RichRoundProgress, federated: Outcome) ->
     predicted = predict_local_models(setup, local)  # once per site: metrics and predictions.npz
     probs = {"pooled": pooled.outcome.test_probs}
     probs |= {f"local:{s}": p for s, (p, _) in predicted.items()}
-    summary = {"pooled": {"test": pooled.outcome.test, **pooled.record()},
+    kept = {"kept_round": pooled.outcome.kept} if pooled.outcome.kept is not None else {}
+    summary = {"pooled": {"test": pooled.outcome.test, **pooled.record(), **kept},
                "local": {s: {"test": metrics_on_test(setup, *p)} for s, p in predicted.items()}}
     return Baselines(summary, probs, pooled.outcome, local, {s: p for s, (p, _) in predicted.items()})
 

@@ -39,7 +39,7 @@ def test_defaults_are_valid_and_as_documented():
     assert c.data == DataConfig() and c.data.dataset == "synthetic" and c.data.partition is None
     assert c.model == ModelConfig(model=None, norm=None)  # chosen from the data (defaults.py)
     assert c.data.augment is None and c.training.local_epochs is None
-    assert c.federation.algorithm == "fedavg" and c.federation.rounds == 20
+    assert c.federation.algorithm == "fedavg" and c.federation.rounds is None  # chosen (defaults.py)
     assert c.training.optimizer == "adam" and c.training.batch_size == 32
     assert c.federation.aggregator == "mean" and c.adversary == AdversaryConfig("none", 1)
     assert config_from_dict({}) == c

@@ -17,11 +17,15 @@ from medfed.data.dataset import DataSource, Samples
 from medfed.defaults import (
     KEEP_BEST_FROM_VAL,
     LOCAL_STEPS,
+    PATIENCE,
+    ROUNDS,
+    ROUNDS_CAP,
     DataFacts,
     Defaults,
     choose_defaults,
     choose_keep_best,
     choose_lr_schedule,
+    choose_rounds,
     label_skew,
 )
 from medfed.errors import ConfigError
@@ -233,3 +237,35 @@ def test_the_rate_decays_only_where_the_last_rounds_model_is_the_result(keep_bes
 def test_an_lr_schedule_given_is_kept():
     config = RunConfig(training=TrainingConfig(lr_schedule="constant"))
     assert choose_lr_schedule(Defaults(config)).config.training.lr_schedule == "constant"
+
+
+@pytest.mark.parametrize("keep_best, dp, rounds, patience", [
+    (True, False, ROUNDS_CAP, PATIENCE),  # the best round is kept: a cap, and a stop on validation
+    (False, False, ROUNDS, 0),  # the last round is the result: a fixed count
+    (None, False, ROUNDS, 0),  # a deployment (keep_best is never on there)
+    (True, True, ROUNDS, 0)])  # DP-SGD: the noise is calibrated for the rounds it will run
+def test_rounds_are_a_cap_with_patience_only_where_the_best_round_is_kept(keep_best, dp, rounds,
+                                                                          patience):
+    config = RunConfig(federation=FederationConfig(keep_best=keep_best),
+                       privacy=PrivacyConfig(dp_sgd=dp, noise_multiplier=1.0 if dp else None))
+    chosen = choose_rounds(Defaults(config))
+    assert chosen.config.federation.rounds == rounds
+    assert chosen.config.federation.patience == patience
+    assert {"rounds", "patience"} <= set(chosen.record())
+
+
+def test_rounds_or_patience_given_are_kept_and_given_rounds_all_run():
+    given_rounds = choose_rounds(Defaults(RunConfig(federation=FederationConfig(
+        keep_best=True, rounds=12)))).config.federation
+    assert (given_rounds.rounds, given_rounds.patience) == (12, 0)
+    given_patience = choose_rounds(Defaults(RunConfig(federation=FederationConfig(
+        keep_best=True, patience=0)))).config.federation
+    assert (given_patience.rounds, given_patience.patience) == (ROUNDS, 0)
+
+
+def test_a_deployments_config_gets_a_fixed_round_count():
+    from medfed.task_schema import TaskSchema
+
+    task = TaskSchema(Task.BINARY, ("a", "b"), 0, 22)
+    config = choose_rounds(choose_defaults(RunConfig(), DataFacts.of_task(task))).config
+    assert (config.federation.rounds, config.federation.patience) == (ROUNDS, 0)

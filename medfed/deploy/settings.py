@@ -26,7 +26,7 @@ from typing import Any
 
 from medfed.config import RunConfig
 from medfed.config_file import config_from_dict, read_toml
-from medfed.defaults import DataFacts, choose_defaults, choose_lr_schedule
+from medfed.defaults import DataFacts, choose_defaults, choose_lr_schedule, choose_rounds
 from medfed.errors import ConfigError
 from medfed.registry import unknown_choice
 from medfed.task_schema import TaskSchema
@@ -111,8 +111,8 @@ def _federation(raw: dict[str, Any], path: str) -> FederationFile:
     raw["data"] = {**data, "sites": len(settings.sites)}
     # Settings left unset are chosen from the task schema, here, so every site gets them filled in.
     # A deployment keeps the last round's model (keep_best is refused below): its schedule follows.
-    config = choose_lr_schedule(choose_defaults(config_from_dict(raw, source=str(path)),
-                                                DataFacts.of_task(task))).config
+    config = choose_lr_schedule(choose_rounds(choose_defaults(config_from_dict(raw, source=str(path)),
+                                                              DataFacts.of_task(task)))).config
     _check_deployed_topology(config, task)
     if config.federation.keep_best:  # the coordinator keeps no snapshot of a better round yet
         raise ConfigError("keep_best runs in simulation only (medfed run / compare); a deployment "

@@ -46,7 +46,7 @@ from medfed.config_split import SPLIT, parse_cut
 from medfed.data.dataset import Samples, SiteData, label_counts
 from medfed.data.harmonize import harmonize_site, pool_images, site_quantiles
 from medfed.data.transforms import Preprocess
-from medfed.defaults import DataFacts, choose_defaults
+from medfed.defaults import DataFacts, choose_defaults, choose_rounds
 from medfed.deploy import homomorphic_exchange, relay_site, secure_exchange
 from medfed.deploy.audit_witness import AUDIT_HEAD, Witness
 from medfed.deploy.site_data import LocalData
@@ -95,7 +95,7 @@ class Welcome:
         task = TaskSchema.from_json(raw.get("task"), "the server's task")
         # A medfed server sends its settings filled in (settings.py); filling from the same task
         # schema here is a no-op then, and gives what that server would have chosen otherwise.
-        config = choose_defaults(config, DataFacts.of_task(task)).config
+        config = choose_rounds(choose_defaults(config, DataFacts.of_task(task))).config
         return cls(config, task, raw["index"], [str(s) for s in raw["sites"]], welcome_key(config_toml, body))
 
 

@@ -1,12 +1,16 @@
 """Keeping the best-validation model: the round with the best mean validation AUC is the one kept.
 
-Hand mutation that must fail a test: keep the last snapshot instead of the best one."""
+Hand mutations that must fail a test: keep the last snapshot instead of the best one; let the pooled
+baseline keep its last round."""
 
 from __future__ import annotations
+
+import json
 
 import torch
 
 from medfed.algorithms.fedavg import FedAvg
+from medfed.cli import main
 from medfed.server.best_model import BestValidation
 from medfed.server.round_loop import RoundResult
 from medfed.types import Update
@@ -53,3 +57,16 @@ def test_a_resumed_run_still_knows_the_best_round_before_its_interruption(tmp_pa
     after.restore_best()
     assert resumed_strategy.global_state["w"].item() == 2.0 and after.best_round == 1
     assert BestValidation(FedAvg({"w": torch.tensor([0.0])}), folder=tmp_path).best_round is None
+
+
+def test_the_pooled_baseline_keeps_its_best_round_by_the_same_rule(tiny_config, tmp_path):
+    """Under keep_best pooled is chosen on its validation split as the federation is on the sites':
+    with a rate too small to change the model every round scores the same, so both keep round 1
+    (a later equal score is no improvement). Fails if the pooled baseline keeps its last round."""
+    out = tmp_path / "out"
+    frozen = ["--optimizer", "sgd", "--lr", "1e-12"]
+    assert main(["run", *tiny_config(3), *frozen, "--keep-best", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kept_round"]["round"] == 1
+    assert summary["baselines"]["pooled"]["kept_round"]["round"] == 1
+    assert 0.0 <= summary["baselines"]["pooled"]["kept_round"]["validation_auc"] <= 1.0
