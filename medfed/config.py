@@ -182,6 +182,9 @@ class FederationConfig:
     # (server/early_stop.py); `rounds` is then a cap. 0: run every round. Simulation only.
     # None: chosen with rounds (defaults.py).
     patience: int | None = None
+    # patience never stops a run before this many rounds (a slow start is not a plateau).
+    # None: chosen with rounds (defaults.py).
+    min_rounds: int | None = None
     # Split learning: the first H and last T blocks of the model stay at each site ("H,T");
     # the server runs the blocks between (config_split.py, algorithms/split.py).
     cut: str = DEFAULT_CUT
@@ -207,6 +210,8 @@ class FederationConfig:
         _at_least("eval_every", self.eval_every, 0)
         if self.patience is not None:
             _at_least("patience", self.patience, 0)
+        if self.min_rounds is not None:
+            _at_least("min_rounds", self.min_rounds, 0)
         if self.patience and not self.eval_every:
             raise ConfigError("patience stops on the validation score, which eval_every = 0 never "
                               "computes (set eval_every >= 1 or patience = 0)")

@@ -193,7 +193,8 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     if checkpoints is not None:
         observer = RunCheckpointer(checkpoints, observer, strategy, earlier, privacy)
     best = BestValidation(strategy, observer, checkpoints, resume is not None) if keeps_best else None
-    stop = EarlyStop(fed.patience, [r.val for r in earlier]) if fed.patience and not baseline else None
+    stop = (EarlyStop(fed.patience, [r.val for r in earlier], fed.min_rounds or 0)
+            if fed.patience and not baseline else None)
     history = earlier + run_rounds(strategy, transport, list(sites), plan, train_options(config),
                                    sampling, best or observer, stop)
     if best is not None:

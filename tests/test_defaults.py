@@ -251,7 +251,8 @@ def test_rounds_are_a_cap_with_patience_only_where_the_best_round_is_kept(keep_b
     chosen = choose_rounds(Defaults(config))
     assert chosen.config.federation.rounds == rounds
     assert chosen.config.federation.patience == patience
-    assert {"rounds", "patience"} <= set(chosen.record())
+    assert chosen.config.federation.min_rounds == (ROUNDS if patience else 0)
+    assert {"rounds", "patience", "min_rounds"} <= set(chosen.record())
 
 
 def test_rounds_or_patience_given_are_kept_and_given_rounds_all_run():
@@ -261,6 +262,9 @@ def test_rounds_or_patience_given_are_kept_and_given_rounds_all_run():
     given_patience = choose_rounds(Defaults(RunConfig(federation=FederationConfig(
         keep_best=True, patience=0)))).config.federation
     assert (given_patience.rounds, given_patience.patience) == (ROUNDS, 0)
+    only_patience = choose_rounds(Defaults(RunConfig(federation=FederationConfig(
+        keep_best=True, patience=3)))).config.federation
+    assert (only_patience.rounds, only_patience.patience, only_patience.min_rounds) == (ROUNDS, 3, 0)
 
 
 def test_a_deployments_config_gets_a_fixed_round_count():

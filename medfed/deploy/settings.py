@@ -117,9 +117,9 @@ def _federation(raw: dict[str, Any], path: str) -> FederationFile:
     if config.federation.keep_best:  # the coordinator keeps no snapshot of a better round yet
         raise ConfigError("keep_best runs in simulation only (medfed run / compare); a deployment "
                           "keeps the last round's model (leave keep_best unset or false)")
-    if config.federation.patience:  # the coordinator scores no federated validation per round yet
-        raise ConfigError("patience runs in simulation only (medfed run / compare); a deployment "
-                          "runs every round it is given (leave patience unset or 0)")
+    if config.federation.patience or config.federation.min_rounds:  # no per-round federated score yet
+        raise ConfigError("patience and min_rounds run in simulation only (medfed run / compare); "
+                          "a deployment runs every round it is given (leave them unset or 0)")
     return FederationFile(config, task, settings)
 
 

@@ -23,20 +23,23 @@ def validation_score(val: dict[SiteId, Metrics]) -> float | None:
 
 class EarlyStop:
     """Counts the scored rounds since the best validation score; `reached` once they number
-    `patience`. Rounds that were not scored (eval_every > 1) neither count nor reset."""
+    `patience` and at least `min_rounds` rounds have run. Rounds that were not scored
+    (eval_every > 1) neither count nor reset."""
 
-    def __init__(self, patience: int, earlier: Iterable[dict[SiteId, Metrics]] = ()) -> None:
+    def __init__(self, patience: int, earlier: Iterable[dict[SiteId, Metrics]] = (),
+                 min_rounds: int = 0) -> None:
         """earlier: the validation results of the rounds already run (a resumed run), in order,
         so a run stopped early stays stopped and a resumed one counts from where it was."""
         if patience < 1:
             raise ValueError(f"patience must be at least 1, got {patience}")
-        self.patience = patience
+        self.patience, self.min_rounds = patience, min_rounds
         self.best: float | None = None
-        self.since_best = 0
+        self.since_best = self.rounds = 0
         for val in earlier:
             self.record(val)
 
     def record(self, val: dict[SiteId, Metrics]) -> None:
+        self.rounds += 1
         score = validation_score(val)
         if score is None:
             return
@@ -47,4 +50,4 @@ class EarlyStop:
 
     @property
     def reached(self) -> bool:
-        return self.since_best >= self.patience
+        return self.since_best >= self.patience and self.rounds >= self.min_rounds

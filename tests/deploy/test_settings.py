@@ -39,7 +39,9 @@ TASK = '[task]\nkind = "binary"\nclasses = ["no", "yes"]\nspatial_dims = 2\nchan
     (TASK + '[federation]\nkeep_best = true\n[deployment]\nsites = ["a", "b"]\n',
      "keep_best runs in simulation only"),
     (TASK + '[federation]\npatience = 3\n[deployment]\nsites = ["a", "b"]\n',
-     "patience runs in simulation only"),
+     "patience and min_rounds run in simulation only"),
+    (TASK + '[federation]\nmin_rounds = 3\n[deployment]\nsites = ["a", "b"]\n',
+     "patience and min_rounds run in simulation only"),
     (TASK + '[federation]\nalgorithm = "split"\n[model]\nmodel = "resnet18"\n[deployment]\n'
      'sites = ["a", "b"]\n', "ordered list of blocks: cnn or mlp"),
 ])

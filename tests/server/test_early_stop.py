@@ -4,7 +4,7 @@ budget, summary.json, refusals).
 
 Hand mutations that must fail a test here: count an equal score as an improvement; let unscored
 rounds count; ignore the earlier rounds of a resumed run; never pass the stop to the round loop;
-give the baselines the configured rounds instead of the rounds run."""
+give the baselines the configured rounds instead of the rounds run; stop before min_rounds."""
 
 from __future__ import annotations
 
@@ -52,6 +52,16 @@ def test_a_resumed_run_counts_from_its_earlier_rounds():
     assert EarlyStop(2, [val(0.9), val(0.8), val(0.8)]).reached
     resumed = EarlyStop(2, [val(0.9), val(0.8)])
     assert not resumed.reached and resumed.since_best == 1
+
+
+def test_patience_never_stops_a_run_before_its_minimum_rounds():
+    stop = EarlyStop(2, min_rounds=5)
+    for auc in (0.9, 0.5, 0.5, 0.5):
+        stop.record(val(auc))
+    assert not stop.reached  # 3 rounds without improvement, but only 4 rounds run
+    stop.record({})  # an unscored round still counts as a round run
+    assert stop.reached and stop.rounds == 5
+    assert EarlyStop(2, [val(0.9), val(0.5), val(0.5), val(0.5), val(0.5)], min_rounds=5).reached
 
 
 def test_patience_below_one_is_a_programming_error():
