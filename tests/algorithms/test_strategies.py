@@ -248,7 +248,7 @@ def test_registry_names_equal_the_config_names():
 # split needs a real network to cut, not this test's two-layer state: tests/algorithms/test_split.py
 @pytest.mark.parametrize("name", [a for a in config.ALGORITHMS if a != "split"])
 def test_every_algorithm_builds_under_its_own_name(name):
-    strategy = build_strategy(name, context())
+    strategy = build_strategy(name, context(rounds=20))  # a run's rounds are chosen by then
     assert strategy.name == name
     assert (strategy.prediction is not Prediction.GLOBAL) == (name in ("fedbn", "ensemble"))
     assert strategy.global_state.keys() == state(0, 0).keys()
