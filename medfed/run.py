@@ -88,17 +88,7 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
                 if config.baselines else None
         summary = _summary(setup, federated, baselines, rule)
     summary["data_summary"] = data_summary(setup)  # aggregates computed at each site
-    run_rounds = len(federated.history)
-    if federated.stopped_early is not None:
-        summary["stopped_early"] = federated.stopped_early
-        console.print(f"stopped after round {run_rounds} of {config.federation.rounds}: no better "
-                      f"federated validation AUC for {config.federation.patience} rounds"
-                      + (" (the baselines trained as many)" if baselines is not None else ""))
-    if federated.kept is not None:  # keep_best: which round's model the test figures are of
-        summary["kept_round"] = federated.kept
-        console.print(f"kept the model of round {federated.kept['round']} of "
-                      f"{run_rounds} (best federated validation AUC "
-                      f"{federated.kept['validation_auc']:.3f})")
+    _report_rounds(console, config, federated, baselines is not None, summary)
     if federated.privacy:
         summary["privacy"] = federated.privacy
         _report_privacy(console, federated.privacy)
@@ -197,6 +187,21 @@ class Baselines:
     pooled: Outcome
     local: Outcome
     local_test: dict[SiteId, np.ndarray]
+
+
+def _report_rounds(console: Console, config: RunConfig, federated: Outcome, with_baselines: bool,
+                   summary: dict[str, Any]) -> None:
+    """Where patience stopped the run, and which round's model the test figures are of."""
+    run_rounds = len(federated.history)
+    if federated.stopped_early is not None:
+        summary["stopped_early"] = federated.stopped_early
+        console.print(f"stopped after round {run_rounds} of {config.federation.rounds}: no better "
+                      f"federated validation AUC for {config.federation.patience} rounds"
+                      + (" (the baselines trained as many)" if with_baselines else ""))
+    if federated.kept is not None:  # keep_best
+        summary["kept_round"] = federated.kept
+        console.print(f"kept the model of round {federated.kept['round']} of {run_rounds} (best "
+                      f"federated validation AUC {federated.kept['validation_auc']:.3f})")
 
 
 def _budget_of(setup: Setup, federated: Outcome) -> Setup:
