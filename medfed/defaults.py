@@ -172,37 +172,24 @@ def choose_keep_best(defaults: Defaults, n_val: int) -> Defaults:
 
 
 def choose_rounds(defaults: Defaults) -> Defaults:
-    """Once keep_best is settled: how many rounds, and whether to stop early on validation."""
-    config, out = defaults.config, defaults
-    fed = config.federation
-    stops = bool(fed.keep_best) and not config.privacy.dp_sgd and fed.patience is None
-    if fed.rounds is None:
-        if stops:
-            rounds, why = ROUNDS_CAP, "a cap: the run stops once validation stops improving"
-        elif config.privacy.dp_sgd:
-            rounds, why = ROUNDS, "DP-SGD: its noise is calibrated for a fixed number of rounds"
-        elif fed.patience is not None:
-            rounds, why = ROUNDS, "patience given: a fixed count"
-        else:
-            rounds, why = ROUNDS, "the last round's model is the result"
-        out = out.with_choice("rounds", rounds, why, _set(out.config, "federation", rounds=rounds))
-    if fed.patience is None:
-        if stops and fed.rounds is None:
-            patience, why = PATIENCE, (f"stop after {PATIENCE} scored rounds without a better "
-                                       "federated validation AUC")
-        elif stops:
-            patience, why = 0, "--rounds given: every round runs"
-        else:
-            patience, why = 0, "no round is kept on validation: every round runs"
-        out = out.with_choice("patience", patience, why,
-                              _set(out.config, "federation", patience=patience))
-    if fed.min_rounds is None:
-        patient = bool(out.config.federation.patience)
-        least = ROUNDS if patient and fed.patience is None else 0  # only with the chosen patience
-        why = (f"no stop before round {ROUNDS}: a slow start is not a plateau" if least
-               else "patience given: it counts from the first round" if patient else "no patience")
-        out = out.with_choice("min_rounds", least, why,
-                              _set(out.config, "federation", min_rounds=least))
+    """Once keep_best is settled: how many rounds, and whether to stop early on validation (all
+    three chosen together; a setting given is kept)."""
+    fed, dp = defaults.config.federation, defaults.config.privacy.dp_sgd
+    if fed.keep_best and not dp and fed.rounds is None and fed.patience is None:
+        plan = {"rounds": (ROUNDS_CAP, "a cap: the run stops once validation stops improving"),
+                "patience": (PATIENCE, f"stop after {PATIENCE} scored rounds without a better "
+                                       "federated validation AUC"),
+                "min_rounds": (ROUNDS, f"no stop before round {ROUNDS}: a slow start is not a "
+                                       "plateau")}
+    else:
+        why = ("DP-SGD: its noise is calibrated for a fixed number of rounds" if dp
+               else "no round is kept on validation: the last round's model is the result"
+               if not fed.keep_best else "--rounds or --patience given")
+        plan = {"rounds": (ROUNDS, why), "patience": (0, why), "min_rounds": (0, why)}
+    out = defaults
+    for key, (value, why) in plan.items():
+        if getattr(fed, key) is None:
+            out = out.with_choice(key, value, why, _set(out.config, "federation", **{key: value}))
     return out
 
 
