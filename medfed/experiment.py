@@ -177,9 +177,8 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
         strategy = compress_strategy(privacy.wrap_strategy(strategy, counter=transport), spec)
     fed = config.federation
     first_round = resume.rounds_done if resume is not None else 0
-    # keep_best holds for the pooled baseline too (one global model, chosen on its validation
-    # split, the union of the sites'): otherwise pooled keeps its last round while the federation
-    # keeps its best, and the gap between them measures model selection, not federation.
+    # keep_best holds for the pooled baseline too (on its validation split, the sites' union), or
+    # the gap to pooled would measure model selection, not federation.
     keeps_best = bool(fed.keep_best) and strategy.prediction is Prediction.GLOBAL
     plan = _round_plan(config, baseline, first_round, keeps_best)
     sampling = np.random.default_rng(np.random.SeedSequence([config.seed, 2]))
