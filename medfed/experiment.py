@@ -23,7 +23,7 @@ from medfed.algorithms.strategy import Strategy
 from medfed.client.attack_spec import Attack, parse_attack
 from medfed.client.predictor import Predictor
 from medfed.client.trainer import LocalSite, SiteTrainer, TrainOptions
-from medfed.config import FederationConfig, RunConfig
+from medfed.config import RunConfig
 from medfed.config_execution import RAY
 from medfed.config_topology import check_topology_sites
 from medfed.data.dataset import Federation, Samples, SiteData, label_counts
@@ -199,7 +199,8 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     if best is not None:
         best.restore_best()  # the global model of the round with the best validation score
     outcome = Outcome(name, strategy, history, transport, time.perf_counter() - start)
-    _record_selection(outcome, best, stop, fed)
+    outcome.kept = best.kept() if best is not None else None
+    outcome.stopped_early = stop.stopped_early(len(history), fed.rounds) if stop is not None else None
     if privacy is not None and privacy.active:
         if isinstance(transport, RayTransport):  # the DP-SGD accountants live in the workers
             transport.collect_privacy(privacy)
@@ -207,16 +208,6 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     outcome.test_probs, loss = predict_test(setup, outcome.strategy, list(sites))
     outcome.test = metrics_on_test(setup, outcome.test_probs, loss)
     return outcome
-
-
-def _record_selection(outcome: Outcome, best: BestValidation | None, stop: EarlyStop | None,
-                      fed: FederationConfig) -> None:
-    """Which round's model was kept (keep_best), and where patience stopped the run."""
-    if best is not None and best.best_round is not None:
-        outcome.kept = {"round": best.best_round + 1, "validation_auc": best.best_score}
-    if stop is not None and stop.reached and len(outcome.history) < fed.rounds:
-        outcome.stopped_early = {"rounds_run": len(outcome.history), "of": fed.rounds,
-                                 "patience": fed.patience, "best_validation_auc": stop.best}
 
 
 def run_strategy(setup: Setup, algorithm: str, sites: list[SiteId], baseline: bool = False,

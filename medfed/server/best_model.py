@@ -54,6 +54,12 @@ class BestValidation:
                 os.replace(tmp, self.folder / BEST)
         self.inner.round_finished(result)
 
+    def kept(self) -> dict | None:
+        """summary.json's kept_round: the best round (from 1) and its score; None if none scored."""
+        if self.best_round is None:
+            return None
+        return {"round": self.best_round + 1, "validation_auc": self.best_score}
+
     def restore_best(self) -> None:
         if self._snapshot is not None:
             self.strategy.restore(self._snapshot)

@@ -48,6 +48,13 @@ class EarlyStop:
         else:
             self.since_best += 1
 
+    def stopped_early(self, rounds_run: int, cap: int) -> dict | None:
+        """summary.json's stopped_early when the stop ended the run before its cap; else None."""
+        if not self.reached or rounds_run >= cap:
+            return None
+        return {"rounds_run": rounds_run, "of": cap, "patience": self.patience,
+                "best_validation_auc": self.best}
+
     @property
     def reached(self) -> bool:
         return self.since_best >= self.patience and self.rounds >= self.min_rounds
