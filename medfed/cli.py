@@ -47,8 +47,8 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--fraction": ("fraction", float, "share of sites sampled per round"),
     "--patience": ("patience", int, ("stop after N scored rounds without a better federated "
                                      "validation AUC; --rounds is then a cap (default: chosen)")),
-    "--min-rounds": ("min_rounds", int, "patience never stops a run before this round (default: "
-                                        "chosen)"),
+    "--min-rounds": ("min_rounds", int, ("patience never stops a run before this round "
+                                         "(default: chosen)")),
     "--compress": ("compress", str, "the sites' updates: none, q8 (8-bit) or topk:F (the largest F "
                                     "share, with error feedback), e.g. topk:0.1"),
     "--topology": ("topology", str, ("server (a central aggregator), p2p (gossip between peers) or "

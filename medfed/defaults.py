@@ -177,10 +177,10 @@ def choose_rounds(defaults: Defaults) -> Defaults:
     fed, dp = defaults.config.federation, defaults.config.privacy.dp_sgd
     if fed.keep_best and not dp and fed.rounds is None and fed.patience is None:
         plan = {"rounds": (ROUNDS_CAP, "a cap: the run stops once validation stops improving"),
-                "patience": (PATIENCE, f"stop after {PATIENCE} scored rounds without a better "
-                                       "federated validation AUC"),
-                "min_rounds": (ROUNDS, f"no stop before round {ROUNDS}: a slow start is not a "
-                                       "plateau")}
+                "patience": (PATIENCE, (f"stop after {PATIENCE} scored rounds without a better "
+                                        "federated validation AUC")),
+                "min_rounds": (ROUNDS, (f"no stop before round {ROUNDS}: a slow start is not a "
+                                        "plateau"))}
     else:
         why = ("DP-SGD: its noise is calibrated for a fixed number of rounds" if dp
                else "no round is kept on validation: the last round's model is the result"
