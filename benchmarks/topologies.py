@@ -39,12 +39,12 @@ from medfed.evaluation.statistics import delong_ci
 from medfed.experiment import (
     Setup,
     metrics_on_test,
-    pooled_site,
     predict_test,
     prepare,
     run_strategy,
     train,
 )
+from medfed.pooled_ddp import pooled_site
 from medfed.run_state import CHECKPOINT
 from medfed.server.round_loop import RoundResult, SilentObserver
 

@@ -26,7 +26,7 @@ from medfed.client.trainer import LocalSite, SiteTrainer, TrainOptions
 from medfed.config import RunConfig
 from medfed.config_execution import RAY
 from medfed.config_topology import check_topology_sites
-from medfed.data.dataset import Federation, Samples, SiteData, label_counts
+from medfed.data.dataset import Federation, SiteData, label_counts
 from medfed.data.federation import build_federation
 from medfed.data.sources import load_source
 from medfed.data.transforms import Preprocess
@@ -46,10 +46,9 @@ from medfed.evaluation.metrics import compute_metrics
 from medfed.models import ModelSpec, build_model, norm_keys, parameter_keys
 from medfed.privacy.mechanisms import Mechanisms
 from medfed.run_state import Resume, RunCheckpointer
-from medfed.server.best_model import BestValidation
-from medfed.server.early_stop import EarlyStop
 from medfed.server.round_loop import RoundObserver, RoundPlan, RoundResult, run_rounds
 from medfed.server.sampling import sample_sites
+from medfed.server.selection import keeper, keeps_best, stop_rule
 from medfed.simulated_site import SiteRecipe, make_site_trainer, site_seed  # noqa: F401 (re-exported)
 from medfed.split_simulation import split_transport
 from medfed.transport.base import SimulationTransport
@@ -135,13 +134,13 @@ def train_options(config: RunConfig) -> TrainOptions:
                         logit_adjust=t.logit_adjust)
 
 
-def _round_plan(config: RunConfig, baseline: bool, first_round: int, keeps_best: bool) -> RoundPlan:
+def _round_plan(config: RunConfig, baseline: bool, first_round: int, selects: bool) -> RoundPlan:
     """A baseline trains every site every round and is scored once, at the end, unless it keeps
-    its best round (then it is scored on validation as often as the federation); both follow the
-    run's learning-rate schedule (the same rate per round and epoch)."""
+    its best round or stops on patience (selects: then it is scored on validation as often as the
+    federation); both follow the run's learning-rate schedule (the same rate per round and epoch)."""
     fed, schedule = config.federation, config.training.lr_schedule
     if baseline:
-        return RoundPlan(fed.rounds, 1.0, fed.min_sites, eval_every=fed.eval_every if keeps_best else 0,
+        return RoundPlan(fed.rounds, 1.0, fed.min_sites, eval_every=fed.eval_every if selects else 0,
                          lr_schedule=schedule)
     return RoundPlan(fed.rounds, fed.fraction, fed.min_sites, fed.eval_every, start=first_round,
                      lr_schedule=schedule)
@@ -155,8 +154,8 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
     (config.execution.backend = "ray", inside execution_session(setup)).
 
     baseline: every site trains every round whatever the sampling fraction (the full budget of
-    rounds x local epochs), and only the final models are scored (the pooled baseline, under
-    keep_best, also on validation each round, to keep its best): no curve of a baseline is kept.
+    rounds x local epochs), and only the final models are scored (under keep_best or patience also
+    on validation each round, to keep and stop by the federation's rule): no curve of it is kept.
     checkpoints: a folder that gets rounds.jsonl and a checkpoint after every round (run_state.py);
     resume: continue from such a checkpoint.
     transport: one that carries these sites already (the multi-node pooled baseline's workers,
@@ -177,27 +176,22 @@ def train(setup: Setup, algorithm: str, sites: dict[SiteId, SiteData], name: str
         strategy = compress_strategy(privacy.wrap_strategy(strategy, counter=transport), spec)
     fed = config.federation
     first_round = resume.rounds_done if resume is not None else 0
-    # keep_best holds for the pooled baseline too (on its validation split, the sites' union), or
-    # the gap to pooled would measure model selection, not federation.
-    keeps_best = bool(fed.keep_best) and strategy.prediction is Prediction.GLOBAL
-    plan = _round_plan(config, baseline, first_round, keeps_best)
+    earlier: list[RoundResult] = resume.history if resume is not None else []
+    stop = stop_rule(fed, strategy, list(sites), baseline, earlier)
+    plan = _round_plan(config, baseline, first_round, keeps_best(fed, strategy, baseline) or bool(stop))
     sampling = np.random.default_rng(np.random.SeedSequence([config.seed, 2]))
-    earlier: list[RoundResult] = []
     if resume is not None:
         strategy.restore(resume.checkpoint)
         resume.restore_privacy(privacy)
-        earlier = resume.history
         for _ in range(first_round):  # the sampling stream, replayed past the rounds done
             sample_sites(list(sites), plan.fraction, sampling, minimum=plan.min_sites)
     if checkpoints is not None:
         observer = RunCheckpointer(checkpoints, observer, strategy, earlier, privacy)
-    best = BestValidation(strategy, observer, checkpoints, resume is not None) if keeps_best else None
-    stop = (EarlyStop(fed.patience, [r.val for r in earlier], fed.min_rounds or 0)
-            if fed.patience and not baseline else None)
+    best = keeper(fed, strategy, baseline, observer, checkpoints, resume is not None)
     history = earlier + run_rounds(strategy, transport, list(sites), plan, train_options(config),
                                    sampling, best or observer, stop)
     if best is not None:
-        best.restore_best()  # the global model of the round with the best validation score
+        best.restore_best()  # the model(s) of the round(s) with the best validation score
     outcome = Outcome(name, strategy, history, transport, time.perf_counter() - start)
     outcome.kept = best.kept() if best is not None else None
     outcome.stopped_early = stop.stopped_early(len(history), fed.rounds) if stop is not None else None
@@ -226,9 +220,11 @@ def run_strategy(setup: Setup, algorithm: str, sites: list[SiteId], baseline: bo
 def ensemble_models_are_local(config: RunConfig) -> bool:
     """Whether an ensemble's site models are the local-only baseline's models: each site trains
     alone either way, so they are when every site trains every round, honestly (no attacker, no
-    privacy mechanism: the baselines are the honest, non-private references)."""
-    return (config.federation.fraction >= 1.0 and config.adversary.attack == "none"
-            and not config.privacy.enabled)
+    privacy mechanism: the baselines are the honest, non-private references), and to the end (the
+    local-only baseline keeps and stops each site on its own; the ensemble does not)."""
+    fed = config.federation
+    return (fed.fraction >= 1.0 and config.adversary.attack == "none"
+            and not config.privacy.enabled and not fed.keep_best and not fed.patience)
 
 
 def score_test(setup: Setup, strategy: Strategy, sites: list[SiteId]) -> Metrics:
@@ -342,13 +338,6 @@ def _score_at_site(outcome: Outcome, site: SiteId, split: str) -> Metrics:
         return outcome.transport.evaluate(site, outcome.strategy.site_state(site), split)
     except TransportError as exc:
         return {"error": str(exc)}  # type: ignore[dict-item]
-
-
-def pooled_site(federation: Federation) -> dict[SiteId, SiteData]:
-    """All sites' training and validation data in one place: the centralized upper reference."""
-    sites = federation.sites.values()
-    return {POOLED: SiteData(POOLED, Samples.concat([s.train for s in sites]),
-                             Samples.concat([s.val for s in sites]))}
 
 
 def site_recipe(setup: Setup, attack: Attack | None) -> SiteRecipe:

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from medfed.client.sharded_trainer import has_batch_norm
+from medfed.data.dataset import Federation, Samples, SiteData
 from medfed.errors import ConfigError
-from medfed.experiment import POOLED, Outcome, Setup, pooled_site, site_recipe, site_trainer, train
+from medfed.experiment import POOLED, Outcome, Setup, site_recipe, site_trainer, train
 from medfed.pooled_record import PooledExecution
 from medfed.server.round_loop import RoundObserver
 from medfed.transport.inprocess import InProcessTransport
+from medfed.types import SiteId
 
 
 @dataclass
@@ -34,6 +36,13 @@ class Pooled:
 
     def record(self) -> dict[str, Any]:
         return self.execution.record(self.wall_seconds)
+
+
+def pooled_site(federation: Federation) -> dict[SiteId, SiteData]:
+    """All sites' training and validation data in one place: the centralized upper reference."""
+    sites = federation.sites.values()
+    return {POOLED: SiteData(POOLED, Samples.concat([s.train for s in sites]),
+                             Samples.concat([s.val for s in sites]))}
 
 
 def check_pooled_workers(setup: Setup) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +84,7 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     with execution_session(setup):  # backend = "ray": the workers, until the sites have scored
         with RichRoundProgress(console) as progress:
             federated = _train_federated(setup, out, progress, resumed, console)
-            baselines = _baselines(_budget_of(setup, federated), progress, federated) \
-                if config.baselines else None
+            baselines = _baselines(setup, progress, federated) if config.baselines else None
         summary = _summary(setup, federated, baselines, rule)
     summary["data_summary"] = data_summary(setup)  # aggregates computed at each site
     _report_rounds(console, config, federated, baselines is not None, summary)
@@ -197,25 +196,36 @@ def _report_rounds(console: Console, config: RunConfig, federated: Outcome, with
         summary["stopped_early"] = federated.stopped_early
         console.print(f"stopped after round {run_rounds} of {config.federation.rounds}: no better "
                       f"federated validation AUC for {config.federation.patience} rounds"
-                      + (" (the baselines trained as many)" if with_baselines else ""))
+                      + (" (each baseline stops by the same rule on its own validation)"
+                         if with_baselines else ""))
     if federated.kept is not None:  # keep_best
         summary["kept_round"] = federated.kept
         console.print(f"kept the model of round {federated.kept['round']} of {run_rounds} (best "
                       f"federated validation AUC {federated.kept['validation_auc']:.3f})")
+    if with_baselines:
+        _report_baseline_rounds(console, summary["baselines"])
 
 
-def _budget_of(setup: Setup, federated: Outcome) -> Setup:
-    """The setup the baselines train under: as many rounds as the federation ran (fewer than
-    configured when patience stopped it), so they get the same budget."""
-    if federated.stopped_early is None:
-        return setup
-    fed = setup.config.federation
-    rounds = federated.stopped_early["rounds_run"]
-    return replace(setup, config=replace(setup.config, federation=replace(fed, rounds=rounds)))
+def _report_baseline_rounds(console: Console, baselines: dict[str, Any]) -> None:
+    """How far each baseline trained under the same rule, and which round it kept."""
+    pooled, local = baselines["pooled"], baselines["local"].values()
+    parts = []
+    if "stopped_early" in pooled or "kept_round" in pooled:
+        ran = pooled.get("stopped_early", {}).get("rounds_run")
+        kept = pooled.get("kept_round", {}).get("round")
+        parts.append("pooled " + ", ".join(([f"stopped after round {ran}"] if ran else [])
+                                           + ([f"kept round {kept}"] if kept else [])))
+    ran_local = sorted(m["rounds_run"] for m in local if "rounds_run" in m)
+    if ran_local:
+        span = str(ran_local[0]) if ran_local[0] == ran_local[-1] else f"{ran_local[0]}-{ran_local[-1]}"
+        parts.append(f"local-only sites trained {span} rounds")
+    if parts:
+        console.print("baselines: " + "; ".join(parts))
 
 
 def _baselines(setup: Setup, progress: RichRoundProgress, federated: Outcome) -> Baselines:
-    """Local-only (each site alone) and pooled (all training data in one place), same budget."""
+    """Local-only (each site alone) and pooled (all training data in one place), same budget:
+    the same cap of rounds, each kept and stopped on its own validation as the federation is."""
     sites, rounds = setup.federation.sites, setup.config.federation.rounds
     reuse = federated.name == LOCAL and ensemble_models_are_local(setup.config)
     local = federated if reuse else train(
@@ -225,10 +235,26 @@ def _baselines(setup: Setup, progress: RichRoundProgress, federated: Outcome) ->
     predicted = predict_local_models(setup, local)  # once per site: metrics and predictions.npz
     probs = {"pooled": pooled.outcome.test_probs}
     probs |= {f"local:{s}": p for s, (p, _) in predicted.items()}
-    kept = {"kept_round": pooled.outcome.kept} if pooled.outcome.kept is not None else {}
-    summary = {"pooled": {"test": pooled.outcome.test, **pooled.record(), **kept},
-               "local": {s: {"test": metrics_on_test(setup, *p)} for s, p in predicted.items()}}
+    summary = {"pooled": {"test": pooled.outcome.test, **pooled.record(), **_selection(pooled.outcome)},
+               "local": {s: {"test": metrics_on_test(setup, *p), **_site_selection(local, s)}
+                         for s, p in predicted.items()}}
     return Baselines(summary, probs, pooled.outcome, local, {s: p for s, (p, _) in predicted.items()})
+
+
+def _selection(outcome: Outcome) -> dict[str, Any]:
+    """A baseline's kept_round and stopped_early (keep_best, patience), where they apply."""
+    record = {"kept_round": outcome.kept, "stopped_early": outcome.stopped_early}
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def _site_selection(local: Outcome, site: SiteId) -> dict[str, Any]:
+    """A local-only site's own kept round and the rounds it trained, where it kept or stopped."""
+    record: dict[str, Any] = {}
+    if local.kept is not None and site in local.kept:
+        record["kept_round"] = local.kept[site]
+    if local.stopped_early is not None:
+        record["rounds_run"] = local.stopped_early["rounds_run"][site]
+    return record
 
 
 def _write_report_inputs(out: Path, setup: Setup, federated: Outcome, baseline_probs: dict[str, Any],

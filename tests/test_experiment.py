@@ -8,7 +8,8 @@ import torch
 
 from medfed.config import DataConfig, FederationConfig, ModelConfig, RunConfig, TrainingConfig
 from medfed.evaluation.metrics import METRIC_KEYS, compute_metrics
-from medfed.experiment import POOLED, pooled_site, prepare, score_local_models, site_report, train
+from medfed.experiment import POOLED, prepare, score_local_models, site_report, train
+from medfed.pooled_ddp import pooled_site
 from medfed.types import Task
 
 

@@ -125,7 +125,8 @@ def test_a_failing_worker_is_a_site_failure_and_no_worker_is_left():
     the wait with the error's last line, and every worker process is gone after."""
     from medfed.client.trainer import TrainOptions
     from medfed.errors import TransportError
-    from medfed.experiment import POOLED, pooled_site, site_recipe, site_trainer
+    from medfed.experiment import POOLED, site_recipe, site_trainer
+    from medfed.pooled_ddp import pooled_site
     from medfed.pooled_workers import PooledWorkers
 
     setup = prepare(tiny(augment=False))

@@ -41,6 +41,10 @@ class LocalEnsemble:
     def site_state(self, site: SiteId) -> StateDict:
         return self._local.get(site, self._initial)
 
+    def put_site_state(self, site: SiteId, state: StateDict) -> None:
+        """Replace a site's model (keep_best puts back each site's best round)."""
+        self._local[site] = state
+
     def checkpoint(self) -> Checkpoint:
         return per_site(Checkpoint(), "local", self._local)
 

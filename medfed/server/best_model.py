@@ -3,7 +3,8 @@ federated validation score, so a model that starts to overfit its sites' small t
 not the one kept.
 
 The score of a round is server/early_stop.py's validation_score: the mean of the sites' own
-validation AUCs; the sites' test data plays no part.
+validation AUCs; the sites' test data plays no part. Models that never leave their site (the
+local-only baseline) are kept site by site, each on its own validation AUC (BestPerSite).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import os
 from pathlib import Path
 
 from medfed.algorithms.checkpoint import Checkpoint, from_bytes, to_bytes
+from medfed.algorithms.ensemble import LocalEnsemble
 from medfed.algorithms.strategy import Strategy
 from medfed.server.early_stop import validation_score
 from medfed.server.round_loop import RoundObserver, RoundResult, SilentObserver
-from medfed.types import SiteId
+from medfed.types import SiteId, StateDict
 
 BEST = "best.safetensors"  # the best round's snapshot beside a run's checkpoint (--resume reads it)
 
@@ -63,3 +65,35 @@ class BestValidation:
     def restore_best(self) -> None:
         if self._snapshot is not None:
             self.strategy.restore(self._snapshot)
+
+
+class BestPerSite:
+    """keep_best for the local-only baseline: each site's model of the round with that site's best
+    validation AUC; `restore_best()` puts them back (a site that never scored keeps its last)."""
+
+    def __init__(self, strategy: LocalEnsemble, inner: RoundObserver | None = None) -> None:
+        self.strategy, self.inner = strategy, inner or SilentObserver()
+        self._best: dict[SiteId, tuple[float, int, StateDict]] = {}  # score, round, model
+
+    def round_started(self, round_index: int, sites: list[SiteId]) -> None:
+        self.inner.round_started(round_index, sites)
+
+    def site_finished(self, round_index: int, site: SiteId, loss: float | None) -> None:
+        self.inner.site_finished(round_index, site, loss)
+
+    def round_finished(self, result: RoundResult) -> None:
+        for site, metrics in result.val.items():
+            score = validation_score({site: metrics})
+            if score is not None and (site not in self._best or score > self._best[site][0]):
+                state = {k: v.clone() for k, v in self.strategy.site_state(site).items()}
+                self._best[site] = (score, result.round, state)
+        self.inner.round_finished(result)
+
+    def kept(self) -> dict[SiteId, dict]:
+        """Each site's kept round (from 1) and its validation AUC, as BestValidation.kept()."""
+        return {site: {"round": r + 1, "validation_auc": score}
+                for site, (score, r, _) in self._best.items()}
+
+    def restore_best(self) -> None:
+        for site, (_, _, state) in self._best.items():
+            self.strategy.put_site_state(site, state)

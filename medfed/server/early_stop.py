@@ -5,12 +5,16 @@ has peaked stops spending its sites' compute, and the round budget becomes a cap
 The score of a round is the mean of the AUCs the sites report on their own validation splits (a
 site whose split holds one class has none and is left out); the sites' test data plays no part.
 keep_best (server/best_model.py) keeps the best round's model by the same score.
+
+The baselines stop by the same rule on their own validation: the pooled model on the union of the
+sites' splits (an EarlyStop like the federation's), each local-only site on its own split
+(SiteEarlyStop), so every arm of a comparison is selected alike and none trains past its peak.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from medfed.types import Metrics, SiteId
 
@@ -58,3 +62,40 @@ class EarlyStop:
     @property
     def reached(self) -> bool:
         return self.since_best >= self.patience and self.rounds >= self.min_rounds
+
+    def training(self, sites: Sequence[SiteId]) -> list[SiteId]:
+        """The sites that still train: all of them until the run stops."""
+        return list(sites)
+
+
+class SiteEarlyStop:
+    """EarlyStop for each site on its own validation split, for models that never leave their site
+    (the local-only baseline): a site whose own score has peaked stops training, and the run ends
+    once every site has stopped."""
+
+    def __init__(self, sites: Sequence[SiteId], patience: int, min_rounds: int = 0) -> None:
+        self.patience = patience
+        self.each = {site: EarlyStop(patience, min_rounds=min_rounds) for site in sites}
+
+    def record(self, val: dict[SiteId, Metrics]) -> None:
+        for site, stop in self.each.items():
+            if not stop.reached:  # a round without the site's score still counts as run
+                stop.record({site: val[site]} if site in val else {})
+
+    @property
+    def reached(self) -> bool:
+        return all(stop.reached for stop in self.each.values())
+
+    def training(self, sites: Sequence[SiteId]) -> list[SiteId]:
+        return [site for site in sites if not self.each[site].reached]
+
+    def rounds_run(self) -> dict[SiteId, int]:
+        return {site: stop.rounds for site, stop in self.each.items()}
+
+    def stopped_early(self, rounds_run: int, cap: int) -> dict | None:
+        """EarlyStop's record with each site's rounds; None when every site ran the cap (rounds_run:
+        the run's, for the same signature; each site's own count is what tells)."""
+        rounds = self.rounds_run()
+        if all(n >= cap for n in rounds.values()):
+            return None
+        return {"rounds_run": rounds, "of": cap, "patience": self.patience}

@@ -32,7 +32,7 @@ from medfed.algorithms.strategy import Strategy, TopologyReporting
 from medfed.client.trainer import TrainOptions
 from medfed.errors import IncompatibleUpdate, NotEnoughSites, TransportError
 from medfed.lr_schedule import round_lr
-from medfed.server.early_stop import EarlyStop
+from medfed.server.early_stop import EarlyStop, SiteEarlyStop
 from medfed.server.sampling import sample_sites
 from medfed.server.validation import check_update
 from medfed.server.weights import cap_weights
@@ -95,10 +95,10 @@ class SilentObserver:
 def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId], plan: RoundPlan,
                options: TrainOptions, rng: np.random.Generator,
                observer: RoundObserver | None = None,
-               stop: EarlyStop | None = None) -> list[RoundResult]:
+               stop: EarlyStop | SiteEarlyStop | None = None) -> list[RoundResult]:
     """The rounds plan.start .. plan.rounds - 1, or fewer: stop, when given, ends the run once the
     federated validation score stops improving (checked before each round, so a resumed run that
-    had already stopped runs none)."""
+    had already stopped runs none); a SiteEarlyStop stops each site on its own score."""
     observer = observer or SilentObserver()
     options = replace(options, **strategy.train_overrides)
     history = []
@@ -107,6 +107,8 @@ def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId]
             break
         start, up, down = time.perf_counter(), transport.bytes_up, transport.bytes_down
         sampled = sample_sites(sites, plan.fraction, rng, minimum=plan.min_sites)
+        if stop is not None:
+            sampled = stop.training(sampled)
         observer.round_started(r, sampled)
         result = RoundResult(round=r, compression=getattr(strategy, "compression", "none"),
                              protection=getattr(strategy, "protection", "none"))
@@ -124,7 +126,8 @@ def run_rounds(strategy: Strategy, transport: Transport, sites: Sequence[SiteId]
             result.consensus_gap = stats.consensus_gap
             result.bytes_peers, result.bytes_regions = stats.bytes_peers, stats.bytes_regions
         if _evaluate_now(plan, r):
-            result.val = _evaluate_sites(strategy, transport, sites, result)
+            scoring = stop.training(sites) if stop is not None else sites  # not the stopped ones
+            result.val = _evaluate_sites(strategy, transport, scoring, result)
         result.bytes_up, result.bytes_down = transport.bytes_up - up, transport.bytes_down - down
         result.seconds = time.perf_counter() - start
         history.append(result)

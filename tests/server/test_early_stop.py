@@ -1,10 +1,11 @@
 """Early stopping on the federated validation score: the count of rounds without improvement, a
-resumed run's count, and `medfed run --patience` end to end (the rounds run, the baselines'
-budget, summary.json, refusals).
+resumed run's count, each local-only site's own stop, and `medfed run --patience` end to end (the
+rounds run, the baselines stopping by the same rule, summary.json, refusals).
 
 Hand mutations that must fail a test here: count an equal score as an improvement; let unscored
 rounds count; ignore the earlier rounds of a resumed run; never pass the stop to the round loop;
-give the baselines the configured rounds instead of the rounds run; stop before min_rounds."""
+let the baselines train the cap instead of stopping on their own validation; stop before
+min_rounds; keep training a local-only site that has stopped."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from medfed.cli import main
 from medfed.config_file import config_from_dict
 from medfed.errors import ConfigError
-from medfed.server.early_stop import EarlyStop, validation_score
+from medfed.server.early_stop import EarlyStop, SiteEarlyStop, validation_score
 
 
 def val(auc: float | None) -> dict:
@@ -64,6 +65,25 @@ def test_patience_never_stops_a_run_before_its_minimum_rounds():
     assert EarlyStop(2, [val(0.9), val(0.5), val(0.5), val(0.5), val(0.5)], min_rounds=5).reached
 
 
+def test_each_site_stops_on_its_own_score_and_the_run_once_all_have():
+    stop = SiteEarlyStop(["a", "b"], patience=1, min_rounds=2)
+    stop.record({"a": {"auc": 0.9}, "b": {"auc": 0.6}})
+    stop.record({"a": {"auc": 0.8}, "b": {"auc": 0.7}})  # a: no better, b: better
+    assert stop.training(["a", "b"]) == ["b"] and not stop.reached
+    stop.record({"a": {"auc": 0.99}, "b": {"auc": 0.7}})  # a has stopped: its score is ignored
+    assert stop.training(["a", "b"]) == [] and stop.reached
+    assert stop.stopped_early(3, cap=5) == {"rounds_run": {"a": 2, "b": 3}, "of": 5, "patience": 1}
+    assert stop.stopped_early(3, cap=2) is None  # every site ran the cap
+
+
+def test_a_site_without_a_score_this_round_still_counts_it_as_run():
+    stop = SiteEarlyStop(["a"], patience=1, min_rounds=3)
+    stop.record({"a": {"auc": 0.9}})
+    stop.record({"a": {"auc": 0.5}})
+    stop.record({})  # its evaluation failed, or the round was not scored
+    assert stop.reached and stop.rounds_run() == {"a": 3}
+
+
 def test_patience_below_one_is_a_programming_error():
     with pytest.raises(ValueError, match="at least 1"):
         EarlyStop(0)
@@ -74,18 +94,11 @@ def test_patience_below_one_is_a_programming_error():
 FROZEN = ["--optimizer", "sgd", "--lr", "1e-12"]
 
 
-def test_a_run_stops_once_validation_stops_improving_and_the_baselines_get_its_rounds(
-        tiny_config, tmp_path, capsys, monkeypatch):
-    trained: dict[str, int] = {}
-    import medfed.run as run_module
-
-    real = run_module.train
-
-    def counting(setup, algorithm, sites, name, *args, **kwargs):
-        trained[name] = setup.config.federation.rounds
-        return real(setup, algorithm, sites, name, *args, **kwargs)
-
-    monkeypatch.setattr(run_module, "train", counting)
+def test_a_run_stops_once_validation_stops_improving_and_so_do_the_baselines(tiny_config, tmp_path,
+                                                                             capsys):
+    """With the model frozen every score repeats, so patience 2 stops the federation after round 3
+    of 6, and the pooled baseline and each local-only site that has a validation AUC by the same
+    rule on their own splits (a site whose split holds one class has no score and trains the cap)."""
     out = tmp_path / "out"
     assert main(["run", *tiny_config(6), *FROZEN, "--patience", "2", "--out", str(out)]) == 0
     err = capsys.readouterr().err
@@ -96,7 +109,12 @@ def test_a_run_stops_once_validation_stops_improving_and_the_baselines_get_its_r
                                         "best_validation_auc": pytest.approx(
                                             validation_score(json.loads(rounds[0])["val"]))}
     assert "stopped after round 3 of 6" in err
-    assert trained["local"] == 3  # the local-only baseline: the federation's budget, not the cap
+    assert summary["baselines"]["pooled"]["stopped_early"]["rounds_run"] == 3
+    local = summary["baselines"]["local"]
+    scored = {site for site, m in json.loads(rounds[0])["val"].items() if m.get("auc") is not None}
+    assert scored, "the fixture must give some site a two-class validation split"
+    assert {site: local[site]["rounds_run"] for site in local} == {
+        site: 3 if site in scored else 6 for site in local}
 
 
 def test_without_patience_every_round_runs(tiny_config, tmp_path):

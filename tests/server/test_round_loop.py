@@ -11,6 +11,7 @@ import torch
 from medfed.algorithms.fedavg import FedAvg
 from medfed.client.trainer import TrainOptions
 from medfed.errors import NotEnoughSites, TransportError
+from medfed.server.early_stop import SiteEarlyStop
 from medfed.server.round_loop import RoundPlan, RoundResult, run_rounds
 from medfed.server.sampling import sample_sites
 from medfed.types import StateDict, Update
@@ -286,3 +287,24 @@ def test_each_round_trains_at_the_schedules_learning_rate(schedule, expected):
                np.random.default_rng(0))
     lrs = [options.lr for site, options in transport.trained if site == "site-a"]
     assert lrs == pytest.approx(expected)
+
+
+class RisingAt(FakeTransport):
+    """site-c's validation AUC rises every time it scores; the other sites' stays at 0.5."""
+
+    def evaluate(self, site, state, split):
+        super().evaluate(site, state, split)
+        return {"auc": 0.5 + 0.01 * sum(s == site for s, _ in self.evaluated)} if site == "site-c" \
+            else {"auc": 0.5}
+
+
+def test_a_site_that_has_stopped_on_its_own_score_neither_trains_nor_scores_again():
+    """With patience 1 from round 2, sites a and b (flat scores) stop after round 2 while site-c,
+    still improving, trains on to the planned 4 rounds alone."""
+    transport = RisingAt({s: good(1.0) for s in SITES})
+    stop = SiteEarlyStop(SITES, patience=1, min_rounds=2)
+    history = run_rounds(FedAvg(reference()), transport, SITES, RoundPlan(4, 1.0, 1, 1),
+                         TrainOptions(), np.random.default_rng(0), stop=stop)
+    assert len(history) == 4 and stop.rounds_run() == {"site-a": 2, "site-b": 2, "site-c": 4}
+    assert [site for site, _ in transport.trained] == SITES * 2 + ["site-c"] * 2
+    assert [site for site, _ in transport.evaluated] == SITES * 2 + ["site-c"] * 2
