@@ -118,7 +118,7 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--encrypt-layers": ("encrypt_layers", str, "homomorphic: encrypt only the layers matching "
                                                 "these comma-separated glob patterns, e.g. 'fc.*'"),
 }
-BOOL_FLAGS = ("baselines", "augment", "allow_phi", "series_volumes", "keep_best")
+BOOL_FLAGS = ("baselines", "augment", "allow_phi", "series_volumes", "keep_best", "baselines_beside")
 PRIVACY_SWITCHES = {"--dp-sgd": "dp_sgd", "--client-dp": "client_dp",
                     "--secure-aggregation": "secure_aggregation", "--homomorphic": "homomorphic"}
 
@@ -200,6 +200,9 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                         help="training-only augmentation (default: on for images, off for "
                              "binary masks and tabular rows)")
+    parser.add_argument("--baselines-beside", action=argparse.BooleanOptionalAction, default=None,
+                        help="train the baselines in a second process while the federation "
+                             "trains, half the cores each (on; off: after it, in this process)")
     for flag in PRIVACY_SWITCHES:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                             help=f"privacy: {flag[2:]} (off by default)")

@@ -4,7 +4,9 @@ this machine or a cluster. pooled_workers > 1 trains the pooled baseline with
 torch.distributed (DistributedDataParallel) over that many workers: "centralized multi-node".
 
 None of these settings changes what is computed: the same seed gives the same result on any
-backend (tests/test_execution*.py)."""
+backend (tests/test_execution*.py). One caveat: torch's CPU kernels may round differently with a
+different number of threads, as on a machine with another number of cores; baselines_beside gives
+each of its two processes half the cores (tests/test_baselines_beside.py)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ class ExecutionConfig:
     max_workers: int | None = None
     # The pooled baseline over this many DistributedDataParallel workers (1: one process).
     pooled_workers: int = 1
+    # The baselines train in a process of their own while the federation trains, the machine's
+    # cores shared between the two (baselines_beside.py); false: after the federation, here.
+    baselines_beside: bool = True
 
     def __post_init__(self) -> None:
         choice("backend", self.backend, BACKENDS)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Self
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -11,45 +13,70 @@ from medfed.server.round_loop import RoundResult
 from medfed.types import SiteId
 
 
+class RunBar:
+    """One training run's line of progress: a RoundObserver that turns each event into an advance
+    of the bar and a status text, and hands them to show (a rich task here, or a queue to the
+    process that draws the bars: baselines_beside.py)."""
+
+    def __init__(self, show: Callable[[int, str], None], finish: Callable[[], None]) -> None:
+        self.show = show  # (advance, status)
+        self._finish = finish
+        self.finished = False
+
+    def finish(self) -> None:
+        """Stop the run's clock: a run stopped early (patience) never fills its bar, and its time
+        would otherwise go on counting through the runs after it."""
+        if not self.finished:
+            self.finished = True
+            self._finish()
+
+    def round_started(self, round_index: int, sites: list[SiteId]) -> None:
+        self.show(0, f"round {round_index + 1}: {len(sites)} sites")
+
+    def site_finished(self, round_index: int, site: SiteId, loss: float | None) -> None:
+        text = "failed" if loss is None else f"loss {loss:.3f}"
+        self.show(0, f"round {round_index + 1}: {site} {text}")
+
+    def round_finished(self, result: RoundResult) -> None:
+        aucs = [m.get("auc", math.nan) for m in result.val.values()]
+        val = f"val AUC {_nanmean(aucs):.3f}" if aucs else ""
+        self.show(1, f"round {result.round + 1} {val}")
+
+
 class RichRoundProgress:
-    """A RoundObserver drawing one progress bar per training run (federated or baseline)."""
+    """One progress bar per training run (federated or baseline), drawn on the console."""
 
     def __init__(self, console: Console) -> None:
         self.progress = Progress(TextColumn("{task.description:<16}"), BarColumn(),
                                  MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                                  TimeElapsedColumn(), console=console)
-        self._task = None
+        self._bars: list[RunBar] = []
+        self._last: RunBar | None = None
 
-    def __enter__(self) -> RichRoundProgress:
+    def __enter__(self) -> Self:
         self.progress.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._end_run()
+        for bar in self._bars:
+            bar.finish()
         self.progress.stop()
 
-    def start_run(self, name: str, rounds: int) -> RichRoundProgress:
-        self._end_run()
-        self._task = self.progress.add_task(name, total=rounds, status="")
-        return self
+    def start_run(self, name: str, rounds: int) -> RunBar:
+        """A run that follows the last one started here: that one's clock stops."""
+        if self._last is not None:
+            self._last.finish()
+        self._last = self.beside(name, rounds)
+        return self._last
 
-    def _end_run(self) -> None:
-        """Stop the last run's clock: a run stopped early (patience) never fills its bar, and its
-        time would otherwise go on counting through the runs after it."""
-        if self._task is not None:
-            self.progress.stop_task(self._task)
-
-    def round_started(self, round_index: int, sites: list[SiteId]) -> None:
-        self.progress.update(self._task, status=f"round {round_index + 1}: {len(sites)} sites")
-
-    def site_finished(self, round_index: int, site: SiteId, loss: float | None) -> None:
-        text = "failed" if loss is None else f"loss {loss:.3f}"
-        self.progress.update(self._task, status=f"round {round_index + 1}: {site} {text}")
-
-    def round_finished(self, result: RoundResult) -> None:
-        aucs = [m.get("auc", math.nan) for m in result.val.values()]
-        val = f"val AUC {_nanmean(aucs):.3f}" if aucs else ""
-        self.progress.update(self._task, advance=1, status=f"round {result.round + 1} {val}")
+    def beside(self, name: str, rounds: int) -> RunBar:
+        """A run alongside the others (another process's): its clock runs until its finish()."""
+        task = self.progress.add_task(name, total=rounds, status="")
+        bar = RunBar(lambda advance, status: self.progress.update(task, advance=advance,
+                                                                   status=status),
+                     lambda: self.progress.stop_task(task))
+        self._bars.append(bar)
+        return bar
 
 
 def _nanmean(values: list[float]) -> float:

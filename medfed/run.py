@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 
+from medfed.baselines import Baselines, train_baselines
+from medfed.baselines_beside import BaselinesBeside, Split, split_for, torch_threads
 from medfed.bundle_write import simulation_bundle
 from medfed.config import RunConfig
 from medfed.console import print_table, print_verdict, results_table, threshold_caption
@@ -19,18 +20,15 @@ from medfed.experiment import (
     Outcome,
     Setup,
     attacker_sites,
-    ensemble_models_are_local,
     execution_session,
     members,
-    metrics_on_test,
-    predict_local_models,
     prepare,
     site_report,
     train,
 )
 from medfed.output import prepare_out_dir, write_config, write_json, write_models, write_rounds
-from medfed.pooled_ddp import check_pooled_workers, train_pooled
-from medfed.pooled_record import pooled_label, workers_label
+from medfed.pooled_ddp import check_pooled_workers
+from medfed.pooled_record import pooled_label
 from medfed.progress import RichRoundProgress
 from medfed.report.artifacts import data_summary, gradcam_panels, write_gradcam, write_predictions
 from medfed.report.many_sites import (
@@ -43,10 +41,7 @@ from medfed.report.many_sites import (
 from medfed.run_reading import read_run
 from medfed.run_state import Resume, load_resume
 from medfed.summary import run_summary
-from medfed.types import Prediction, SiteId
-
-LOCAL = "ensemble"  # the local-only baseline is the ensemble's training: every site on its own
-
+from medfed.types import Prediction
 
 RUN_OPTIONS = "run-options.json"  # the run's flags that are not configuration (the operating rule)
 
@@ -82,10 +77,12 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     _announce_robustness(console, config, fed.site_ids)
     _announce_topology(console, config)
     with execution_session(setup):  # backend = "ray": the workers, until the sites have scored
+        split = split_for(config, setup.predictor.device)
         with RichRoundProgress(console) as progress:
-            federated = _train_federated(setup, out, progress, resumed, console)
-            baselines = _baselines(setup, progress, federated) if config.baselines else None
+            federated, baselines = _train_arms(setup, split, out, progress, resumed, console)
         summary = _summary(setup, federated, baselines, rule)
+    if split is not None:  # torch threads of each process: the arms' kernels round by them
+        summary["baselines_beside"] = asdict(split)
     summary["data_summary"] = data_summary(setup)  # aggregates computed at each site
     _report_rounds(console, config, federated, baselines is not None, summary)
     if federated.privacy:
@@ -94,7 +91,7 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     summary["total_seconds"] = time.perf_counter() - started
     summary["files"] = _write(out, setup, federated, summary)
     summary["files"] += simulation_bundle(out, setup, federated.strategy, summary, rule)  # model/
-    probs = baselines.probs if baselines is not None else {}
+    probs = baselines.probs() if baselines is not None else {}
     summary["files"] += [*_write_report_inputs(out, setup, federated, probs, summary), "report.html"]
     write_json(out / "summary.json", summary)
     from medfed.report.build import build_report
@@ -105,18 +102,37 @@ def execute_run(config: RunConfig, out_dir: str | Path, console: Console | None 
     return summary
 
 
+def _train_arms(setup: Setup, split: Split | None, out: Path, progress: RichRoundProgress,
+                resumed: Resume | None, console: Console) -> tuple[Outcome, Baselines | None]:
+    """The federation and, unless --no-baselines, its baselines: beside it in a second process
+    with split's threads (baselines_beside.py), else (None) after it in this one."""
+    config = setup.config
+    if split is None:
+        federated = _train_federated(setup, out, progress, resumed, console)
+        return federated, train_baselines(setup, progress, federated) if config.baselines else None
+    console.print(f"baselines train beside the federation: {split.federation} + "
+                  f"{split.baselines} torch threads")
+    with BaselinesBeside(config, split.baselines, progress) as beside:
+        with torch_threads(split.federation):
+            federated = _train_federated(setup, out, progress, resumed, console)
+        return federated, beside.result()
+
+
 def _train_federated(setup: Setup, out: Path, progress: RichRoundProgress, resumed: Resume | None,
                      console: Console) -> Outcome:
     """The federated training, checkpointed after every round into out (run_state.py)."""
     algorithm, rounds = setup.config.federation.algorithm, setup.config.federation.rounds
+    bar = progress.start_run(algorithm, rounds)
     try:
-        return train(setup, algorithm, setup.federation.sites, algorithm,
-                     progress.start_run(algorithm, rounds), checkpoints=out, resume=resumed)
+        return train(setup, algorithm, setup.federation.sites, algorithm, bar, checkpoints=out,
+                     resume=resumed)
     except KeyboardInterrupt:
         console.print(f"interrupted: the completed rounds are in {out / 'rounds.jsonl'}; "
                       f"`medfed run --resume {out}` continues after the last of them",
                       soft_wrap=True, markup=False)
         raise
+    finally:
+        bar.finish()  # its clock stops; the baselines' bars may go on
 
 
 def _announce_defaults(console: Console, setup: Setup) -> None:
@@ -176,18 +192,6 @@ def _report_privacy(console: Console, privacy: dict[str, Any]) -> None:
                       "and saw only the mean the sites decrypted")
 
 
-@dataclass
-class Baselines:
-    """The local-only and pooled baselines: summary.json's entry, their test probabilities
-    ("pooled", "local:<site>") for predictions.npz, and the trained runs."""
-
-    summary: dict[str, Any]
-    probs: dict[str, np.ndarray]
-    pooled: Outcome
-    local: Outcome
-    local_test: dict[SiteId, np.ndarray]
-
-
 def _report_rounds(console: Console, config: RunConfig, federated: Outcome, with_baselines: bool,
                    summary: dict[str, Any]) -> None:
     """Where patience stopped the run, and which round's model the test figures are of."""
@@ -223,40 +227,6 @@ def _report_baseline_rounds(console: Console, baselines: dict[str, Any]) -> None
         console.print("baselines: " + "; ".join(parts))
 
 
-def _baselines(setup: Setup, progress: RichRoundProgress, federated: Outcome) -> Baselines:
-    """Local-only (each site alone) and pooled (all training data in one place), same budget:
-    the same cap of rounds, each kept and stopped on its own validation as the federation is."""
-    sites, rounds = setup.federation.sites, setup.config.federation.rounds
-    reuse = federated.name == LOCAL and ensemble_models_are_local(setup.config)
-    local = federated if reuse else train(
-        setup, LOCAL, sites, "local", progress.start_run("local-only", rounds), baseline=True)
-    label = workers_label(setup.config.execution.pooled_workers)
-    pooled = train_pooled(setup, progress.start_run(label, rounds))
-    predicted = predict_local_models(setup, local)  # once per site: metrics and predictions.npz
-    probs = {"pooled": pooled.outcome.test_probs}
-    probs |= {f"local:{s}": p for s, (p, _) in predicted.items()}
-    summary = {"pooled": {"test": pooled.outcome.test, **pooled.record(), **_selection(pooled.outcome)},
-               "local": {s: {"test": metrics_on_test(setup, *p), **_site_selection(local, s)}
-                         for s, p in predicted.items()}}
-    return Baselines(summary, probs, pooled.outcome, local, {s: p for s, (p, _) in predicted.items()})
-
-
-def _selection(outcome: Outcome) -> dict[str, Any]:
-    """A baseline's kept_round and stopped_early (keep_best, patience), where they apply."""
-    record = {"kept_round": outcome.kept, "stopped_early": outcome.stopped_early}
-    return {k: v for k, v in record.items() if v is not None}
-
-
-def _site_selection(local: Outcome, site: SiteId) -> dict[str, Any]:
-    """A local-only site's own kept round and the rounds it trained, where it kept or stopped."""
-    record: dict[str, Any] = {}
-    if local.kept is not None and site in local.kept:
-        record["kept_round"] = local.kept[site]
-    if local.stopped_early is not None:
-        record["rounds_run"] = local.stopped_early["rounds_run"][site]
-    return record
-
-
 def _write_report_inputs(out: Path, setup: Setup, federated: Outcome, baseline_probs: dict[str, Any],
                          summary: dict[str, Any]) -> list[str]:
     """predictions.npz (test labels, every model's probabilities) and gradcam.npz."""
@@ -272,9 +242,7 @@ def _write_report_inputs(out: Path, setup: Setup, federated: Outcome, baseline_p
 def _summary(setup: Setup, federated: Outcome, baselines: Baselines | None, rule: OperatingRule
              ) -> dict[str, Any]:
     config, source = setup.config, setup.federation.source
-    reading = (read_run(setup, rule, federated, baselines.pooled, baselines.local,
-                        baselines.local_test) if baselines is not None
-               else read_run(setup, rule, federated, None, None, {}))
+    reading = read_run(setup, rule, federated, baselines)
     summary = run_summary(
         config, mode="simulation", dataset=source.name, task=str(source.task),
         class_names=list(source.class_names), partition=setup.federation.partition,

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from medfed.baselines import Baselines
 from medfed.evaluation.metrics import compute_metrics
 from medfed.evaluation.operating_point import ALL_SITES, OWN_SITE, not_binary, operating_point
 from medfed.evaluation.operating_rule import OperatingRule
@@ -35,26 +36,28 @@ class Reading:
     local_val_auc: dict[SiteId, float] = field(default_factory=dict)  # ranks "best single site"
 
 
-def read_run(setup: Setup, rule: OperatingRule, federated: Outcome, pooled: Outcome | None,
-             local: Outcome | None, local_test: dict[SiteId, np.ndarray]) -> Reading:
-    """local_test: each local-only model's test probabilities (already computed by the run)."""
+def read_run(setup: Setup, rule: OperatingRule, federated: Outcome,
+             baselines: Baselines | None) -> Reading:
+    """baselines: the pooled and local-only models' scores (baselines.py); None: a run without."""
     source, sites = setup.federation.source, setup.federation.sites
     task, y_test = source.task, source.test.y
     fed_val = predict_validation(setup, federated.strategy, sites)
     reading = Reading(_point(task, rule, fed_val, federated.test_probs, y_test, ALL_SITES), {})
     algorithm = setup.config.federation.algorithm
-    if pooled is None or local is None:
+    if baselines is None:
         reading.verdict = run_verdict(algorithm, task, y_test, federated.test_probs, None, None)
         return reading
-    reading.pooled = _point(task, rule, predict_validation(setup, pooled.strategy, sites),
-                            pooled.test_probs, y_test, ALL_SITES)
-    for site, data in sites.items():
-        val = (setup.predictor.predict(local.strategy.site_state(site), data.val)[0], data.val.y)
-        reading.local[site] = _point(task, rule, val, local_test[site], y_test, OWN_SITE)
+    pooled = baselines.pooled
+    reading.pooled = _point(task, rule, (pooled.val_probs, pooled.val_labels), pooled.test_probs,
+                            y_test, ALL_SITES)
+    for site, scores in baselines.local.items():
+        val = (scores.val_probs, scores.val_labels)
+        reading.local[site] = _point(task, rule, val, scores.test_probs, y_test, OWN_SITE)
         reading.local_val_auc[site] = (float(compute_metrics(task, val[1], val[0])["auc"])
                                        if len(val[1]) else float("nan"))
     reading.verdict = run_verdict(algorithm, task, y_test, federated.test_probs, pooled.test_probs,
-                                  {s: (local_test[s], reading.local_val_auc[s]) for s in sites})
+                                  {s: (m.test_probs, reading.local_val_auc[s])
+                                   for s, m in baselines.local.items()})
     return reading
 
 
