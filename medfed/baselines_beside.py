@@ -20,6 +20,7 @@ or an ensemble whose site models are the local-only baseline's.
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -177,6 +178,9 @@ class _QueueRuns:
 
 def _child_main(config: RunConfig, threads: int, events: Any) -> None:
     """The baselines' process: the same setup from the same config, its baselines, one message."""
+    # Ctrl-C reaches the whole process group: the parent stops the run and then this process,
+    # which would otherwise print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     try:
         from medfed.experiment import prepare
