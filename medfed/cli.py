@@ -201,8 +201,9 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
                         help="training-only augmentation (default: on for images, off for "
                              "binary masks and tabular rows)")
     parser.add_argument("--baselines-beside", action=argparse.BooleanOptionalAction, default=None,
-                        help="train the baselines in a second process while the federation "
-                             "trains, half the cores each (on; off: after it, in this process)")
+                        help="medfed run: train the baselines in a second process while the "
+                             "federation trains, half the torch threads each (on; off: after "
+                             "it, in this process)")
     for flag in PRIVACY_SWITCHES:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                             help=f"privacy: {flag[2:]} (off by default)")
