@@ -2,9 +2,9 @@
 
 A run's three arms (federated, local-only, pooled) are independent experiments on the same data.
 One after another they leave cores idle: torch gains far less than 2x from a second thread on the
-small models a simulation trains (the demo: 1.66x faster beside, benchmarks/RESULTS.md). Beside
-each other, each process gets half the run's torch threads (torch's default: one per core),
-fixed for the whole run, since a thread count that changed when the other process finished would
+small models a simulation trains (the demo beside: 0.74-1.05x the time of one after another,
+benchmarks/RESULTS.md). Beside each other, each process gets half the run's torch threads
+(torch's default: one per core), fixed for the whole run, since a thread count that changed when the other process finished would
 make the result depend on timing. The child process is spawned from this run's own code, prepares
 the same setup from the same config and seed, trains with baselines.train_baselines, reports
 progress as (bar, advance, status) events drawn by the parent's bars, and sends back
@@ -35,7 +35,7 @@ from medfed.baselines import Baselines, reuses_federation, train_baselines
 from medfed.config import RunConfig
 from medfed.config_execution import INPROCESS
 from medfed.errors import MedfedError
-from medfed.progress import RichRoundProgress, RunBar
+from medfed.progress import RichRoundProgress, RunBar, SerialRuns
 
 POLL_SECONDS = 0.5  # how often a wait for the child checks that it is still alive
 STOP_TIMEOUT = 10.0  # seconds for the child to exit, before it is terminated
@@ -156,24 +156,17 @@ class BaselinesBeside:
             self._bars[name].finish()
 
 
-class _QueueRuns:
+class _QueueRuns(SerialRuns):
     """The child's side of the bars: each run's events go to the parent, which draws them."""
 
     def __init__(self, events: Any) -> None:
+        super().__init__()
         self.events = events
-        self._last: RunBar | None = None
 
-    def start_run(self, name: str, rounds: int) -> RunBar:
-        if self._last is not None:
-            self._last.finish()
+    def beside(self, name: str, rounds: int) -> RunBar:
         self.events.put(("start", name, rounds))
-        self._last = RunBar(lambda advance, status: self.events.put(("show", name, advance, status)),
-                            lambda: self.events.put(("finish", name)))
-        return self._last
-
-    def finish(self) -> None:
-        if self._last is not None:
-            self._last.finish()
+        return RunBar(lambda advance, status: self.events.put(("show", name, advance, status)),
+                      lambda: self.events.put(("finish", name)))
 
 
 def _child_main(config: RunConfig, threads: int, events: Any) -> None:
@@ -187,7 +180,7 @@ def _child_main(config: RunConfig, threads: int, events: Any) -> None:
 
         runs = _QueueRuns(events)
         baselines = train_baselines(prepare(config), runs)
-        runs.finish()
+        runs.finish_last()
         events.put(("result", baselines))
     except Exception as exc:  # noqa: BLE001 - the parent reports it; a traceback here is lost
         events.put(("error", f"{type(exc).__name__}: {exc}"))

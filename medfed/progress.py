@@ -43,15 +43,35 @@ class RunBar:
         self.show(1, f"round {result.round + 1} {val}")
 
 
-class RichRoundProgress:
+class SerialRuns:
+    """Training runs that follow one another: starting one finishes the last (its clock stops).
+    beside(name, rounds) makes a run's bar; where it is drawn is the subclass's."""
+
+    def __init__(self) -> None:
+        self._last: RunBar | None = None
+
+    def start_run(self, name: str, rounds: int) -> RunBar:
+        self.finish_last()
+        self._last = self.beside(name, rounds)
+        return self._last
+
+    def finish_last(self) -> None:
+        if self._last is not None:
+            self._last.finish()
+
+    def beside(self, name: str, rounds: int) -> RunBar:
+        raise NotImplementedError
+
+
+class RichRoundProgress(SerialRuns):
     """One progress bar per training run (federated or baseline), drawn on the console."""
 
     def __init__(self, console: Console) -> None:
+        super().__init__()
         self.progress = Progress(TextColumn("{task.description:<16}"), BarColumn(),
                                  MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                                  TimeElapsedColumn(), console=console)
         self._bars: list[RunBar] = []
-        self._last: RunBar | None = None
 
     def __enter__(self) -> Self:
         self.progress.start()
@@ -61,13 +81,6 @@ class RichRoundProgress:
         for bar in self._bars:
             bar.finish()
         self.progress.stop()
-
-    def start_run(self, name: str, rounds: int) -> RunBar:
-        """A run that follows the last one started here: that one's clock stops."""
-        if self._last is not None:
-            self._last.finish()
-        self._last = self.beside(name, rounds)
-        return self._last
 
     def beside(self, name: str, rounds: int) -> RunBar:
         """A run alongside the others (another process's): its clock runs until its finish()."""
