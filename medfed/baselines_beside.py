@@ -1,15 +1,15 @@
 """The baselines in a process of their own, training while the federation trains.
 
-A run's three arms (federated, local-only, pooled) are independent experiments on the same data.
-One after another they leave cores idle: torch gains far less than 2x from a second thread on the
-small models a simulation trains (the demo beside: 0.74-1.05x the time of one after another,
-benchmarks/RESULTS.md). Beside each other, each process gets half the run's torch threads
-(torch's default: one per core), fixed for the whole run, since a thread count that changed when the other process finished would
-make the result depend on timing. The child process is spawned from this run's own code, prepares
-the same setup from the same config and seed, trains with baselines.train_baselines, reports
-progress as (bar, advance, status) events drawn by the parent's bars, and sends back
-baselines.Baselines: summary records and probabilities (pickled by multiprocessing between this
-run's own processes, as the pooled workers' start-up plan is).
+A run's three arms (federated, local-only, pooled) are independent experiments on the same data. One
+after another they leave cores idle: torch gains far less than 2x from a second thread on the small
+models a simulation trains (the demo beside: 0.74-1.05x the time of one after another,
+benchmarks/RESULTS.md). Beside each other, each process gets half the run's torch threads (torch's
+default: one per core), fixed for the whole run, since a thread count that changed when the other
+process finished would make the result depend on timing. The child process is spawned from this
+run's own code, prepares the same setup from the same config and seed, trains with
+baselines.train_baselines, reports progress as (bar, advance, status) events drawn by the parent's
+bars, and sends back baselines.Baselines: summary records and probabilities (pickled by
+multiprocessing between this run's own processes, as the pooled workers' start-up plan is).
 
 The arms run one after another instead (the caller's fallback) where the split would not pay or
 could not hold: one thread (OMP_NUM_THREADS=1), a GPU (the arms would share one device), the Ray
