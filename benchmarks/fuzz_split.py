@@ -184,10 +184,12 @@ class SplitCaller:
         method, request). A backward's tensor checks are reached only with a forward in flight.
         In a task the kinds take turns (a shuffled cycle), so a short run still tries each."""
         r = self.rng
-        options: dict[str, Callable[[], tuple[str, bytes]]] = {
-            "backward without a forward": lambda: (BACKWARD, request(task_id, self._tensor(
-                GRADIENT, (r.randint(1, self.cut.max_batch), *self.cut.second))))}
-        if in_flight is not None:
+        options: dict[str, Callable[[], tuple[str, bytes]]] = {}
+        if in_flight is None:  # with a forward in flight a backward of its batch would be valid
+            options["backward without a forward"] = lambda: (BACKWARD, request(
+                task_id, self._tensor(GRADIENT, (r.randint(1, self.cut.max_batch),
+                                                 *self.cut.second))))
+        else:
             other = in_flight + 1 if in_flight < self.cut.max_batch else in_flight - 1
             options["backward for another forward"] = lambda: (BACKWARD, request(
                 task_id, self._tensor(GRADIENT, (other, *self.cut.second))))
