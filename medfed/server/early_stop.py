@@ -4,6 +4,8 @@ has peaked stops spending its sites' compute, and the round budget becomes a cap
 
 The score of a round is the mean of the AUCs the sites report on their own validation splits (a
 site whose split holds one class has none and is left out); the sites' test data plays no part.
+Where no split scored has an AUC the round counts as one without improvement: nothing shows that
+more rounds help, so patience ends the run at min_rounds.
 keep_best (server/best_model.py) keeps the best round's model by the same score.
 
 The baselines stop by the same rule on their own validation: the pooled model on the union of the
@@ -43,11 +45,15 @@ class EarlyStop:
             self.record(val)
 
     def record(self, val: dict[SiteId, Metrics]) -> None:
+        """One round's validation results: {} when the round was not scored (eval_every > 1, or the
+        evaluation failed), which neither counts nor resets. Results without an AUC (every split
+        scored holds one class) are no evidence of improvement and count: such a run or local-only
+        site stops at min_rounds, as with fixed rounds, instead of training the cap."""
         self.rounds += 1
-        score = validation_score(val)
-        if score is None:
+        if not val:
             return
-        if self.best is None or score > self.best:
+        score = validation_score(val)
+        if score is not None and (self.best is None or score > self.best):
             self.best, self.since_best = score, 0
         else:
             self.since_best += 1

@@ -3,9 +3,10 @@ resumed run's count, each local-only site's own stop, and `medfed run --patience
 rounds run, the baselines stopping by the same rule, summary.json, refusals).
 
 Hand mutations that must fail a test here: count an equal score as an improvement; let unscored
-rounds count; ignore the earlier rounds of a resumed run; never pass the stop to the round loop;
-let the baselines train the cap instead of stopping on their own validation; stop before
-min_rounds; keep training a local-only site that has stopped."""
+rounds count; let a split without an AUC train the cap; ignore the earlier rounds of a resumed
+run; never pass the stop to the round loop; let the baselines train the cap instead of stopping
+on their own validation; stop before min_rounds; keep training a local-only site that has
+stopped."""
 
 from __future__ import annotations
 
@@ -43,10 +44,25 @@ def test_rounds_that_were_not_scored_neither_count_nor_reset():
     stop = EarlyStop(1)
     stop.record(val(0.9))
     stop.record({})  # eval_every > 1: no validation this round
-    stop.record(val(None))
+    stop.record({})
     assert not stop.reached
     stop.record(val(0.5))
     assert stop.reached
+
+
+def test_splits_without_an_auc_show_no_improvement_so_the_run_stops_at_its_minimum_rounds():
+    """Every split scored holds one class: no AUC, so nothing shows that more rounds help; the
+    run stops at min_rounds, as it would with fixed rounds, instead of training the cap."""
+    stop = EarlyStop(2, min_rounds=4)
+    for _ in range(3):
+        stop.record(val(None))
+    assert not stop.reached and stop.since_best == 3 and stop.best is None
+    stop.record(val(None))
+    assert stop.reached and stop.rounds == 4
+    late = EarlyStop(1)
+    late.record(val(0.9))
+    late.record(val(None))
+    assert late.reached and late.best == 0.9
 
 
 def test_a_resumed_run_counts_from_its_earlier_rounds():
@@ -84,6 +100,15 @@ def test_a_site_without_a_score_this_round_still_counts_it_as_run():
     assert stop.reached and stop.rounds_run() == {"a": 3}
 
 
+def test_a_local_only_site_whose_split_holds_one_class_stops_at_the_minimum_rounds():
+    """PneumoniaMNIST under label skew gives some sites a one-class validation split: no AUC. They
+    trained the cap of 40 rounds, twice the fixed 20 the cap replaced; now they stop at 20."""
+    stop = SiteEarlyStop(["a", "b"], patience=2, min_rounds=3)
+    for auc in (0.6, 0.7, 0.8):
+        stop.record({"a": {"auc": auc}, "b": {"auc": None}})
+    assert stop.training(["a", "b"]) == ["a"] and stop.rounds_run() == {"a": 3, "b": 3}
+
+
 def test_patience_below_one_is_a_programming_error():
     with pytest.raises(ValueError, match="at least 1"):
         EarlyStop(0)
@@ -98,7 +123,8 @@ def test_a_run_stops_once_validation_stops_improving_and_so_do_the_baselines(tin
                                                                              capsys):
     """With the model frozen every score repeats, so patience 2 stops the federation after round 3
     of 6, and the pooled baseline and each local-only site that has a validation AUC by the same
-    rule on their own splits (a site whose split holds one class has no score and trains the cap)."""
+    rule on their own splits (a site whose split holds one class has no AUC, shows no improvement,
+    and stops after `patience` rounds, min_rounds being 0 here)."""
     out = tmp_path / "out"
     assert main(["run", *tiny_config(6), *FROZEN, "--patience", "2", "--out", str(out)]) == 0
     err = capsys.readouterr().err
@@ -114,7 +140,7 @@ def test_a_run_stops_once_validation_stops_improving_and_so_do_the_baselines(tin
     scored = {site for site, m in json.loads(rounds[0])["val"].items() if m.get("auc") is not None}
     assert scored, "the fixture must give some site a two-class validation split"
     assert {site: local[site]["rounds_run"] for site in local} == {
-        site: 3 if site in scored else 6 for site in local}
+        site: 3 if site in scored else 2 for site in local}
 
 
 def test_without_patience_every_round_runs(tiny_config, tmp_path):
