@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from medfed.data.dataset import Samples, label_counts
+from medfed.report.grad_cam import grad_cam
 from medfed.report.many_sites import SHOWN
 from medfed.types import Prediction, SiteId, StateDict, Task
 
@@ -99,8 +100,6 @@ def gradcam_panels(setup: Any, strategy: Any) -> dict[str, Any]:
 
     Returns {"skipped": reason} when it cannot be drawn, else arrays for gradcam.npz: images and
     maps (K, H, W) in [0, 1] (3D: the middle slice), labels, probabilities, group names."""
-    from monai.visualize import GradCAM
-
     source = setup.federation.source
     if source.spatial_dims == 0:
         return {"skipped": "tabular data has no image to explain"}
@@ -113,7 +112,6 @@ def gradcam_panels(setup: Any, strategy: Any) -> dict[str, Any]:
     groups = _groups(setup)
     rng = np.random.default_rng([setup.config.seed, 11])
     images, maps, labels, probs, group_index = [], [], [], [], []
-    cam = GradCAM(nn_module=model, target_layers=layer)
     for k, (site, samples) in enumerate(groups.items()):
         index = _pick(samples.y, source.task, rng)
         if len(index) == 0:
@@ -127,8 +125,7 @@ def gradcam_panels(setup: Any, strategy: Any) -> dict[str, Any]:
             logits = model(x)
         p = (torch.sigmoid(logits) if source.task is Task.MULTILABEL else logits.softmax(1))
         class_idx = source.num_outputs - 1 if source.task is Task.BINARY else None
-        with torch.enable_grad():
-            heat = cam(x=x, class_idx=class_idx).detach().cpu().numpy()[:, 0]
+        heat = grad_cam(model, layer, x, class_idx)
         image = x.detach().cpu().numpy().mean(axis=1)  # channels averaged for display
         if image.ndim == 4:  # 3D: the middle axial slice
             middle = image.shape[1] // 2
