@@ -40,6 +40,30 @@ def brute_force_delong(y, scores):
     return np.array(aucs), cov
 
 
+@given(labelled_scores(), labelled_scores())
+def test_row_wise_auc_is_auc_of_each_row_and_nan_for_a_row_of_one_class(case, other):
+    (y, score), (_, other_score) = case, other
+    k = min(len(score), len(other_score))
+    labels = np.stack([y[:k], y[:k], np.zeros(k, dtype=y.dtype)])
+    scores = np.stack([score[:k], other_score[:k], score[:k]])
+    rows = s.auc_rows(labels, scores)
+    assert rows[0] == s.auc(y[:k], score[:k]) and rows[1] == s.auc(y[:k], other_score[:k])
+    assert np.isnan(rows[2])
+
+
+def test_the_bootstrap_interval_of_auc_is_the_same_row_wise_as_one_resample_at_a_time():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 80)
+    score = np.round(np.clip(y * 0.2 + rng.random(80), 0, 1), 1)  # ties
+    fast = s.bootstrap_ci(y, score, s.auc, np.random.default_rng(4), 300)
+    one_by_one = s.bootstrap_ci(y, score, lambda a, b: s.auc(a, b), np.random.default_rng(4), 300)
+    assert fast == one_by_one
+    paired = s.paired_bootstrap(y, score, score[::-1].copy(), s.auc, np.random.default_rng(5), 300)
+    paired_loop = s.paired_bootstrap(y, score, score[::-1].copy(), lambda a, b: s.auc(a, b),
+                                     np.random.default_rng(5), 300)
+    assert paired == paired_loop
+
+
 @given(labelled_scores())
 def test_delong_and_rank_auc_equal_scikit_learns(case):
     y, score = case
