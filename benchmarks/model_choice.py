@@ -86,14 +86,21 @@ def candidates(setup: Setup, states: list[StateDict], vals: list[float]) -> dict
             f"ema{EMA} best(r{best_ema + 1})": emas[best_ema]}
 
 
+def setup_of(data_file: str, seed: int, extra: dict) -> Setup:
+    """FedAvg with the defaults chosen from the data, keep_best off and a constant rate, so every
+    round's global model is the one trained; extra: config sections merged over them. DATA_FILE
+    "demo": the built-in synthetic data."""
+    data = {} if data_file == "demo" else {"dataset": "medmnist", "data_file": data_file}
+    return prepare(config_from_dict({
+        "seed": seed, "device": "cpu", "baselines": False, "data": data | extra.get("data", {}),
+        "federation": {"keep_best": False, **extra.get("federation", {})},
+        "training": {"lr_schedule": "constant", **extra.get("training", {})}}))
+
+
 def main() -> None:
     data_file, seed = sys.argv[1], int(sys.argv[2])
     extra = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
-    setup = prepare(config_from_dict({
-        "seed": seed, "device": "cpu", "baselines": False,
-        "data": {"dataset": "medmnist", "data_file": data_file, **extra.get("data", {})},
-        "federation": {"keep_best": False, **extra.get("federation", {})},
-        "training": {"lr_schedule": "constant", **extra.get("training", {})}}))
+    setup = setup_of(data_file, seed, extra)
     states = rounds_of(setup)
     vals = [validation_auc(setup, s) for s in states]
     scored = {name: [round(validation_auc(setup, st), 4), round(test_auc(setup, st), 4)]

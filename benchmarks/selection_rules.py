@@ -20,11 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_choice import rounds_of, test_auc
+from model_choice import rounds_of, setup_of, test_auc
 
-from medfed.config_file import config_from_dict
 from medfed.evaluation.metrics import compute_metrics
-from medfed.experiment import Setup, prepare
+from medfed.experiment import Setup
 from medfed.types import StateDict
 
 RULES = ("mean_of_sites", "pooled")
@@ -48,11 +47,7 @@ def scores(setup: Setup, state: StateDict) -> dict[str, float]:
 def main() -> None:
     data_file, seed = sys.argv[1], int(sys.argv[2])
     extra = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
-    data = {} if data_file == "demo" else {"dataset": "medmnist", "data_file": data_file}
-    setup = prepare(config_from_dict({
-        "seed": seed, "device": "cpu", "baselines": False, "data": data | extra.get("data", {}),
-        "federation": {"keep_best": False, **extra.get("federation", {})},
-        "training": {"lr_schedule": "constant", **extra.get("training", {})}}))
+    setup = setup_of(data_file, seed, extra)
     rows = [scores(setup, state) for state in rounds_of(setup)]
     picked = {}
     for rule in RULES:
